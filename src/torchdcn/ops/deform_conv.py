@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
@@ -62,21 +63,38 @@ def deform_conv2d(
         pair(padding, "padding"),
         pair(dilation, "dilation"),
     )
-    if torch.is_autocast_enabled(input.device.type) if isinstance(input, Tensor) else False:
-        dtype = torch.get_autocast_dtype(input.device.type)
+    dtype = _autocast_dtype(input)
+    if dtype is not None:
         input, offset, weight = (_cast(t, dtype) for t in (input, offset, weight))
         bias, mask = _cast(bias, dtype), _cast(mask, dtype)
     check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
     out_dtype = input.dtype
-    if out_dtype in (torch.float16, torch.bfloat16):
+    # the Triton kernels take float16/bfloat16 as they are (float32 accumulation); others upcast
+    if out_dtype in (torch.float16, torch.bfloat16) and (
+        _backend.select_backend(input.device, out_dtype) != "triton"
+    ):
         input, offset, weight = (t.float() for t in (input, offset, weight))
         bias = None if bias is None else bias.float()
         mask = None if mask is None else mask.float()
-    with torch.autocast(input.device.type, enabled=False):
+    # the kernels' own products must not be recast by an enclosing autocast
+    no_autocast = torch.autocast(input.device.type, enabled=False) if dtype else nullcontext()
+    with no_autocast:
         out = torch.ops.torchdcn.deform_conv2d(
             input, offset, mask, weight, bias, *stride, *padding, *dilation
         )
     return out.to(out_dtype)
+
+
+def _autocast_dtype(input: object) -> torch.dtype | None:
+    """The autocast dtype in force for ``input``'s device, or None (also on devices, such as
+    ``meta``, that have no autocast)."""
+    if not isinstance(input, Tensor):
+        return None
+    try:
+        enabled = torch.is_autocast_enabled(input.device.type)
+    except RuntimeError:
+        return None
+    return torch.get_autocast_dtype(input.device.type) if enabled else None
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -165,7 +183,7 @@ def _kernel(device: torch.device, dtype: torch.dtype):
         from . import _deform_conv_cpu
 
         return _deform_conv_cpu
-    if name == "triton":
+    if name == "triton" and dtype != torch.float64:  # float64 runs the reference
         from . import _deform_conv_triton
 
         return _deform_conv_triton
@@ -224,19 +242,18 @@ def _deform_conv2d_backward_op(
         grads = _reference_backward(grad, input, offset, mask, weight, bias, *args)
     else:
         grads = kernel.backward(grad, input, offset, mask, weight, bias, *args)
-    empty = input.new_empty(0)
-    return tuple(empty if g is None else g for g in grads)  # type: ignore[return-value]
+    # absent mask/bias get empty tensors, one each (outputs of a custom op may not alias)
+    return tuple(input.new_empty(0) if g is None else g for g in grads)  # type: ignore[return-value]
 
 
 @_deform_conv2d_backward_op.register_fake
 def _(grad, input, offset, mask, weight, bias, *args):
-    empty = input.new_empty(0)
     return (
         torch.empty_like(input),
         torch.empty_like(offset),
-        empty if mask is None else torch.empty_like(mask),
+        input.new_empty(0) if mask is None else torch.empty_like(mask),
         torch.empty_like(weight),
-        empty if bias is None else torch.empty_like(bias),
+        input.new_empty(0) if bias is None else torch.empty_like(bias),
     )
 
 

@@ -1,0 +1,67 @@
+"""Timing and memory helpers shared by the CPU benchmark scripts.
+
+* glibc's adaptive malloc thresholds make timings depend on run order (shared/notes): they are
+  pinned here, high for timing (buffers are reused, no page faults) and low while measuring memory
+  (every large buffer is its own mapping, so resident memory tracks live memory).
+* Peak memory is the rise of the process's peak resident set (``VmHWM``, reset through
+  ``/proc/self/clear_refs``) over its resident set before the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import statistics
+import time
+from collections.abc import Callable
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+try:
+    _libc = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: nothing to pin
+    _libc = None
+
+
+def pin_malloc(mmap_threshold: int) -> None:
+    """Fix glibc's mmap and trim thresholds (disables their adaptive adjustment)."""
+    if _libc is not None:
+        _libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+        _libc.mallopt(_M_TRIM_THRESHOLD, 2 * mmap_threshold)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
+
+
+def peak_extra_mib(fn: Callable[[], object]) -> float:
+    """MiB by which ``fn()`` raises the process's peak resident memory above its current level."""
+    pin_malloc(128 * 1024)
+    try:
+        fn()  # warm: lazy allocations and compilation are not the op's working memory
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kib("VmRSS")
+        fn()
+        return (_status_kib("VmHWM") - before) / 1024
+    except OSError:
+        return float("nan")
+    finally:
+        pin_malloc(1 << 30)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds of each function, the functions run in turn within every repeat."""
+    pin_malloc(1 << 30)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(s) for name, s in samples.items()}

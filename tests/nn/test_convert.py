@@ -1,0 +1,116 @@
+"""convert_to_deformable: any model's chosen nn.Conv2d layers become deformable, weights kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchdcn.nn import DeformConv2d, ModulatedDeformConv2d, convert_to_deformable, param_groups
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.down(self.body(torch.relu(self.stem(x))))))
+
+
+def _small() -> Small:
+    torch.manual_seed(0)
+    model = Small().double().eval()
+    model.body[1].running_mean.normal_()
+    return model
+
+
+def test_v1_conversion_keeps_weights_and_outputs():
+    model = _small()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+    out_model = convert_to_deformable(model, ["body.0", "down", "head"])
+    assert out_model is model
+    assert type(model.body[0]) is DeformConv2d and type(model.down) is DeformConv2d
+    assert type(model.stem) is nn.Conv2d
+    assert model.down.groups == 2 and model.down.stride == (2, 2)
+    assert model.body[0].dilation == (2, 2) and model.body[0].bias is None
+    state = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(state[key], value)
+    assert sorted(k for k in state if k not in before) == sorted(
+        f"{n}.conv_offset.{p}" for n in ("body.0", "down", "head") for p in ("weight", "bias")
+    )
+    assert not model.training and state["down.conv_offset.weight"].dtype == torch.float64
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_callable_selector_and_modulated_relation():
+    model = _small()
+    x = torch.randn(1, 3, 10, 10, dtype=torch.float64)
+    stem = nn.Conv2d(3, 8, 3, padding=1).double()
+    stem.load_state_dict(model.stem.state_dict())
+    seen = []
+
+    def select(name: str, conv: nn.Conv2d) -> bool:
+        seen.append(name)
+        return name == "stem"
+
+    convert_to_deformable(model, select, modulated=True, offset_groups=3)
+    assert seen == ["stem", "body.0", "down", "head"]
+    layer = model.stem
+    assert type(layer) is ModulatedDeformConv2d and layer.offset_groups == 3
+    assert layer.conv_offset.out_channels == 3 * 3 * 9
+    # Fresh v2: zero offsets and masks 0.5, so half the conv without its bias, plus the bias.
+    with torch.no_grad():
+        bias = stem.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(layer(x), 0.5 * (stem(x) - bias) + bias, rtol=1e-12, atol=1e-12)
+    # Offset predictors are never candidates of a later conversion.
+    seen.clear()
+    convert_to_deformable(model, select)
+    assert "stem.conv_offset" not in seen and type(model.stem) is ModulatedDeformConv2d
+
+
+def test_learning_rate_multiplier_reaches_param_groups():
+    model = convert_to_deformable(_small(), "down", offset_lr_mult=0.25)
+    groups = {g["lr_mult"]: g["params"] for g in param_groups(model, lr=1.0)}
+    assert groups[0.25] == [model.down.conv_offset.weight, model.down.conv_offset.bias]
+
+
+def test_shared_conv_stays_shared():
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), conv)
+    convert_to_deformable(model, ["0"])
+    assert isinstance(model[0], DeformConv2d) and model[0] is model[2]
+
+
+@pytest.mark.parametrize(
+    ("select", "error", "message"),
+    [
+        (["down", "nope", "body.7"], ValueError, r"\['nope', 'body.7'\]"),
+        (["body.1"], ValueError, r"body.1 \(BatchNorm2d\)"),
+        ([3], TypeError, "names"),
+    ],
+)
+def test_bad_names(select, error, message):
+    model = _small()
+    with pytest.raises(error, match=message):
+        convert_to_deformable(model, select)
+    assert type(model.down) is nn.Conv2d
+
+
+def test_predictor_and_unsupported_padding_are_rejected():
+    model = convert_to_deformable(_small(), ["down"])
+    with pytest.raises(ValueError, match="not convertible"):
+        convert_to_deformable(model, ["down.conv_offset"])
+    reflect = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="padding_mode"):
+        convert_to_deformable(reflect, ["0"])
