@@ -68,7 +68,7 @@ def test_bad_construction():
         DeformConv2d(4, 4, 3, offset_groups=3)
     with pytest.raises(ValueError, match="groups=3"):
         DeformConv2d(4, 6, 3, groups=3)
-    with pytest.raises(TypeError, match="nn.Conv2d"):
+    with pytest.raises(TypeError, match=r"nn\.Conv2d"):
         DeformConv2d.from_conv2d(nn.Linear(3, 3))
     with pytest.raises(ValueError, match="padding"):
         DeformConv2d.from_conv2d(nn.Conv2d(3, 3, 3, padding="same"))

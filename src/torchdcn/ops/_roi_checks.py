@@ -1,0 +1,166 @@
+"""Argument normalisation and validation of the RoI pooling family, one helper for every op.
+
+Errors are ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong shape or value) and name the
+argument, the shape received and the shape expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import _backend
+from ._checks import check_same, check_shape, check_tensor, pair
+
+RoIs = Tensor | Sequence[Tensor]
+
+
+class RoIArgs(NamedTuple):
+    """Validated arguments, all tensors on one device with one float dtype."""
+
+    input: Tensor
+    rois: Tensor  # [R, 5]
+    offset: Tensor | None
+    mask: Tensor | None
+    pooled: tuple[int, int]
+    out_dtype: torch.dtype  # the caller's dtype, to cast the result back to
+
+
+def roi_tensor(rois: RoIs, input: Tensor) -> Tensor:
+    """``rois`` as ``[R, 5]`` = ``(batch_index, x1, y1, x2, y2)``: a ``[R, 5]`` tensor as it is, a
+    list of per-image ``[R_i, 4]`` boxes with the list position as the batch index."""
+    if isinstance(rois, Tensor):
+        check_tensor(rois, "rois", 2, "[R, 5]")
+        if rois.shape[1] != 5:
+            raise ValueError(
+                "rois must have shape [R, 5] = (batch_index, x1, y1, x2, y2), "
+                f"got {tuple(rois.shape)}"
+            )
+        return rois
+    if not isinstance(rois, Sequence) or not all(isinstance(b, Tensor) for b in rois):
+        raise TypeError(
+            "rois must be a Tensor [R, 5] or a list of per-image Tensors [R_i, 4], "
+            f"got {type(rois).__name__}"
+        )
+    if len(rois) > input.shape[0]:
+        raise ValueError(
+            f"rois is a list of {len(rois)} per-image box tensors but input has batch size "
+            f"{input.shape[0]} (input shape {tuple(input.shape)})"
+        )
+    if not rois:
+        return input.new_zeros(0, 5)
+    for i, boxes in enumerate(rois):
+        check_tensor(boxes, f"rois[{i}]", 2, "[R_i, 4]")
+        if boxes.shape[1] != 4:
+            raise ValueError(
+                f"rois[{i}] must have shape [R_i, 4] = (x1, y1, x2, y2), got {tuple(boxes.shape)}"
+            )
+        check_same(rois[0], "rois[0]", **{f"rois[{i}]": boxes})
+    index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(rois)])
+    return torch.cat([index, torch.cat(list(rois))], 1)
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def check_roi_args(
+    input: Tensor,
+    rois: RoIs,
+    output_size: int | Sequence[int],
+    spatial_scale: float,
+    sampling_ratio: int = 0,
+    gamma: float = 0.0,
+    offset: Tensor | None = None,
+    mask: Tensor | None = None,
+    position_sensitive: bool = False,
+) -> RoIArgs:
+    """Validate and normalise the arguments of any op of the family.
+
+    ``rois`` becomes ``[R, 5]``; ``output_size`` a pair ``(ph, pw)``. Under ``torch.autocast`` every
+    tensor is cast to float32 (RoI coordinates need it); float16/bfloat16 are computed in float32
+    except by the Triton kernels. ``offset`` is ``[R, 2, ph, pw]``, or ``[R, 2 * C', ph, pw]`` with
+    ``C'`` dividing ``C_out`` for the PS op; ``mask`` is ``[R, 1, ph, pw]``. The batch indices must
+    be integers in ``[0, N)`` and the coordinates finite: a data-dependent check, skipped while
+    ``torch.compile`` traces.
+    """
+    check_tensor(input, "input", 4, "[N, C, H, W]")
+    ph, pw = pooled = pair(output_size, "output_size")
+    if ph < 1 or pw < 1:
+        raise ValueError(f"output_size must be positive, got {output_size}")
+    if _number(spatial_scale, "spatial_scale") <= 0:
+        raise ValueError(f"spatial_scale must be positive, got {spatial_scale}")
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
+        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    _number(gamma, "gamma")
+    rois = roi_tensor(rois, input)
+    if offset is not None:
+        layout = "[R, 2 * C', ph, pw]" if position_sensitive else "[R, 2, ph, pw]"
+        check_tensor(offset, "offset", 4, layout)
+    if mask is not None:
+        check_tensor(mask, "mask", 4, "[R, 1, ph, pw]")
+
+    out_dtype = input.dtype
+    if torch.is_autocast_enabled(input.device.type):
+        input, rois, offset, mask = (_float(t) for t in (input, rois, offset, mask))
+    check_same(input, "input", rois=rois, offset=offset, mask=mask)
+
+    n, c, _, _ = input.shape
+    r = rois.shape[0]
+    c_out = c
+    if position_sensitive:
+        if c % (ph * pw):
+            raise ValueError(
+                f"position-sensitive pooling needs input channels divisible by ph * pw = "
+                f"{ph * pw} (output_size {pooled}), got input of shape {tuple(input.shape)}"
+            )
+        c_out = c // (ph * pw)
+    if offset is not None:
+        if position_sensitive:
+            pairs = offset.shape[1] // 2
+            if offset.shape[1] % 2 or pairs == 0 or c_out % pairs:
+                raise ValueError(
+                    f"offset must have shape [R, 2 * C', ph, pw] with C' dividing the "
+                    f"{c_out} output channels (1: class-agnostic), got {tuple(offset.shape)}"
+                )
+            check_shape(offset, "offset", (r, 2 * pairs, ph, pw), "[R, 2 * C', ph, pw]")
+        else:
+            check_shape(offset, "offset", (r, 2, ph, pw), "[R, 2, ph, pw]")
+    if mask is not None:
+        check_shape(mask, "mask", (r, 1, ph, pw), "[R, 1, ph, pw]")
+    if not torch.compiler.is_compiling():
+        _check_values(rois, n)
+    if input.dtype in (torch.float16, torch.bfloat16) and (
+        _backend.select_backend(input.device, input.dtype) != "triton"
+    ):
+        input, rois, offset, mask = (_float(t) for t in (input, rois, offset, mask))
+    return RoIArgs(input, rois, offset, mask, pooled, out_dtype)
+
+
+def _float(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float()
+
+
+def _check_values(rois: Tensor, batch: int) -> None:
+    """Integral batch indices in ``[0, batch)`` and finite coordinates (one device sync)."""
+    if rois.shape[0] == 0:
+        return
+    b = rois[:, 0]
+    bad_index = (b != b.floor()) | (b < 0) | (b >= batch)
+    bad_coord = ~torch.isfinite(rois[:, 1:]).all(1)
+    bad = torch.nonzero(bad_index | bad_coord).flatten()
+    if bad.numel():
+        k = int(bad[0])
+        raise ValueError(
+            f"rois row {k} = {rois[k].tolist()} is invalid: rois [R, 5] need an integer batch "
+            f"index in [0, {batch}) (input batch size) and finite coordinates; "
+            f"{bad.numel()} of {rois.shape[0]} rows are invalid"
+        )

@@ -1,0 +1,138 @@
+"""RoI pooling modules: plain wrappers, and the deformable ones with their offset branches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchdcn.nn import (
+    DeformPSRoIPool,
+    DeformRoIPool,
+    ModulatedDeformRoIPool,
+    PSRoIAlign,
+    PSRoIPool,
+    RoIAlign,
+    RoIPool,
+    param_groups,
+)
+from torchdcn.ops import ps_roi_align, ps_roi_pool, roi_align, roi_pool
+
+ROIS = torch.tensor([[0, 8.0, 16.0, 90.0, 70.0], [1, 30.0, 4.0, 60.0, 120.0], [1, -8.0, 0, 40, 30]])
+SCALE = 1 / 8  # 6 x 7 maps of a 48 x 56 image (RoIs partly off the map too)
+
+
+def test_plain_modules_are_the_ops():
+    x = torch.randn(2, 3 * 4, 6, 7)
+    assert torch.equal(RoIPool(2, SCALE)(x, ROIS), roi_pool(x, ROIS, 2, SCALE))
+    assert torch.equal(RoIAlign(2, SCALE, 2)(x, ROIS), roi_align(x, ROIS, 2, SCALE, 2))
+    assert torch.equal(PSRoIPool(2, SCALE)(x, ROIS), ps_roi_pool(x, ROIS, 2, SCALE))
+    out = PSRoIAlign((2, 2), SCALE, 2, False)(x, ROIS)
+    assert torch.equal(out, ps_roi_align(x, ROIS, 2, SCALE, 2, False))
+    assert repr(RoIAlign(7, 1 / 16)) == "RoIAlign(output_size=(7, 7), spatial_scale=0.0625)"
+    assert "sampling_ratio=2, aligned=False" in repr(RoIAlign(7, 1 / 16, 2, False))
+
+
+@pytest.mark.parametrize("rois", [ROIS, [ROIS[:1, 1:], ROIS[1:, 1:]]], ids=["tensor", "list"])
+def test_fresh_deform_roi_pool_is_roi_align(rois):
+    x = torch.randn(2, 3, 6, 7)
+    pool = DeformRoIPool(3, (2, 3), SCALE, sampling_ratio=2)
+    assert torch.equal(pool(x, rois), roi_align(x, ROIS, (2, 3), SCALE, 2))
+
+
+def test_fresh_modulated_deform_roi_pool_is_half_of_roi_align():
+    x = torch.randn(2, 3, 6, 7)
+    pool = ModulatedDeformRoIPool(3, 2, SCALE, sampling_ratio=2, hidden_channels=16)
+    offset, mask = pool.predict(x, ROIS)
+    assert torch.equal(offset, torch.zeros(3, 2, 2, 2))
+    assert torch.equal(mask, torch.full((3, 1, 2, 2), 0.5))
+    assert torch.equal(pool(x, ROIS), 0.5 * roi_align(x, ROIS, 2, SCALE, 2))
+    first, _, _, _, last = pool.offset_fc
+    assert first.weight.shape == (16, 3 * 4) and last.weight.shape == (3 * 4, 16)
+    assert torch.equal(last.weight, torch.zeros_like(last.weight))
+    big = ModulatedDeformRoIPool(64, 7)  # v2 sizes: 1024-wide hidden fcs, Gaussian std 0.01
+    assert big.offset_fc[2].weight.shape == (1024, 1024)
+    assert abs(big.offset_fc[2].weight.std().item() - 0.01) < 1e-3
+
+
+@pytest.mark.parametrize("class_agnostic", [False, True])
+def test_fresh_deform_ps_roi_pool_is_ps_roi_align(class_agnostic):
+    x = torch.randn(2, 5 * 4, 6, 7)
+    pool = DeformPSRoIPool(5, 2, SCALE, 2, class_agnostic=class_agnostic)
+    pairs = 1 if class_agnostic else 5
+    assert pool.conv_offset.out_channels == 2 * pairs * 4
+    assert pool.predict(x, ROIS).shape == (3, 2 * pairs, 2, 2)
+    assert torch.equal(pool(x, ROIS), ps_roi_align(x, ROIS, 2, SCALE, 2))
+    # offsets from another feature map of the same size
+    other = DeformPSRoIPool(5, 2, SCALE, 2, offset_in_channels=8)
+    assert torch.equal(other(x, ROIS, torch.randn(2, 8, 6, 7)), ps_roi_align(x, ROIS, 2, SCALE, 2))
+
+
+def test_param_groups_pick_up_the_offset_branches():
+    model = nn.ModuleDict(
+        {
+            "conv": nn.Conv2d(3, 3, 1),
+            "v1": DeformRoIPool(3, 2, SCALE),
+            "v2": ModulatedDeformRoIPool(3, 2, SCALE, hidden_channels=8),
+            "rfcn": DeformPSRoIPool(2, 2, SCALE, offset_lr_mult=0.1),
+        }
+    )
+    groups = {g["lr_mult"]: g["params"] for g in param_groups(model, lr=0.02)}
+    assert set(groups) == {1.0, 0.1, 0.01}
+    assert {id(p) for p in groups[0.01]} == {id(p) for p in model["v1"].offset_fc.parameters()}
+    assert {id(p) for p in groups[0.1]} == {id(p) for p in model["rfcn"].conv_offset.parameters()}
+    base = {id(p) for p in groups[1.0]}
+    assert {id(p) for p in model["v2"].offset_fc.parameters()} <= base  # v2: the base rate
+    assert {id(p) for p in model["conv"].parameters()} <= base
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2", "rfcn"])
+def test_offset_branch_learns(kind):
+    """The zero-initialised branch gets a gradient, and one step moves the bins."""
+    torch.manual_seed(0)
+    if kind == "rfcn":
+        x = torch.randn(2, 3 * 4, 6, 7)
+        pool = DeformPSRoIPool(3, 2, SCALE, 2)
+        branch = pool.conv_offset
+    else:
+        x = torch.randn(2, 3, 6, 7)
+        cls = DeformRoIPool if kind == "v1" else ModulatedDeformRoIPool
+        pool = cls(3, 2, SCALE, 2) if kind == "v1" else cls(3, 2, SCALE, 2, hidden_channels=8)
+        branch = pool.offset_fc if kind == "v1" else pool.offset_fc[-1]
+    before = pool(x, ROIS).detach()
+    target = torch.randn_like(before)
+    ((pool(x, ROIS) - target) ** 2).sum().backward()
+    assert branch.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for p in pool.offset_parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+    assert not torch.equal(pool(x, ROIS), before)
+
+
+def test_zero_rois_and_bad_input():
+    x = torch.randn(2, 3, 6, 7)
+    for pool in (
+        DeformRoIPool(3, 2, SCALE),
+        ModulatedDeformRoIPool(3, 2, SCALE, hidden_channels=8),
+    ):
+        assert pool(x, torch.zeros(0, 5)).shape == (0, 3, 2, 2)
+        with pytest.raises(ValueError, match=r"expects input \[N, 3, H, W\], got \(2, 4, 6, 7\)"):
+            pool(torch.randn(2, 4, 6, 7), ROIS)
+    assert DeformPSRoIPool(3, 2, SCALE)(torch.randn(2, 12, 6, 7), []).shape == (0, 3, 2, 2)
+    with pytest.raises(ValueError, match="in_channels must be positive"):
+        DeformRoIPool(0, 7)
+    with pytest.raises(ValueError, match="out_channels must be positive"):
+        DeformPSRoIPool(0, 7)
+
+
+def test_repr_shows_what_differs():
+    assert repr(DeformRoIPool(256, 7, 1 / 16)) == (
+        "DeformRoIPool(\n  256, output_size=(7, 7), spatial_scale=0.0625\n"
+        "  (offset_fc): Linear(in_features=12544, out_features=98, bias=True)\n)"
+    )
+    text = repr(DeformPSRoIPool(21, 7, 1 / 16, 2, class_agnostic=True))
+    assert (
+        "21, output_size=(7, 7), spatial_scale=0.0625, sampling_ratio=2, class_agnostic=True"
+        in text
+    )

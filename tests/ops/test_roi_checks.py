@@ -1,0 +1,215 @@
+"""The RoI pooling family's argument handling: RoI formats, empty inputs, bad input errors, dtypes,
+and the registered ops' fake and autograd implementations (``torch.library.opcheck``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchdcn.ops import (
+    deform_ps_roi_pool,
+    deform_roi_pool,
+    ps_roi_align,
+    ps_roi_pool,
+    roi_align,
+    roi_pool,
+    use_backend,
+)
+
+ROIS = torch.tensor([[0, 1.0, 2.0, 9.0, 7.0], [1, 3.5, 0.5, 6.0, 11.0], [1, -4.0, 2.0, 5.0, 30.0]])
+
+
+def call(op, x, rois, k=2, offset=None, mask=None):
+    """Run ``op`` with the arguments it takes; offsets default to zeros of the right shape."""
+    r = len(rois) if isinstance(rois, torch.Tensor) else sum(len(b) for b in rois)
+    if op in (deform_roi_pool, deform_ps_roi_pool) and offset is None:
+        offset = torch.zeros(r, 2, k, k, dtype=x.dtype)
+    if op is roi_pool or op is ps_roi_pool:
+        return op(x, rois, k, 0.5)
+    if op is deform_roi_pool:
+        return op(x, rois, offset, k, 0.5, 2, 0.1, mask)
+    if op is deform_ps_roi_pool:
+        return op(x, rois, offset, k, 0.5, 2)
+    return op(x, rois, k, 0.5, 2)
+
+
+PLAIN = [roi_pool, roi_align, deform_roi_pool]
+PS = [ps_roi_pool, ps_roi_align, deform_ps_roi_pool]
+ALL = PLAIN + PS
+
+
+def _x(op, n=2, c=2, k=2, dtype=torch.float32):
+    return torch.randn(n, c * k * k if op in PS else c, 6, 7, dtype=dtype)
+
+
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+def test_list_of_boxes_equals_batch_index_column(op):
+    x = _x(op)
+    boxes = [ROIS[:1, 1:], ROIS[1:, 1:]]
+    assert torch.equal(call(op, x, boxes), call(op, x, ROIS))
+
+
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_zero_rois(op, backend):
+    with use_backend(backend):
+        x = _x(op).requires_grad_(True)
+        out = call(op, x, torch.zeros(0, 5))
+        c = 2
+        assert out.shape == (0, c, 2, 2)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert torch.equal(g, torch.zeros_like(x))
+        empty = _x(op, n=0).requires_grad_(True)  # no images and no RoIs
+        assert call(op, empty, torch.zeros(0, 5)).shape == (0, c, 2, 2)
+        assert call(op, empty, []).shape == (0, c, 2, 2)
+
+
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+def test_output_size_int_or_pair(op):
+    x = torch.randn(2, 2 * 6 if op in PS else 2, 6, 7)
+    rect = (2, 3)
+    if op in (deform_roi_pool, deform_ps_roi_pool):
+        out = op(x, ROIS, torch.zeros(3, 2, *rect), rect, 0.5, 2)
+    elif op in (roi_pool, ps_roi_pool):
+        out = op(x, ROIS, rect, 0.5)
+    else:
+        out = op(x, ROIS, rect, 0.5, 2)
+    assert out.shape == (3, 2, 2, 3)
+
+
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+def test_half_precision_computes_in_float32(op):
+    x = _x(op)
+    expected = call(op, x, ROIS)
+    for dtype in (torch.float16, torch.bfloat16):
+        k = 2
+        offset = torch.zeros(3, 2, k, k, dtype=dtype)
+        out = call(op, x.to(dtype), ROIS.to(dtype), offset=offset)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_autocast_accepts_mixed_dtypes():
+    x = torch.randn(2, 3, 6, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(x.bfloat16(), ROIS, 2, 0.5, 2)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), roi_align(x, ROIS, 2, 0.5, 2), rtol=2e-2, atol=2e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: the error names the argument and the shapes.
+
+
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "rois, match",
+    [
+        (torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]]), r"rois row 0 .*batch index in \[0, 2\)"),
+        (torch.tensor([[-1, 1.0, 1.0, 4.0, 4.0]]), r"batch index in \[0, 2\)"),
+        (torch.tensor([[0.5, 1.0, 1.0, 4.0, 4.0]]), r"integer batch index"),
+        (torch.tensor([[0, 1.0, float("nan"), 4.0, 4.0]]), r"finite coordinates"),
+        (torch.zeros(3, 4), r"rois must have shape \[R, 5\].*\(3, 4\)"),
+        (torch.zeros(5), r"rois must be 2-D .*\[R, 5\].*\(5,\)"),
+        ([torch.zeros(1, 5)], r"rois\[0\] must have shape \[R_i, 4\].*\(1, 5\)"),
+        ([torch.zeros(1, 4)] * 3, r"list of 3 .* batch size 2"),
+    ],
+)
+def test_bad_rois(op, rois, match):
+    x = _x(op)
+    r = len(rois) if isinstance(rois, torch.Tensor) and rois.dim() == 2 else 1
+    offset = torch.zeros(r, 2, 2, 2)
+    with pytest.raises(ValueError, match=match):
+        call(op, x, rois, offset=offset)
+
+
+@pytest.mark.parametrize("op", [ps_roi_pool, ps_roi_align, deform_ps_roi_pool])
+def test_ps_channels_not_divisible(op):
+    with pytest.raises(ValueError, match=r"divisible by ph \* pw = 4 .*\(2, 6, 6, 7\)"):
+        call(op, torch.randn(2, 6, 6, 7), ROIS)
+
+
+def test_bad_offset_and_mask_shapes():
+    x = torch.randn(2, 3, 6, 7)
+    with pytest.raises(
+        ValueError, match=r"offset must have shape \[R, 2, ph, pw\] = \(3, 2, 2, 2\)"
+    ):
+        deform_roi_pool(x, ROIS, torch.zeros(3, 2, 3, 3), 2)
+    with pytest.raises(ValueError, match=r"offset must have shape .*\(2, 2, 2, 2\)"):
+        deform_roi_pool(x, ROIS, torch.zeros(2, 2, 2, 2), 2)
+    with pytest.raises(ValueError, match=r"offset must be 4-D"):
+        deform_roi_pool(x, ROIS, torch.zeros(3, 2, 4), 2)
+    with pytest.raises(ValueError, match=r"mask must have shape \[R, 1, ph, pw\] = \(3, 1, 2, 2\)"):
+        deform_roi_pool(x, ROIS, torch.zeros(3, 2, 2, 2), 2, mask=torch.ones(3, 2, 2, 2))
+    xp = torch.randn(2, 6 * 4, 6, 7)  # 6 output channels
+    with pytest.raises(ValueError, match=r"C' dividing the 6 output channels.*\(3, 8, 2, 2\)"):
+        deform_ps_roi_pool(xp, ROIS, torch.zeros(3, 8, 2, 2), 2)
+    with pytest.raises(ValueError, match=r"C' dividing"):
+        deform_ps_roi_pool(xp, ROIS, torch.zeros(3, 3, 2, 2), 2)
+    assert deform_ps_roi_pool(xp, ROIS, torch.zeros(3, 6, 2, 2), 2).shape == (3, 6, 2, 2)
+
+
+def test_bad_dtypes_devices_and_values():
+    x = torch.randn(2, 3, 6, 7)
+    with pytest.raises(TypeError, match=r"rois has dtype torch\.float64 but input has dtype"):
+        roi_align(x, ROIS.double(), 2)
+    with pytest.raises(TypeError, match=r"offset has dtype torch\.float64"):
+        deform_roi_pool(x, ROIS, torch.zeros(3, 2, 2, 2, dtype=torch.float64), 2)
+    with pytest.raises(TypeError, match="rois must be a floating-point tensor"):
+        roi_align(x, ROIS.long(), 2)
+    with pytest.raises(TypeError, match="input must be a Tensor"):
+        roi_align(x.numpy(), ROIS, 2)
+    with pytest.raises(ValueError, match="rois is on meta but input is on cpu"):
+        roi_align(x, ROIS.to("meta"), 2)
+    with pytest.raises(ValueError, match="input must be 4-D"):
+        roi_align(x[0], ROIS, 2)
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        roi_align(x, ROIS, (0, 2))
+    with pytest.raises(TypeError, match="output_size must be an int or a pair"):
+        roi_align(x, ROIS, 2.5)
+    with pytest.raises(ValueError, match="spatial_scale must be positive"):
+        roi_pool(x, ROIS, 2, 0.0)
+    with pytest.raises(TypeError, match="sampling_ratio must be an int"):
+        roi_align(x, ROIS, 2, 1.0, 2.0)
+    with pytest.raises(ValueError, match="gamma must be finite"):
+        deform_roi_pool(x, ROIS, None, 2, gamma=float("inf"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered ops: schema, fake (meta) implementation and autograd registration.
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_opcheck(backend):
+    x = torch.randn(2, 8, 6, 7, dtype=torch.float64, requires_grad=True)
+    rois = ROIS.double()
+    off = torch.randn(3, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    off_ps = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    ops = torch.ops.torchdcn
+    cases = [
+        (ops.roi_pool, (x, rois, 2, 2, 0.5)),
+        (ops.ps_roi_pool, (x, rois, 2, 2, 0.5)),
+        (ops.roi_align, (x, rois, 2, 2, 0.5, -1, True)),
+        (ops.ps_roi_align, (x, rois, 2, 2, 0.5, 2, False)),
+        (ops.deform_roi_pool, (x, rois, off, mask, 2, 2, 0.5, 2, True, 0.1)),
+        (ops.deform_roi_pool, (x, rois, None, None, 2, 2, 0.5, 2, True, 0.1)),
+        (ops.deform_ps_roi_pool, (x, rois, off_ps, 2, 2, 0.5, -1, True, 0.1)),
+    ]
+    with use_backend(backend):
+        for op, args in cases:
+            torch.library.opcheck(op, args)
+
+
+def test_compiles_without_graph_breaks():
+    x = torch.randn(2, 3, 6, 7, requires_grad=True)
+    off = torch.randn(3, 2, 2, 2, requires_grad=True)
+
+    def f(x, off):
+        return deform_roi_pool(x, ROIS, off, 2, 0.5, 2).sum() + roi_align(x, ROIS, 2, 0.5).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, off), f(x, off))
+    torch.testing.assert_close(
+        torch.autograd.grad(compiled(x, off), (x, off)), torch.autograd.grad(f(x, off), (x, off))
+    )
