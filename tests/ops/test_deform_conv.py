@@ -488,3 +488,23 @@ def test_device_mismatch_is_reported():
     kwargs["offset"] = kwargs["offset"].to("meta")
     with pytest.raises(ValueError, match="offset is on meta"):
         deform_conv2d(**kwargs)
+
+
+@pytest.mark.parametrize("mlas", [True, False], ids=["mlas", "onednn"])
+def test_cpu_gemm_routes_agree_with_reference(monkeypatch, mlas):
+    """The float32 CPU kernel multiplies through MLAS (onnxruntime) when present, else oneDNN."""
+    from torchdcn.ops import _gemm
+
+    if mlas and not _gemm.ENABLED:
+        pytest.skip("onnxruntime is not installed: no MLAS route")
+    monkeypatch.setattr(_gemm, "ENABLED", mlas)
+    cfg = (3, 6, 5, 7, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True)
+    x, offset, weight, bias, mask, st, pd, dl = _make(cfg, dtype=torch.float32, seed=5)
+    results = []
+    for kernel in KERNELS:
+        ts = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
+        with use_backend(kernel):
+            out = deform_conv2d(*ts[:4], st, pd, dl, ts[4])
+            results.append((out, *torch.autograd.grad(out, ts, torch.ones_like(out))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -1,17 +1,22 @@
-"""Fast CPU deformable convolution: Numba sampling kernels around oneDNN's 1x1 convolution.
+"""Fast CPU deformable convolution: Numba sampling kernels around a GEMM, in cache-sized blocks.
 
-Forward: the input is copied once to channels-last with a one-cell zero border, so every corner
-read is in bounds and reads a contiguous channel vector; bilinear weights (mask folded in) are
-computed once per (offset group, kernel point, output position) and reused for all channels of the
-group. The columns ``[N, Ho, Wo, groups * K * C/groups]`` are then multiplied by the weight as a
-1x1 convolution (much faster than ``matmul`` on CPU; its backward gives the column, weight and bias
-gradients in one call). Backward recomputes the columns chunk by chunk, so the extra memory stays
-within the workspace limit whatever the batch size.
+The input is copied once to channels-last with a one-cell zero border, so every corner read is in
+bounds and reads a contiguous channel vector; bilinear weights (mask folded in) are computed once
+per (offset group, kernel point, output position) and reused for all channels of the group.
+
+The output positions are processed in blocks of whole output rows whose columns
+``[rows * Wo, groups * K * C/groups]`` take about :data:`BLOCK_BYTES`: a block is sampled and at
+once multiplied by the weight while it is still in cache (MLAS through onnxruntime where present,
+else oneDNN's 1x1 convolution; PyTorch's own ``matmul`` is MKL, slow on AMD), and one block buffer
+serves the whole call. Writing all of an image's columns instead costs a trip to memory, and past
+glibc's 32 MiB mmap ceiling fresh page faults on every call. Backward recomputes each block's
+columns, so the extra memory is a block plus a padded copy of the input whatever the batch size.
 
 Column layout: for conv group ``q`` and kernel point ``k`` the channels of ``q`` are contiguous,
 ``col[q*K*Cq + k*Cq + c']``; the weight is permuted to match. A *piece* is a contiguous channel run
 inside one offset group and one conv group: ``(offset_group, lo, hi, base)`` with the column index
-of channel ``cc`` at kernel point ``k`` being ``base + k*Cq + cc``.
+of channel ``cc`` at kernel point ``k`` being ``base + k*Cq + cc``. Kernels address output rows by
+``t = n * Ho + oy`` and take the first row ``t0`` of their block.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import math
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numba import njit, prange
 from torch import Tensor
 
+from . import _gemm
 from ._backend import batch_chunks
+
+BLOCK_BYTES = 4 << 20
 
 
 def _pieces(channels: int, groups: int, offset_groups: int, k: int, split: int) -> np.ndarray:
@@ -59,16 +66,17 @@ def _point(offset, n, g, kk, oy, ox, geom, height, width):
 
 
 @njit(parallel=True, cache=True)
-def _columns_kernel(xpad, offset, mask, use_mask, pieces, geom, cq, cols):
-    """cols[n, oy, ox, base + k*cq + c] = sum of 4 corners of xpad[n, :, :, c] (weights x mask)."""
-    nb, hp, wp, _ = xpad.shape
-    _, ho, wo, _ = cols.shape
+def _columns_kernel(xpad, offset, mask, use_mask, pieces, geom, cq, t0, cols):
+    """cols[r, ox, base + k*cq + c] = 4 corners of xpad[n, :, :, c] at row t0 + r (x mask)."""
+    _, hp, wp, _ = xpad.shape
+    ho = offset.shape[2]
+    rows, wo, _ = cols.shape
     nk = geom[0] * geom[1]
-    for t in prange(nb * ho):
-        n = t // ho
-        oy = t - n * ho
+    for r in prange(rows):
+        n = (t0 + r) // ho
+        oy = t0 + r - n * ho
         for ox in range(wo):
-            row = cols[n, oy, ox]
+            row = cols[r, ox]
             for p in range(pieces.shape[0]):
                 g, lo, hi, base = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
                 for kk in range(nk):
@@ -91,17 +99,17 @@ def _columns_kernel(xpad, offset, mask, use_mask, pieces, geom, cq, cols):
 
 
 @njit(parallel=True, cache=True)
-def _grad_input_kernel(gcols, offset, mask, use_mask, pieces, geom, cq, gxpad):
-    """gxpad[n, corner, c] += weight * gcols[...]; parallel over (image, piece): no write races."""
-    nb, hp, wp, _ = gxpad.shape
-    _, ho, wo, _ = gcols.shape
-    npieces = pieces.shape[0]
+def _grad_input_kernel(gcols, offset, mask, use_mask, pieces, geom, cq, t0, gxpad):
+    """gxpad[n, corner, c] += weight * gcols[...]; parallel over channel pieces: no write races."""
+    _, hp, wp, _ = gxpad.shape
+    ho = offset.shape[2]
+    rows, wo, _ = gcols.shape
     nk = geom[0] * geom[1]
-    for t in prange(nb * npieces):
-        n = t // npieces
-        p = t - n * npieces
+    for p in prange(pieces.shape[0]):
         g, lo, hi, base = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
-        for oy in range(ho):
+        for r in range(rows):
+            n = (t0 + r) // ho
+            oy = t0 + r - n * ho
             for ox in range(wo):
                 for kk in range(nk):
                     iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
@@ -112,7 +120,7 @@ def _grad_input_kernel(gcols, offset, mask, use_mask, pieces, geom, cq, gxpad):
                     w01 = (1 - ly) * lx * m
                     w10 = ly * (1 - lx) * m
                     w11 = ly * lx * m
-                    src = gcols[n, oy, ox, base + kk * cq + lo : base + kk * cq + hi]
+                    src = gcols[r, ox, base + kk * cq + lo : base + kk * cq + hi]
                     a00 = gxpad[n, iy, ix, lo:hi]
                     a01 = gxpad[n, iy, ix + 1, lo:hi]
                     a10 = gxpad[n, iy + 1, ix, lo:hi]
@@ -126,14 +134,15 @@ def _grad_input_kernel(gcols, offset, mask, use_mask, pieces, geom, cq, gxpad):
 
 
 @njit(parallel=True, cache=True)
-def _grad_offset_kernel(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, goff, gmask):
+def _grad_offset_kernel(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, t0, goff, gmask):
     """Offset and mask gradients: reductions over channels, parallel over output rows."""
-    nb, hp, wp, _ = xpad.shape
-    _, ho, wo, _ = gcols.shape
+    _, hp, wp, _ = xpad.shape
+    ho = offset.shape[2]
+    rows, wo, _ = gcols.shape
     nk = geom[0] * geom[1]
-    for t in prange(nb * ho):
-        n = t // ho
-        oy = t - n * ho
+    for r in prange(rows):
+        n = (t0 + r) // ho
+        oy = t0 + r - n * ho
         for ox in range(wo):
             for p in range(pieces.shape[0]):
                 g, lo, hi, base = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
@@ -141,7 +150,7 @@ def _grad_offset_kernel(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, g
                     iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
                     if not ok:
                         continue
-                    src = gcols[n, oy, ox, base + kk * cq + lo : base + kk * cq + hi]
+                    src = gcols[r, ox, base + kk * cq + lo : base + kk * cq + hi]
                     r00 = xpad[n, iy, ix, lo:hi]
                     r01 = xpad[n, iy, ix + 1, lo:hi]
                     r10 = xpad[n, iy + 1, ix, lo:hi]
@@ -149,12 +158,18 @@ def _grad_offset_kernel(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, g
                     sy = 0.0 * ly
                     sx = 0.0 * ly
                     sv = 0.0 * ly
-                    for c in range(hi - lo):
-                        v = src[c]
-                        sy += v * ((1 - lx) * (r10[c] - r00[c]) + lx * (r11[c] - r01[c]))
-                        sx += v * ((1 - ly) * (r01[c] - r00[c]) + ly * (r11[c] - r10[c]))
-                        top = (1 - lx) * r00[c] + lx * r01[c]
-                        sv += v * ((1 - ly) * top + ly * ((1 - lx) * r10[c] + lx * r11[c]))
+                    if use_mask:
+                        for c in range(hi - lo):
+                            v = src[c]
+                            sy += v * ((1 - lx) * (r10[c] - r00[c]) + lx * (r11[c] - r01[c]))
+                            sx += v * ((1 - ly) * (r01[c] - r00[c]) + ly * (r11[c] - r10[c]))
+                            top = (1 - lx) * r00[c] + lx * r01[c]
+                            sv += v * ((1 - ly) * top + ly * ((1 - lx) * r10[c] + lx * r11[c]))
+                    else:
+                        for c in range(hi - lo):
+                            v = src[c]
+                            sy += v * ((1 - lx) * (r10[c] - r00[c]) + lx * (r11[c] - r01[c]))
+                            sx += v * ((1 - ly) * (r01[c] - r00[c]) + ly * (r11[c] - r10[c]))
                     m = mask[n, g * nk + kk, oy, ox] if use_mask else 1.0
                     goff[n, 2 * (g * nk + kk), oy, ox] += sy * m
                     goff[n, 2 * (g * nk + kk) + 1, oy, ox] += sx * m
@@ -163,17 +178,16 @@ def _grad_offset_kernel(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, g
 
 
 def _setup(input, offset, weight, stride, padding, dilation):
-    n, c, _, _ = input.shape
+    c = input.shape[1]
     c_out, cq, kh, kw = weight.shape
     k = kh * kw
     groups = c // cq
     offset_groups = offset.shape[1] // (2 * k)
-    split = max(1, math.ceil(4 * numba.get_num_threads() / max(1, n)))
-    pieces = _pieces(c, groups, offset_groups, k, split)
+    pieces = _pieces(c, groups, offset_groups, k, 1)
     geom = (kh, kw, *stride, *padding, *dilation)
-    # the 1x1 conv weight, its input channels ordered (kernel point, channel) within each group
-    wmat = weight.permute(0, 2, 3, 1).reshape(c_out, k * cq, 1, 1)
-    return groups, pieces, geom, cq, wmat
+    # the weight as a matrix [C_out, groups-major (kernel point, channel)] matching the columns
+    w2 = weight.permute(0, 2, 3, 1).reshape(c_out, k * cq).contiguous()
+    return groups, pieces, geom, cq, w2
 
 
 def _padded_channels_last(input: Tensor) -> Tensor:
@@ -183,78 +197,137 @@ def _padded_channels_last(input: Tensor) -> Tensor:
     return xpad
 
 
-def _columns(xpad, offset, mask, pieces, geom, cq, k, groups) -> Tensor:
-    """``[n, K*C, Ho, Wo]`` view (channels-last memory) of freshly sampled columns."""
-    n = xpad.shape[0]
-    ho, wo = offset.shape[2:]
-    cols = xpad.new_empty(n, ho, wo, groups * k * cq)
-    use_mask = mask is not None
-    m = (mask if use_mask else offset[:, :1]).contiguous()
-    _columns_kernel(
-        xpad.numpy(), offset.numpy(), m.numpy(), use_mask, pieces, geom, cq, cols.numpy()
-    )
-    return cols.permute(0, 3, 1, 2)
+def _blocks(rows: int, row_bytes: int):
+    """``(t0, t1)`` row blocks of about BLOCK_BYTES, a multiple of the thread count when long."""
+    threads = numba.get_num_threads()
+    step = max(1, BLOCK_BYTES // max(1, row_bytes))
+    if step > threads:
+        step -= step % threads
+    for t0 in range(0, rows, step):
+        yield t0, min(rows, t0 + step)
 
 
-def _item_bytes(input: Tensor, offset: Tensor, k: int) -> int:
+class _Product:
+    """The block products of one call: forward ``out = cols @ W^T (+ b)`` and, for backward,
+    ``g_cols = g_out @ W`` and ``g_W += g_out^T @ cols``; matrices are ``[positions, channels]``.
+    MLAS for float32 with one conv group, else oneDNN through a 1x1 convolution."""
+
+    def __init__(self, w2: Tensor, groups: int, bias: Tensor | None) -> None:
+        self.w2, self.groups = w2, groups
+        self.mlas = groups == 1 and _gemm.usable(w2)
+        self.c = None if bias is None else bias.reshape(1, -1).contiguous()
+        self.bias = bias
+        self.wmat = w2.view(w2.shape[0], w2.shape[1], 1, 1)
+        self._acc = None
+
+    def forward(self, cols: Tensor, out: Tensor) -> None:
+        if self.mlas:
+            _gemm.gemm(cols, self.w2, out, False, True, self.c)
+        else:
+            y = torch.nn.functional.conv2d(
+                self._as_image(cols), self.wmat, self.bias, 1, 0, 1, self.groups
+            )
+            out.copy_(y[0, :, :, 0].t())
+
+    def backward(self, g_out: Tensor, cols: Tensor, g_cols: Tensor) -> None:
+        """``g_cols`` is written; the weight gradient accumulates (see :meth:`weight_grad`)."""
+        if self.mlas:
+            _gemm.gemm(g_out, self.w2, g_cols, False, False)
+            if self._acc is None:
+                self._acc = [torch.zeros_like(self.w2), torch.empty_like(self.w2)]
+            # ping-pong: new = g_out^T @ cols + old, never written over its own input
+            _gemm.gemm(g_out, cols, self._acc[1], True, False, self._acc[0])
+            self._acc.reverse()
+        else:
+            gc, gw, _ = torch.ops.aten.convolution_backward(
+                self._as_image(g_out), self._as_image(cols), self.wmat, None, [1, 1], [0, 0],
+                [1, 1], False, [0, 0], self.groups, [True, True, False],
+            )  # fmt: skip
+            g_cols.copy_(gc[0, :, :, 0].t())
+            if self._acc is None:
+                self._acc = [torch.zeros_like(self.w2)]
+            self._acc[0] += gw.view_as(self.w2)
+
+    def weight_grad(self) -> Tensor:
+        return torch.zeros_like(self.w2) if self._acc is None else self._acc[0]
+
+    @staticmethod
+    def _as_image(m: Tensor) -> Tensor:
+        """``[P, C]`` rows as a ``[1, C, P, 1]`` image in channels-last memory (no copy)."""
+        return m.t()[None, :, :, None]
+
+
+def _item_bytes(input: Tensor) -> int:
+    """Working bytes per image: the padded copy and its gradient."""
     _, c, h, w = input.shape
-    ho, wo = offset.shape[2:]
-    # columns and their gradient, plus the padded input copy and its gradient
-    return (2 * c * k * ho * wo + 2 * c * (h + 2) * (w + 2)) * input.element_size()
+    return 2 * c * (h + 2) * (w + 2) * input.element_size()
 
 
 def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Tensor:
     """Deformable convolution on CPU float32/float64 tensors (arguments as the reference)."""
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
-    mask = None if mask is None else mask.contiguous()
-    groups, pieces, geom, cq, wmat = _setup(input, offset, weight, stride, padding, dilation)
-    k = geom[0] * geom[1]
-    n = input.shape[0]
+    use_mask = mask is not None
+    mask = (mask if use_mask else offset[:, :1]).contiguous()
+    groups, pieces, geom, cq, w2 = _setup(input, offset, weight, stride, padding, dilation)
+    n, c_out = input.shape[0], weight.shape[0]
     ho, wo = offset.shape[2:]
-    out = input.new_empty(n, weight.shape[0], ho, wo)
-    for a, b in batch_chunks(n, _item_bytes(input, offset, k)):
+    out = input.new_empty(n, ho, wo, c_out)  # channels-last while blocks are written
+    product = _Product(w2, groups, bias)
+    width = groups * w2.shape[1]  # columns per position
+    for a, b in batch_chunks(n, _item_bytes(input)):
         xpad = _padded_channels_last(input[a:b])
-        sub_mask = None if mask is None else mask[a:b]
-        cols = _columns(xpad, offset[a:b], sub_mask, pieces, geom, cq, k, groups)
-        out[a:b] = F.conv2d(cols, wmat, bias, groups=groups)
-    return out
+        off, m = offset[a:b].numpy(), mask[a:b].numpy()
+        out_rows = out[a:b].view((b - a) * ho * wo, c_out)
+        buf = None
+        for t0, t1 in _blocks((b - a) * ho, wo * width * input.element_size()):
+            if buf is None:
+                buf = input.new_empty((t1 - t0) * wo * width)
+            cols = buf[: (t1 - t0) * wo * width].view(t1 - t0, wo, width)
+            _columns_kernel(xpad.numpy(), off, m, use_mask, pieces, geom, cq, t0, cols.numpy())
+            product.forward(cols.view((t1 - t0) * wo, -1), out_rows[t0 * wo : t1 * wo])
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation):
     """Gradients ``(input, offset, mask, weight, bias)``; ``mask``'s is None without a mask."""
-    grad, input, offset = grad.contiguous(), input.contiguous(), offset.contiguous()
-    weight = weight.contiguous()
-    mask = None if mask is None else mask.contiguous()
-    groups, pieces, geom, cq, wmat = _setup(input, offset, weight, stride, padding, dilation)
-    k = geom[0] * geom[1]
-    n = input.shape[0]
+    input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
     use_mask = mask is not None
+    mask = (mask if use_mask else offset[:, :1]).contiguous()
+    groups, pieces, geom, cq, w2 = _setup(input, offset, weight, stride, padding, dilation)
+    # the input gradient is parallel over channel pieces: cut them finer than the threads
+    c, k = input.shape[1], geom[0] * geom[1]
+    split = _pieces(c, groups, offset.shape[1] // (2 * k), k, 2 * numba.get_num_threads())
+    n, c_out = input.shape[0], weight.shape[0]
+    ho, wo = offset.shape[2:]
     g_input = torch.empty_like(input)
     g_offset = torch.zeros_like(offset)
-    g_mask = torch.zeros_like(mask) if use_mask else None
-    g_wmat = torch.zeros_like(wmat)
-    g_bias = None if bias is None else grad.sum((0, 2, 3))
-    for a, b in batch_chunks(n, _item_bytes(input, offset, k)):
+    g_mask = torch.zeros_like(mask)
+    product = _Product(w2, groups, None)
+    width = groups * w2.shape[1]  # columns per position
+    for a, b in batch_chunks(n, _item_bytes(input)):
         xpad = _padded_channels_last(input[a:b])
-        off = offset[a:b]
-        m = mask[a:b] if use_mask else off[:, :1].contiguous()
-        cols = _columns(xpad, off, mask[a:b] if use_mask else None, pieces, geom, cq, k, groups)
-        g_cols, g_w, _ = torch.ops.aten.convolution_backward(
-            grad[a:b], cols, wmat, None, [1, 1], [0, 0], [1, 1], False, [0, 0], groups,
-            [True, True, False],
-        )  # fmt: skip
-        g_wmat += g_w
-        del cols
-        g_cols = g_cols.permute(0, 2, 3, 1).contiguous()
         gxpad = torch.zeros_like(xpad)
-        _grad_input_kernel(
-            g_cols.numpy(), off.numpy(), m.numpy(), use_mask, pieces, geom, cq, gxpad.numpy()
-        )
+        g_rows = grad[a:b].permute(0, 2, 3, 1).reshape((b - a) * ho * wo, c_out)
+        off, m = offset[a:b].numpy(), mask[a:b].numpy()
+        g_off, g_m = g_offset[a:b].numpy(), g_mask[a:b].numpy()
+        bufs = None
+        for t0, t1 in _blocks((b - a) * ho, 2 * wo * width * input.element_size()):
+            size = (t1 - t0) * wo * width
+            if bufs is None:
+                bufs = (input.new_empty(size), input.new_empty(size))
+            cols = bufs[0][:size].view(t1 - t0, wo, width)
+            g_cols = bufs[1][:size].view(t1 - t0, wo, width)
+            _columns_kernel(xpad.numpy(), off, m, use_mask, pieces, geom, cq, t0, cols.numpy())
+            positions = (t1 - t0) * wo
+            product.backward(
+                g_rows[t0 * wo : t1 * wo], cols.view(positions, -1), g_cols.view(positions, -1)
+            )
+            _grad_input_kernel(g_cols.numpy(), off, m, use_mask, split, geom, cq, t0, gxpad.numpy())
+            _grad_offset_kernel(
+                g_cols.numpy(), xpad.numpy(), off, m, use_mask, pieces, geom, cq, t0, g_off, g_m
+            )
         g_input[a:b] = gxpad[:, 1:-1, 1:-1].permute(0, 3, 1, 2)
-        gm = g_mask[a:b] if use_mask else m
-        _grad_offset_kernel(
-            g_cols.numpy(), xpad.numpy(), off.numpy(), m.numpy(), use_mask, pieces, geom, cq,
-            g_offset[a:b].numpy(), gm.numpy(),
-        )  # fmt: skip
-    g_weight = g_wmat.reshape(weight.shape[0], geom[0], geom[1], cq).permute(0, 3, 1, 2)
-    return g_input, g_offset, g_mask, g_weight.contiguous(), g_bias
+    kh, kw = geom[0], geom[1]
+    g_weight = product.weight_grad().view(c_out, kh, kw, -1).permute(0, 3, 1, 2).contiguous()
+    g_bias = None if bias is None else grad.sum((0, 2, 3))
+    return g_input, g_offset, g_mask if use_mask else None, g_weight, g_bias

@@ -1,0 +1,309 @@
+"""The ``torchdcn`` command: ``train``, ``eval`` and ``demo`` (also ``python -m torchdcn``).
+
+Every option of a command can also come from a YAML or TOML file given with ``--config``: a flat
+table whose keys are the option names (``batch_size`` or ``batch-size``). Command-line flags win
+over the file, the file wins over the built-in defaults. Exit codes: 0 success, 1 failure while
+running, 2 bad arguments or config file, 3 missing or invalid input (data, checkpoint), 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .cli_options import (
+    COMMANDS,
+    EPILOG,
+    UsageError,
+    read_config_file,
+    resolve_settings,
+)
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_FAILURE",
+    "EXIT_INPUT",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "build_parser",
+    "main",
+    "read_config_file",
+    "resolve_settings",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``torchdcn`` parser; options left off the command line are absent from the result."""
+    parser = argparse.ArgumentParser(
+        prog="torchdcn",
+        description="Deformable ConvNets v1/v2 in PyTorch: training, evaluation and the demo.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,demo}")
+    sub.required = True
+    for command, (summary, options) in COMMANDS.items():
+        p = sub.add_parser(
+            command,
+            help=summary,
+            description=summary + ".",
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            argument_default=argparse.SUPPRESS,
+        )
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            help="YAML or TOML file of option values (command-line flags override it)",
+        )
+        for opt in options:
+            shown = "none" if opt.default is None else opt.default
+            if isinstance(shown, list):
+                shown = " ".join(str(v) for v in shown) or "none"
+            text = f"{opt.help} (default: {shown})"
+            if opt.flag:
+                p.add_argument(f"--{opt.name}", action=argparse.BooleanOptionalAction, help=text)
+            else:
+                p.add_argument(
+                    f"--{opt.name}",
+                    type=opt.type,
+                    choices=None if opt.choices is None else opt.converted_choices(),
+                    nargs=opt.nargs,
+                    metavar=opt.shown_metavar(),
+                    help=text,
+                )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``torchdcn`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2), already printed
+        return int(exit_.code or 0)
+    command = args.command
+    try:
+        settings = resolve_settings(command, args)
+        _check(command, settings)
+        runner = {"train": _train, "eval": _eval, "demo": _demo}[command]
+        return runner(settings)
+    except UsageError as err:
+        print(f"torchdcn {command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"torchdcn {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        from .data.mnist import DataFormatError, DataNotFoundError
+        from .engine.checkpoint import CheckpointError
+
+        if isinstance(err, DataNotFoundError | DataFormatError | CheckpointError):
+            print(f"torchdcn {command}: error: {err}", file=sys.stderr)
+            return EXIT_INPUT
+        import traceback
+
+        traceback.print_exc()
+        print(f"torchdcn {command}: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _check(command: str, s: dict[str, Any]) -> None:
+    positive = [k for k in ("epochs", "batch_size", "width", "lr") if k in s]
+    for key in positive:
+        if s[key] is None or s[key] <= 0:
+            raise UsageError(f"--{key.replace('_', '-')} must be positive, got {s[key]}")
+    if command == "eval" and not s.get("checkpoint"):
+        raise UsageError("--checkpoint is required (e.g. --checkpoint runs/train/last.pt)")
+    if s.get("threads", 0) < 0:
+        raise UsageError(f"--threads must be >= 0, got {s['threads']}")
+
+
+def _set_threads(threads: int) -> None:
+    """``threads`` for torch and Numba; 0 keeps torch's count (``OMP_NUM_THREADS``, or the one
+    ``torchrun`` set up) and gives Numba the same, so the two never fight over cores."""
+    import torch
+
+    from .engine.distributed import set_cpu_threads
+
+    set_cpu_threads(threads or torch.get_num_threads())
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def _train(s: dict[str, Any]) -> int:
+    from . import engine
+    from .data.distorted_mnist import distorted_mnist
+    from .engine import distributed
+    from .models.mnist_cnn import mnist_cnn
+
+    dist = distributed.init_distributed()
+    _set_threads(s["threads"])
+    try:
+        out = Path(s["output_dir"])
+        ckpt = out / engine.trainer.CHECKPOINT_NAME
+        resume: bool | str = False
+        if s["resume"] is not None:
+            resume = True if s["resume"] == "auto" else s["resume"]
+        elif ckpt.exists() and not s["overwrite"]:
+            raise UsageError(
+                f"{ckpt} exists: pass --resume auto to continue that run, or --overwrite to start "
+                "over in the same folder"
+            )
+        elif s["overwrite"] and dist.is_main:
+            for name in (engine.trainer.CHECKPOINT_NAME, "metrics.jsonl", "results.json"):
+                (out / name).unlink(missing_ok=True)
+        distributed.barrier()
+        config = _settings_to_train_config(s, out)
+        engine.seed_everything(s["seed"])
+        train, tests = distorted_mnist(
+            s["data_root"], s["seed"], limit_train=s["limit_train"], limit_test=s["limit_test"]
+        )
+        model = mnist_cnn(s["deform"], width=s["width"])
+        run_info = {
+            "model": "mnist_cnn",
+            "model_config": {"deform": s["deform"], "width": s["width"]},
+            "data": {"protocol": "distorted_mnist", "limit_train": s["limit_train"]},
+        }
+        trainer = engine.Trainer(
+            model,
+            train,
+            config,
+            eval_sets=tests,
+            eval_every=s["eval_every"],
+            run_info=run_info,
+            name=f"train {s['deform'] or 'plain'}",
+        )
+        result = trainer.fit(resume=resume)
+        if dist.is_main:
+            summary = {
+                "steps": result.steps,
+                "loss": result.loss,
+                "accuracy": result.accuracy,
+                "wall_time_s": round(result.wall_time_s, 1),
+                "resumed_from_step": result.resumed_from_step,
+                "checkpoint": str(result.checkpoint),
+            }
+            (out / "results.json").write_text(json.dumps(summary, indent=1))
+            print(_accuracy_lines(result.accuracy))
+            print(f"checkpoint: {result.checkpoint}")
+    finally:
+        distributed.cleanup()
+    return EXIT_OK
+
+
+def _settings_to_train_config(s: dict[str, Any], out: Path):
+    """The :class:`~torchdcn.engine.TrainConfig` of the settings (UsageError if rejected)."""
+    from .engine import OptimConfig, ScheduleConfig, TrainConfig
+
+    try:
+        return TrainConfig(
+            epochs=s["epochs"],
+            batch_size=s["batch_size"],
+            seed=s["seed"],
+            optim=OptimConfig(s["optimizer"], s["lr"], s["weight_decay"], momentum=s["momentum"]),
+            schedule=ScheduleConfig(
+                s["schedule"],
+                s["warmup_steps"],
+                s["warmup_factor"],
+                tuple(s["milestones"]),
+                s["gamma"],
+                s["min_lr_factor"],
+            ),
+            amp=s["amp"],
+            clip_grad_norm=s["clip_grad_norm"],
+            output_dir=str(out),
+            checkpoint_every=s["checkpoint_every"],
+            log_every=s["log_every"],
+            progress=s["progress"],
+            tensorboard=s["tensorboard"],
+            device=s["device"],
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def _eval(s: dict[str, Any]) -> int:
+    from .data.distorted_mnist import distorted_mnist
+    from .engine import distributed, evaluate_accuracy, load_checkpoint
+    from .engine.checkpoint import CheckpointError
+    from .engine.trainer import resolve_device
+    from .models.mnist_cnn import mnist_cnn
+
+    dist = distributed.init_distributed()
+    _set_threads(s["threads"])
+    try:
+        state = load_checkpoint(s["checkpoint"])
+        info = state.get("run_info") or {}
+        if info.get("model") != "mnist_cnn":
+            raise CheckpointError(
+                f"{s['checkpoint']} holds model {info.get('model')!r}; 'torchdcn eval' evaluates "
+                "mnist_cnn checkpoints written by 'torchdcn train' or 'torchdcn demo'"
+            )
+        model = mnist_cnn(**info["model_config"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{s['checkpoint']}: weights do not fit the model: {err}"
+            ) from err
+        device = resolve_device(s["device"], dist.local_rank)
+        model.to(device)
+        _, tests = distorted_mnist(s["data_root"], limit_test=s["limit_test"])
+        accuracy = {
+            name: evaluate_accuracy(model, source, s["batch_size"], device)
+            for name, source in tests.items()
+        }
+        if dist.is_main:
+            print(_accuracy_lines(accuracy))
+            if s["json"]:
+                Path(s["json"]).write_text(json.dumps({"accuracy": accuracy}, indent=1))
+    finally:
+        distributed.cleanup()
+    return EXIT_OK
+
+
+def _demo(s: dict[str, Any]) -> int:
+    from .demo import DemoConfig, format_report, run_demo
+
+    config = DemoConfig(
+        seeds=tuple(s["seeds"]),
+        epochs=s["epochs"],
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        weight_decay=s["weight_decay"],
+        warmup_steps=s["warmup_steps"],
+        width=s["width"],
+        plain_long_factor=s["plain_long_factor"],
+        data_root=s["data_root"],
+        out_dir=s["out_dir"],
+        figure=s["figure"],
+        markdown=s["markdown"],
+        jobs=s["jobs"],
+        threads=s["threads"],
+        progress=s["progress"],
+        limit_train=s["limit_train"],
+        limit_test=s["limit_test"],
+    )
+    result = run_demo(config)
+    print(format_report(result))
+    return EXIT_OK
+
+
+def _accuracy_lines(accuracy: dict[str, float]) -> str:
+    width = max((len(k) for k in accuracy), default=5)
+    return "\n".join(f"{k:<{width}}  {v:6.2f} %" for k, v in accuracy.items())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""A 2-process DDP run (torchrun, gloo, CPU) ends where 1 process with the same global batch
+ends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    sys.path.insert(0, sys.argv[1])
+    import conftest  # the engine tests' tiny model and data
+    from torchdcn.engine import Trainer, OptimConfig, init_distributed, seed_everything
+    from torchdcn.engine import distributed
+
+    info = init_distributed()
+    torch.set_num_threads(1)
+    seed_everything(0)
+    model = conftest.TinyNet()
+    data = conftest._tiny_data(48)
+    cfg = conftest._tiny_config(epochs=2, batch_size=8, optim=OptimConfig("adamw", lr=0.01),
+                                output_dir=sys.argv[3], checkpoint_every=5)
+    result = Trainer(model, data, cfg, eval_sets={"train": data}).fit()
+    if info.is_main:
+        torch.save({"model": model.state_dict(), "accuracy": result.accuracy,
+                    "world": info.world_size}, sys.argv[2])
+    distributed.cleanup()
+    """
+)
+
+
+def _run(cmd: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_two_process_gloo_run_equals_one_process(tmp_path):
+    script = tmp_path / "ddp_tiny.py"
+    script.write_text(SCRIPT)
+    here = str(Path(__file__).parent)
+    _run([sys.executable, str(script), here, "one.pt", "run1"], tmp_path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    _run([*torchrun, "--nproc-per-node", "2", str(script), here, "two.pt", "run2"], tmp_path)
+    one = torch.load(tmp_path / "one.pt", weights_only=True)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert one["world"] == 1 and two["world"] == 2
+    for key, value in one["model"].items():
+        # same batches and the same update; only float summation order differs
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert two["accuracy"] == one["accuracy"]
+    # rank 0 wrote the checkpoint
+    assert (tmp_path / "run2" / "last.pt").exists()

@@ -1,0 +1,79 @@
+"""Learning-rate schedules and the offset multipliers reaching the optimizer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from torchdcn.engine import OptimConfig, ScheduleConfig, Trainer, apply_lr, build_optimizer
+from torchdcn.engine.schedule import lr_factor
+
+
+def test_cosine_values():
+    cfg = ScheduleConfig("cosine")
+    assert lr_factor(0, 100, 10, cfg) == 1.0
+    assert lr_factor(50, 100, 10, cfg) == pytest.approx(0.5)
+    assert lr_factor(25, 100, 10, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor(100, 100, 10, cfg) == pytest.approx(0.0, abs=1e-12)
+    floor = ScheduleConfig("cosine", min_factor=0.1)
+    assert lr_factor(100, 100, 10, floor) == pytest.approx(0.1)
+    assert lr_factor(50, 100, 10, floor) == pytest.approx(0.55)
+
+
+def test_warmup_multiplies_main_schedule():
+    cfg = ScheduleConfig("cosine", warmup_steps=10, warmup_factor=0.1)
+    assert lr_factor(0, 100, 10, cfg) == pytest.approx(0.1)
+    main5 = 0.5 * (1 + math.cos(math.pi * 5 / 100))
+    assert lr_factor(5, 100, 10, cfg) == pytest.approx(main5 * (0.1 + 0.9 * 0.5))
+    main10 = 0.5 * (1 + math.cos(math.pi * 10 / 100))
+    assert lr_factor(10, 100, 10, cfg) == pytest.approx(main10)
+
+
+def test_step_schedule_milestones_in_epochs():
+    # SPEC 6: lr divided by 10 at epochs 10 and 14 (here 4 steps per epoch)
+    cfg = ScheduleConfig("step", milestones=(14, 10), gamma=0.1)
+    assert cfg.milestones == (10.0, 14.0)
+    assert lr_factor(39, 64, 4, cfg) == 1.0
+    assert lr_factor(40, 64, 4, cfg) == pytest.approx(0.1)
+    assert lr_factor(55, 64, 4, cfg) == pytest.approx(0.1)
+    assert lr_factor(56, 64, 4, cfg) == pytest.approx(0.01)
+
+
+def test_bad_schedule_settings():
+    with pytest.raises(ValueError, match="schedule"):
+        ScheduleConfig("linear")
+    with pytest.raises(ValueError, match="warmup"):
+        ScheduleConfig(warmup_steps=-1)
+    with pytest.raises(ValueError, match="optimizer"):
+        OptimConfig("adam")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_offset_multipliers_reach_the_optimizer(name, tiny_model):
+    model = tiny_model()
+    opt = build_optimizer(model, OptimConfig(name, lr=0.2))
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert all(lr_of[id(p)] == pytest.approx(0.2) for p in model.v1.offset_parameters())
+    assert all(lr_of[id(p)] == pytest.approx(0.02) for p in model.v2.offset_parameters())
+    assert lr_of[id(model.v2.weight)] == pytest.approx(0.2)
+    assert lr_of[id(model.fc.weight)] == pytest.approx(0.2)
+    assert len(lr_of) == sum(1 for _ in model.parameters())
+    apply_lr(opt, 0.5)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(model.v2.conv_offset.weight)] == pytest.approx(0.01)
+    assert lr_of[id(model.conv.weight)] == pytest.approx(0.1)
+
+
+def test_trainer_sets_scheduled_rates_per_group(tiny_model, tiny_data, tiny_config):
+    cfg = tiny_config(epochs=1, schedule=ScheduleConfig("cosine", warmup_steps=2))
+    trainer = Trainer(tiny_model(), tiny_data(), cfg)
+    seen = []
+    trainer.hooks.append(
+        lambda t: seen.append(sorted({round(g["lr"], 12) for g in t.optimizer.param_groups}))
+    )
+    trainer.fit()
+    total = trainer.total_steps
+    for step, lrs in enumerate(seen):
+        f = lr_factor(step, total, trainer.steps_per_epoch, cfg.schedule)
+        assert lrs == sorted({round(0.05 * f * 0.1, 12), round(0.05 * f, 12)})

@@ -1,0 +1,81 @@
+"""The training loop: exact resume after a kill mid-epoch, logs, AMP and clipping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchdcn.engine import OptimConfig, Trainer, read_metrics
+
+
+class Killed(Exception):
+    """Stands for SIGKILL: the process stops and everything in memory is lost."""
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_after_kill_mid_epoch_gives_identical_weights(
+    tmp_path, optimizer, tiny_model, tiny_data, tiny_config
+):
+    # 48 samples / batch 8 = 6 steps per epoch, 3 epochs; checkpoints every 4 steps
+    kw = dict(epochs=3, checkpoint_every=4, optim=OptimConfig(optimizer, lr=0.02))
+    full = Trainer(tiny_model(), tiny_data(), tiny_config(output_dir=str(tmp_path / "a"), **kw))
+    full.fit()
+
+    cfg = tiny_config(output_dir=str(tmp_path / "b"), **kw)
+    first = Trainer(tiny_model(), tiny_data(), cfg)
+
+    def kill_at_step_11(trainer):  # epoch 1, batch 5 of 6; last checkpoint after step 8
+        if trainer.step == 11:
+            raise Killed
+
+    first.hooks.append(kill_at_step_11)
+    with pytest.raises(Killed):
+        first.fit()
+    # a new process: other initial weights, nothing carried over but the checkpoint
+    second = Trainer(tiny_model(seed=123), tiny_data(), cfg)
+    result = second.fit(resume=True)
+    assert result.resumed_from_step == 8 and result.steps == 18
+    a, b = _weights(full.model), _weights(second.model)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    events = [e["event"] for e in read_metrics(tmp_path / "b" / "metrics.jsonl")]
+    assert events[0] == "start" and "resume" in events and events[-1] == "end"
+
+
+def test_metrics_log_and_result(tmp_path, tiny_model, tiny_data, tiny_config):
+    cfg = tiny_config(epochs=2, output_dir=str(tmp_path), log_every=2)
+    data = tiny_data()
+    result = Trainer(tiny_model(), data, cfg, eval_sets={"train": data}).fit()
+    log = read_metrics(tmp_path / "metrics.jsonl")
+    train = [e for e in log if e["event"] == "train"]
+    assert [e["step"] for e in train] == [2, 4, 6, 8, 10, 12]
+    assert all(e["img_per_s"] > 0 and e["lr"] >= 0 for e in train)
+    evals = [e for e in log if e["event"] == "eval"]
+    assert len(evals) == 2 and 0 <= evals[-1]["accuracy"]["train"] <= 100
+    assert result.accuracy == evals[-1]["accuracy"]
+    assert result.checkpoint == tmp_path / "last.pt" and result.checkpoint.exists()
+
+
+def test_training_learns_with_amp_and_clipping(tiny_model, tiny_data, tiny_config):
+    cfg = tiny_config(epochs=6, amp=True, clip_grad_norm=1.0, optim=OptimConfig("adamw", lr=0.03))
+    data = tiny_data(64)
+    trainer = Trainer(tiny_model(), data, cfg, eval_sets={"train": data}, eval_every=0)
+    result = trainer.fit()
+    assert result.accuracy["train"] > 80  # 4 classes: chance is 25 %
+    assert trainer.amp_dtype == torch.bfloat16
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tiny_model, tiny_data, tiny_config):
+    cfg = tiny_config(epochs=1, optim=OptimConfig("sgd", lr=1e30))
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        Trainer(tiny_model(), tiny_data(), cfg).fit()
+
+
+def test_batch_larger_than_data_is_rejected(tiny_model, tiny_data, tiny_config):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        Trainer(tiny_model(), tiny_data(4), tiny_config(batch_size=8))
