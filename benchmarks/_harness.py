@@ -37,6 +37,8 @@ def _status_kib(field: str) -> int:
 def peak_extra_mib(fn: Callable[[], object]) -> float:
     """MiB by which ``fn()`` raises the process's peak resident memory above its current level."""
     pin_malloc(128 * 1024)
+    if _libc is not None:
+        _libc.malloc_trim(0)  # hand back what the timing runs left in the heap
     try:
         fn()  # warm: lazy allocations and compilation are not the op's working memory
         with open("/proc/self/clear_refs", "w") as f:
@@ -51,17 +53,23 @@ def peak_extra_mib(fn: Callable[[], object]) -> float:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2, block: int = 5
 ) -> dict[str, float]:
-    """Median seconds of each function, the functions run in turn within every repeat."""
+    """Median seconds of each function. The functions take turns in blocks of ``block``
+    consecutive calls, rounds repeated until each has ``repeats`` calls: every function sees the
+    same machine over time, and none is timed right after another library's threads were busy
+    (several thread pools share the cores; a call made just after another pool ran pays for it).
+    The first call of each block is a warm-up and is not timed."""
     pin_malloc(1 << 30)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    while min(len(s) for s in samples.values()) < repeats:
         for name, fn in fns.items():
-            t0 = time.perf_counter()
             fn()
-            samples[name].append(time.perf_counter() - t0)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
     return {name: statistics.median(s) for name, s in samples.items()}

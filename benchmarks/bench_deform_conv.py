@@ -12,6 +12,11 @@ import argparse
 import datetime
 import os
 import platform
+import sys
+
+if __name__ == "__main__":  # the OpenMP wait policy is read when the runtimes start: set it first
+    _wait = sys.argv[sys.argv.index("--omp-wait") + 1] if "--omp-wait" in sys.argv else "passive"
+    os.environ["OMP_WAIT_POLICY"] = _wait.upper()
 
 import numba
 import torch
@@ -59,15 +64,20 @@ def bench_shape(n, c_in, c_out, h, w, has_mask, threads, repeats):
         with torch.no_grad():
             return F.conv2d(x, weight, bias, padding=1)
 
+    # fresh gradients each call (as in training), not accumulation into existing .grad buffers
+    dense_inputs = (x, weight, bias)
+    ours_inputs = (x, offset, weight, bias) + ((mask,) if has_mask else ())
+
     def dense_fb():
-        F.conv2d(x, weight, bias, padding=1).backward(grad)
+        return torch.autograd.grad(F.conv2d(x, weight, bias, padding=1), dense_inputs, grad)
 
     def ours_f():
         with torch.no_grad():
             return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
 
     def ours_fb():
-        deform_conv2d(x, offset, weight, bias, padding=1, mask=mask).backward(grad)
+        out = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+        return torch.autograd.grad(out, ours_inputs, grad)
 
     fns = {"dense_f": dense_f, "ours_f": ours_f, "dense_fb": dense_fb, "ours_fb": ours_fb}
     sess = _ort_session(has_mask, threads)
@@ -86,13 +96,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch, numba, ORT)")
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per function")
+    parser.add_argument(
+        "--omp-wait",
+        choices=["passive", "active"],
+        default="passive",
+        help="OpenMP wait policy (torchdcn's default is passive, see README)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
     print(
         f"# deform_conv2d on CPU, float32, {args.threads} threads, medians of {args.repeats}; "
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}"
+        f"{os.cpu_count()} cores, torch {torch.__version__}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
     )
     print(
         "| shape (N, C_in->C_out, HxW) | mask | dense fwd ms | ours fwd ms (x dense) "

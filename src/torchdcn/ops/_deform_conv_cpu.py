@@ -33,19 +33,17 @@ from torch import Tensor
 from . import _gemm
 from ._backend import batch_chunks
 
-BLOCK_BYTES = 4 << 20
+BLOCK_BYTES = 16 << 20
 
 
-def _pieces(channels: int, groups: int, offset_groups: int, k: int, split: int) -> np.ndarray:
-    """Channel runs ``[n, 4] = (offset_group, lo, hi, base)``, each run cut into ``split`` parts."""
+def _pieces(channels: int, groups: int, offset_groups: int, k: int) -> np.ndarray:
+    """Channel runs ``[n, 4] = (offset_group, lo, hi, base)`` (module docstring)."""
     cq, cg = channels // groups, channels // offset_groups
     bounds = sorted({*range(0, channels, cq), *range(0, channels, cg), channels})
     rows = []
     for lo, hi in itertools.pairwise(bounds):
         q = lo // cq
-        step = max(16, math.ceil((hi - lo) / split))
-        for a in range(lo, hi, step):
-            rows.append((lo // cg, a, min(hi, a + step), q * k * cq - q * cq))
+        rows.append((lo // cg, lo, hi, q * k * cq - q * cq))
     return np.asarray(rows, dtype=np.int64)
 
 
@@ -99,18 +97,21 @@ def _columns_kernel(xpad, offset, mask, use_mask, pieces, geom, cq, t0, cols):
 
 
 @njit(parallel=True, cache=True)
-def _grad_input_kernel(gcols, offset, mask, use_mask, pieces, geom, cq, t0, gxpad):
-    """gxpad[n, corner, c] += weight * gcols[...]; parallel over channel pieces: no write races."""
-    _, hp, wp, _ = gxpad.shape
+def _grad_input_kernel(gcols, offset, mask, use_mask, pieces, geom, cq, t0, gxpad_per_thread):
+    """gxpad[thread][n, corner, c] += weight * gcols[...]: parallel over output rows, each thread
+    adding into its own copy of the padded input gradient (summed by the caller), so no two
+    threads write one cell and the channel loops stay whole."""
+    _, _, hp, wp, _ = gxpad_per_thread.shape
     ho = offset.shape[2]
     rows, wo, _ = gcols.shape
     nk = geom[0] * geom[1]
-    for p in prange(pieces.shape[0]):
-        g, lo, hi, base = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
-        for r in range(rows):
-            n = (t0 + r) // ho
-            oy = t0 + r - n * ho
-            for ox in range(wo):
+    for r in prange(rows):
+        gxpad = gxpad_per_thread[numba.get_thread_id()]
+        n = (t0 + r) // ho
+        oy = t0 + r - n * ho
+        for ox in range(wo):
+            for p in range(pieces.shape[0]):
+                g, lo, hi, base = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
                 for kk in range(nk):
                     iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
                     if not ok:
@@ -133,7 +134,8 @@ def _grad_input_kernel(gcols, offset, mask, use_mask, pieces, geom, cq, t0, gxpa
                         a11[c] += w11 * v
 
 
-@njit(parallel=True, cache=True)
+# reductions over channels may be reassociated (so they vectorise); NaN/inf semantics are kept
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def _grad_offset_kernel(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, t0, goff, gmask):
     """Offset and mask gradients: reductions over channels, parallel over output rows."""
     _, hp, wp, _ = xpad.shape
@@ -183,7 +185,7 @@ def _setup(input, offset, weight, stride, padding, dilation):
     k = kh * kw
     groups = c // cq
     offset_groups = offset.shape[1] // (2 * k)
-    pieces = _pieces(c, groups, offset_groups, k, 1)
+    pieces = _pieces(c, groups, offset_groups, k)
     geom = (kh, kw, *stride, *padding, *dilation)
     # the weight as a matrix [C_out, groups-major (kernel point, channel)] matching the columns
     w2 = weight.permute(0, 2, 3, 1).reshape(c_out, k * cq).contiguous()
@@ -258,9 +260,9 @@ class _Product:
 
 
 def _item_bytes(input: Tensor) -> int:
-    """Working bytes per image: the padded copy and its gradient."""
+    """Working bytes per image: the padded copy and a gradient of it per thread."""
     _, c, h, w = input.shape
-    return 2 * c * (h + 2) * (w + 2) * input.element_size()
+    return (1 + numba.get_num_threads()) * c * (h + 2) * (w + 2) * input.element_size()
 
 
 def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Tensor:
@@ -294,9 +296,7 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
     use_mask = mask is not None
     mask = (mask if use_mask else offset[:, :1]).contiguous()
     groups, pieces, geom, cq, w2 = _setup(input, offset, weight, stride, padding, dilation)
-    # the input gradient is parallel over channel pieces: cut them finer than the threads
-    c, k = input.shape[1], geom[0] * geom[1]
-    split = _pieces(c, groups, offset.shape[1] // (2 * k), k, 2 * numba.get_num_threads())
+    threads = numba.get_num_threads()
     n, c_out = input.shape[0], weight.shape[0]
     ho, wo = offset.shape[2:]
     g_input = torch.empty_like(input)
@@ -306,7 +306,7 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
     width = groups * w2.shape[1]  # columns per position
     for a, b in batch_chunks(n, _item_bytes(input)):
         xpad = _padded_channels_last(input[a:b])
-        gxpad = torch.zeros_like(xpad)
+        gxpad = xpad.new_zeros(threads, *xpad.shape)
         g_rows = grad[a:b].permute(0, 2, 3, 1).reshape((b - a) * ho * wo, c_out)
         off, m = offset[a:b].numpy(), mask[a:b].numpy()
         g_off, g_m = g_offset[a:b].numpy(), g_mask[a:b].numpy()
@@ -322,11 +322,13 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
             product.backward(
                 g_rows[t0 * wo : t1 * wo], cols.view(positions, -1), g_cols.view(positions, -1)
             )
-            _grad_input_kernel(g_cols.numpy(), off, m, use_mask, split, geom, cq, t0, gxpad.numpy())
+            _grad_input_kernel(
+                g_cols.numpy(), off, m, use_mask, pieces, geom, cq, t0, gxpad.numpy()
+            )
             _grad_offset_kernel(
                 g_cols.numpy(), xpad.numpy(), off, m, use_mask, pieces, geom, cq, t0, g_off, g_m
             )
-        g_input[a:b] = gxpad[:, 1:-1, 1:-1].permute(0, 3, 1, 2)
+        g_input[a:b] = gxpad.sum(0)[:, 1:-1, 1:-1].permute(0, 3, 1, 2)
     kh, kw = geom[0], geom[1]
     g_weight = product.weight_grad().view(c_out, kh, kw, -1).permute(0, 3, 1, 2).contiguous()
     g_bias = None if bias is None else grad.sum((0, 2, 3))
