@@ -32,7 +32,6 @@ from torchdcn.ops import (  # noqa: E402
     roi_pool,
     set_workspace_limit,
     use_backend,
-    workspace_limit,
 )
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="the Triton kernels need triton installed")
@@ -152,13 +151,9 @@ def test_matches_reference(name):
 def test_deterministic_matches_reference_and_repeats_bitwise(name):
     op, tensors, kwargs = case(name)
     want = run("reference", op, tensors, kwargs)
-    previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
-    try:
-        first = run("triton", op, tensors, kwargs)
-        second = run("triton", op, tensors, kwargs)
-    finally:
-        torch.use_deterministic_algorithms(previous)
+    first = run("triton", op, tensors, kwargs)
+    second = run("triton", op, tensors, kwargs)
     assert_close_all(first, want)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
@@ -169,14 +164,9 @@ def test_deterministic_roi_chunks():
     """A one-byte workspace makes the deterministic scatter take the RoIs one at a time."""
     op, tensors, kwargs = case("roi_align-adaptive-unaligned")
     want = run("reference", op, tensors, kwargs)
-    previous, limit = torch.are_deterministic_algorithms_enabled(), workspace_limit()
     torch.use_deterministic_algorithms(True)
     set_workspace_limit(1)
-    try:
-        got = run("triton", op, tensors, kwargs)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        set_workspace_limit(limit)
+    got = run("triton", op, tensors, kwargs)
     assert_close_all(got, want)
 
 
@@ -239,12 +229,8 @@ def test_opcheck_strides_match_fake(deterministic):
         ("roi_align_backward", (torch.randn(r, 8, 2, 2), x, rois, 2, 2, SCALE, 2, True)),
         ("deform_roi_pool_backward", (torch.randn(r, 8, 2, 2), x, rois, off, msk, *geometry)),
     ]
-    previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)
-    try:
-        with use_backend("triton"):
-            for name, args in cases:
-                op = getattr(torch.ops.torchdcn, name).default
-                torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
-    finally:
-        torch.use_deterministic_algorithms(previous)
+    with use_backend("triton"):
+        for name, args in cases:
+            op = getattr(torch.ops.torchdcn, name).default
+            torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))

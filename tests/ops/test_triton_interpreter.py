@@ -25,7 +25,7 @@ IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" or (
 if HAS_TRITON and IN_PROCESS:
     os.environ["TRITON_INTERPRET"] = "1"
 
-from torchdcn.ops import deform_conv2d, set_workspace_limit, use_backend, workspace_limit  # noqa: E402
+from torchdcn.ops import deform_conv2d, set_workspace_limit, use_backend  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="the Triton kernels need triton installed")
 interpreted = pytest.mark.skipif(not IN_PROCESS, reason="run by test_in_interpreter_process")
@@ -98,13 +98,9 @@ def test_matches_reference(name):
 def test_deterministic_matches_reference_and_repeats_bitwise(name):
     tensors, conv, grad = make_inputs(*CONFIGS[name])
     want = run("reference", tensors, conv, grad)
-    previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
-    try:
-        first = run("triton", tensors, conv, grad)
-        second = run("triton", tensors, conv, grad)
-    finally:
-        torch.use_deterministic_algorithms(previous)
+    first = run("triton", tensors, conv, grad)
+    second = run("triton", tensors, conv, grad)
     assert_close_all(first, want)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
@@ -115,14 +111,9 @@ def test_deterministic_batch_chunks():
     """A workspace of one image makes the deterministic input gradient run image by image."""
     tensors, conv, grad = make_inputs(*CONFIGS["offset-groups"])
     want = run("reference", tensors, conv, grad)
-    previous, limit = torch.are_deterministic_algorithms_enabled(), workspace_limit()
     torch.use_deterministic_algorithms(True)
     set_workspace_limit(1)
-    try:
-        got = run("triton", tensors, conv, grad)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        set_workspace_limit(limit)
+    got = run("triton", tensors, conv, grad)
     assert_close_all(got, want)
 
 
@@ -185,16 +176,12 @@ def test_opcheck_strides_match_fake(deterministic):
     tensors, conv, grad = make_inputs(*CONFIGS["groups"])
     x, offset, weight, bias, mask = tensors
     args = (x, offset, mask, weight, bias, *conv["stride"], *conv["padding"], *conv["dilation"])
-    previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)
-    try:
-        with use_backend("triton"):
-            checks = ("test_schema", "test_faketensor")
-            torch.library.opcheck(torch.ops.torchdcn.deform_conv2d.default, args, test_utils=checks)
-            backward = torch.ops.torchdcn.deform_conv2d_backward.default
-            torch.library.opcheck(backward, (grad, *args), test_utils=checks)
-    finally:
-        torch.use_deterministic_algorithms(previous)
+    with use_backend("triton"):
+        checks = ("test_schema", "test_faketensor")
+        torch.library.opcheck(torch.ops.torchdcn.deform_conv2d.default, args, test_utils=checks)
+        backward = torch.ops.torchdcn.deform_conv2d_backward.default
+        torch.library.opcheck(backward, (grad, *args), test_utils=checks)
 
 
 # Every kernel of both Triton modules compiled ahead of time for an H100 (sm_90) by Triton's own

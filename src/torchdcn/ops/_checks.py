@@ -4,6 +4,7 @@ from these, so every error names the argument, the shape received and the shape 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor
@@ -58,3 +59,23 @@ def check_shape(t: Tensor, name: str, expected: Sequence[int], layout: str) -> N
         raise ValueError(
             f"{name} must have shape {layout} = {tuple(expected)}, got {tuple(t.shape)}"
         )
+
+
+def autocast_dtype(input: object) -> torch.dtype | None:
+    """The autocast dtype in force for ``input``'s device, or None (also on devices, such as
+    ``meta``, that have no autocast)."""
+    if not isinstance(input, Tensor):
+        return None
+    try:
+        enabled = torch.is_autocast_enabled(input.device.type)
+    except RuntimeError:
+        return None
+    return torch.get_autocast_dtype(input.device.type) if enabled else None
+
+
+def autocast_off(input: Tensor) -> AbstractContextManager:
+    """A context in which the kernels' own products are not recast by an enclosing autocast
+    (a no-op when autocast is off for ``input``'s device, or that device has none)."""
+    if autocast_dtype(input) is None:
+        return nullcontext()
+    return torch.autocast(input.device.type, enabled=False)

@@ -1,12 +1,12 @@
 """Single-precision matrix products for the CPU kernels, on the fastest library present.
 
-PyTorch's CPU matrix product is MKL's, which picks slow code paths on AMD processors; oneDNN's 1x1
-convolution is better, and MLAS (onnxruntime's GEMM) better still: on the 2-core AMD EPYC machines
-of this project it ran the deformable-conv products 1.2-2x faster than oneDNN (see
-benchmarks/RESULTS.md).
-When onnxruntime is installed, :func:`gemm` runs ONNX ``Gemm`` through it, reading and writing the
-tensors' memory in place (IO binding, no copies); callers fall back to oneDNN otherwise.
-Set ``TORCHDCN_MLAS=0`` to turn it off.
+PyTorch's CPU matrix product is MKL's, which picks slow code paths on AMD processors. On the
+2-core AMD EPYC machines of this project the deformable-conv op ran 1.5-2.4x faster forward and
+1.3-1.9x faster forward+backward with its block products in MLAS (onnxruntime's GEMM) than in
+oneDNN's 1x1 convolution (benchmarks/bench_deform_conv.py, with and without TORCHDCN_MLAS=0;
+benchmarks/RESULTS.md). When onnxruntime is installed, :func:`gemm` runs ONNX ``Gemm`` through
+it, reading and writing the tensors' memory in place (IO binding, no copies); callers fall back
+to oneDNN otherwise. Set ``TORCHDCN_MLAS=0`` to turn it off.
 """
 
 from __future__ import annotations

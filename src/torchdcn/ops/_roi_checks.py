@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _backend
-from ._checks import check_same, check_shape, check_tensor, pair
+from ._checks import autocast_dtype, check_same, check_shape, check_tensor, pair
 
 RoIs = Tensor | Sequence[Tensor]
 
@@ -90,7 +90,7 @@ def check_roi_args(
     except by the Triton kernels. ``offset`` is ``[R, 2, ph, pw]``, or ``[R, 2 * C', ph, pw]`` with
     ``C'`` dividing ``C_out`` for the PS op; ``mask`` is ``[R, 1, ph, pw]``. The batch indices must
     be integers in ``[0, N)`` and the coordinates finite: a data-dependent check, skipped while
-    ``torch.compile`` traces.
+    ``torch.compile`` traces and for meta tensors (shape inference only).
     """
     check_tensor(input, "input", 4, "[N, C, H, W]")
     ph, pw = pooled = pair(output_size, "output_size")
@@ -109,7 +109,7 @@ def check_roi_args(
         check_tensor(mask, "mask", 4, "[R, 1, ph, pw]")
 
     out_dtype = input.dtype
-    if torch.is_autocast_enabled(input.device.type):
+    if autocast_dtype(input) is not None:
         input, rois, offset, mask = (_float(t) for t in (input, rois, offset, mask))
     check_same(input, "input", rois=rois, offset=offset, mask=mask)
 
@@ -136,7 +136,7 @@ def check_roi_args(
             check_shape(offset, "offset", (r, 2, ph, pw), "[R, 2, ph, pw]")
     if mask is not None:
         check_shape(mask, "mask", (r, 1, ph, pw), "[R, 1, ph, pw]")
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and rois.device.type != "meta":  # values exist
         _check_values(rois, n)
     if input.dtype in (torch.float16, torch.bfloat16) and (
         _backend.select_backend(input.device, input.dtype) != "triton"

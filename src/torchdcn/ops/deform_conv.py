@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 
 from . import _backend, _deform_conv_ref
-from ._checks import check_same, check_shape, check_tensor, pair
+from ._checks import autocast_dtype, autocast_off, check_same, check_shape, check_tensor, pair
 
 IntPair = int | Sequence[int]
 
@@ -63,7 +62,7 @@ def deform_conv2d(
         pair(padding, "padding"),
         pair(dilation, "dilation"),
     )
-    dtype = _autocast_dtype(input)
+    dtype = autocast_dtype(input)
     if dtype is not None:
         input, offset, weight = (_cast(t, dtype) for t in (input, offset, weight))
         bias, mask = _cast(bias, dtype), _cast(mask, dtype)
@@ -76,25 +75,11 @@ def deform_conv2d(
         input, offset, weight = (t.float() for t in (input, offset, weight))
         bias = None if bias is None else bias.float()
         mask = None if mask is None else mask.float()
-    # the kernels' own products must not be recast by an enclosing autocast
-    no_autocast = torch.autocast(input.device.type, enabled=False) if dtype else nullcontext()
-    with no_autocast:
+    with autocast_off(input):
         out = torch.ops.torchdcn.deform_conv2d(
             input, offset, mask, weight, bias, *stride, *padding, *dilation
         )
     return out.to(out_dtype)
-
-
-def _autocast_dtype(input: object) -> torch.dtype | None:
-    """The autocast dtype in force for ``input``'s device, or None (also on devices, such as
-    ``meta``, that have no autocast)."""
-    if not isinstance(input, Tensor):
-        return None
-    try:
-        enabled = torch.is_autocast_enabled(input.device.type)
-    except RuntimeError:
-        return None
-    return torch.get_autocast_dtype(input.device.type) if enabled else None
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import autocast_off
 from ._roi_checks import RoIs, check_roi_args
 from ._roi_common import register_autograd, run
 
@@ -63,7 +64,7 @@ def deform_roi_pool(
     a = check_roi_args(
         input, rois, output_size, spatial_scale, sampling_ratio, gamma, offset=offset, mask=mask
     )
-    with torch.autocast(a.input.device.type, enabled=False):
+    with autocast_off(a.input):
         out = torch.ops.torchdcn.deform_roi_pool(
             a.input, a.rois, a.offset, a.mask, *a.pooled, float(spatial_scale), sampling_ratio,
             bool(aligned), float(gamma),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import autocast_off
 from ._roi_checks import RoIs, check_roi_args
 from ._roi_common import register_autograd, run
 
@@ -39,7 +40,7 @@ def ps_roi_pool(
         torch.Size([1, 21, 3, 3])
     """
     a = check_roi_args(input, rois, output_size, spatial_scale, position_sensitive=True)
-    with torch.autocast(a.input.device.type, enabled=False):
+    with autocast_off(a.input):
         out = torch.ops.torchdcn.ps_roi_pool(a.input, a.rois, *a.pooled, float(spatial_scale))
     return out.to(a.out_dtype)
 
@@ -81,7 +82,7 @@ def ps_roi_align(
     a = check_roi_args(
         input, rois, output_size, spatial_scale, sampling_ratio, position_sensitive=True
     )
-    with torch.autocast(a.input.device.type, enabled=False):
+    with autocast_off(a.input):
         out = torch.ops.torchdcn.ps_roi_align(
             a.input, a.rois, *a.pooled, float(spatial_scale), sampling_ratio, bool(aligned)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import autocast_off
 from ._roi_checks import RoIs, check_roi_args
 from ._roi_common import register_autograd, run
 
@@ -54,7 +55,7 @@ def roi_align(
         torch.Size([1, 8, 7, 7])
     """
     a = check_roi_args(input, rois, output_size, spatial_scale, sampling_ratio)
-    with torch.autocast(a.input.device.type, enabled=False):
+    with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_align(
             a.input, a.rois, *a.pooled, float(spatial_scale), sampling_ratio, bool(aligned)
         )
