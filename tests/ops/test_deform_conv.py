@@ -236,7 +236,9 @@ def test_numba_matches_reference_float32_with_gradients(cfg):
         ]
         with use_backend(kernel):
             out = deform_conv2d(*ts[:4], st, pd, dl, ts[4] if mask is not None else None)
-            grads = torch.autograd.grad(out, ts, torch.ones_like(out))
+            # a random upstream gradient: an all-ones one hides transposed or misread rows
+            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+            grads = torch.autograd.grad(out, ts, g)
         results.append((out, *grads))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -296,16 +298,24 @@ def test_non_contiguous_and_channels_last(kernel):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_computes_in_float32(dtype):
+    """N = 1 (CONFIGS[1]), gradients from ``sum()``: values against the reference backend in
+    float32 on the same rounded inputs (rounded once to ``dtype``)."""
     x, offset, weight, bias, mask, st, pd, dl = _make(CONFIGS[1], dtype=torch.float32)
     args = [t.to(dtype) for t in (x, offset, weight, bias, mask)]
     out = deform_conv2d(*args[:4], st, pd, dl, args[4])
     assert out.dtype == dtype
     expected = deform_conv2d(*(t.float() for t in args[:4]), st, pd, dl, args[4].float())
     torch.testing.assert_close(out.float(), expected.to(dtype).float(), rtol=0, atol=0)
-    grads = torch.autograd.grad(
-        deform_conv2d(args[0].requires_grad_(), *args[1:4], st, pd, dl, args[4]).sum(), args[0]
-    )
-    assert grads[0].dtype == dtype
+    leaves = [t.clone().requires_grad_() for t in args]
+    got = torch.autograd.grad(deform_conv2d(*leaves[:4], st, pd, dl, leaves[4]).sum(), leaves)
+    ref_leaves = [t.float().requires_grad_() for t in args]
+    with use_backend("reference"):
+        ref_out = deform_conv2d(*ref_leaves[:4], st, pd, dl, ref_leaves[4])
+        want = torch.autograd.grad(ref_out.sum(), ref_leaves)
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        assert (g.float() - w).abs().max().item() <= tol * max(1.0, w.abs().max().item())
 
 
 def test_autocast_cpu_bfloat16():
@@ -316,10 +326,16 @@ def test_autocast_cpu_bfloat16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = deform_conv2d(x, off, w, padding=1)
     assert out.dtype == torch.bfloat16
-    out.float().sum().backward()
-    assert w.grad is not None and w.grad.dtype == torch.float32
-    ref = deform_conv2d(x.bfloat16().float(), off.float(), w.detach().bfloat16().float(), padding=1)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out.float() * g).sum().backward()
+    assert w.grad.dtype == torch.float32
+    ref_w = w.detach().bfloat16().float().requires_grad_()
+    with use_backend("reference"):
+        ref = deform_conv2d(x.bfloat16().float(), off.float(), ref_w, padding=1)
+        (ref_gw,) = torch.autograd.grad(ref, ref_w, g)
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+    # the weight gradient is computed from bfloat16 values: relative to its scale
+    assert (w.grad - ref_gw).abs().max() <= 2e-2 * ref_gw.abs().max()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,29 +384,46 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.torchdcn.deform_conv2d.default, args)
 
 
-def test_compile_fullgraph_no_graph_break():
-    from torchdcn.nn import ModulatedDeformConv2d
+class _OffsetNet(torch.nn.Module):
+    """A conv predicting offsets and mask, then the op (independent of torchdcn.nn)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.pre = torch.nn.Conv2d(3, 4, 1)
+        self.pred = torch.nn.Conv2d(4, 27, 3, padding=1)
+        self.weight = torch.nn.Parameter(torch.randn(4, 4, 3, 3, generator=gen) / 6)
+        with torch.no_grad():
+            self.pred.weight.normal_(0, 0.1, generator=gen)
+
+    def forward(self, x):
+        h = self.pre(x)
+        p = self.pred(h)
+        return deform_conv2d(h, p[:, :18], self.weight, padding=1, mask=p[:, 18:].sigmoid())
+
+
+def _compiled_matches_eager(backend):
+    """Output and every parameter's gradient of the compiled graph against eager."""
     torch.manual_seed(0)
-    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), ModulatedDeformConv2d(4, 4, 3, padding=1))
-    with torch.no_grad():
-        layer[1].conv_offset.weight.normal_(0, 0.1)
+    net = _OffsetNet()
     x = torch.randn(2, 3, 8, 8)
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    out = compiled(x)
-    out.sum().backward()
-    torch.testing.assert_close(out, layer(x), rtol=1e-5, atol=1e-5)
-    assert layer[1].conv_offset.weight.grad is not None
+    g = torch.randn(2, 4, 8, 8)
+    compiled = torch.compile(net, fullgraph=True, backend=backend)
+    results = []
+    for f in (compiled, net):
+        out = f(x)
+        results.append((out, *torch.autograd.grad(out, list(net.parameters()), g)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_fullgraph_no_graph_break():
+    _compiled_matches_eager("aot_eager")
 
 
 @pytest.mark.slow
 def test_compile_inductor():
-    from torchdcn.nn import DeformConv2d
-
-    layer = DeformConv2d(4, 4, 3, padding=1)
-    x = torch.randn(2, 4, 8, 8)
-    compiled = torch.compile(layer, fullgraph=True)
-    torch.testing.assert_close(compiled(x), layer(x))
+    _compiled_matches_eager("inductor")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,20 +520,47 @@ def test_device_mismatch_is_reported():
 
 
 @pytest.mark.parametrize("mlas", [True, False], ids=["mlas", "onednn"])
-def test_cpu_gemm_routes_agree_with_reference(monkeypatch, mlas):
-    """The float32 CPU kernel multiplies through MLAS (onnxruntime) when present, else oneDNN."""
+def test_cpu_gemm_routes_agree_with_reference(mlas):
+    """The float32 CPU kernel multiplies through MLAS (onnxruntime) when present, else oneDNN
+    (tests/ops/test_deform_conv_layouts.py runs every gradient layout on both)."""
     from torchdcn.ops import _gemm
 
-    if mlas and not _gemm.ENABLED:
+    if mlas and not _gemm.AVAILABLE:
         pytest.skip("onnxruntime is not installed: no MLAS route")
-    monkeypatch.setattr(_gemm, "ENABLED", mlas)
     cfg = (3, 6, 5, 7, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True)
     x, offset, weight, bias, mask, st, pd, dl = _make(cfg, dtype=torch.float32, seed=5)
+    g = torch.randn(3, 5, 7, 6, generator=torch.Generator().manual_seed(6))
     results = []
     for kernel in KERNELS:
         ts = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
-        with use_backend(kernel):
+        with use_backend(kernel), _gemm.use_mlas(mlas):
             out = deform_conv2d(*ts[:4], st, pd, dl, ts[4])
-            results.append((out, *torch.autograd.grad(out, ts, torch.ones_like(out))))
-    for a, b in zip(*results):
+            results.append((out, *torch.autograd.grad(out, ts, g)))
+    for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mlas", [True, False], ids=["mlas", "onednn"])
+def test_cpu_deterministic_mode_repeats_bitwise(monkeypatch, mlas):
+    """The CPU kernels are deterministic whether or not ``torch.use_deterministic_algorithms``
+    is on (they do not consult it): every output row is written by one thread, the input
+    gradient's per-thread partial sums cover fixed row runs and are added in a fixed order, and
+    the GEMMs split no reduction across threads. Small blocks make many of them per image."""
+    from torchdcn.ops import _deform_conv_cpu, _gemm
+
+    if mlas and not _gemm.AVAILABLE:
+        pytest.skip("onnxruntime is not installed: no MLAS route")
+    torch.use_deterministic_algorithms(True)
+    monkeypatch.setattr(_deform_conv_cpu, "BLOCK_BYTES", 16384)  # a few rows per block
+    cfg = (3, 8, 6, 12, 11, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True)
+    x, offset, weight, bias, mask, st, pd, dl = _make(cfg, dtype=torch.float32, seed=8)
+    g = torch.randn(3, 6, 12, 11, generator=torch.Generator().manual_seed(8))
+    runs = []
+    for _ in range(3):
+        ts = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
+        with use_backend("numba"), _gemm.use_mlas(mlas):
+            out = deform_conv2d(*ts[:4], st, pd, dl, ts[4])
+            runs.append((out, *torch.autograd.grad(out, ts, g)))
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0], strict=True):
+            assert torch.equal(a, b)

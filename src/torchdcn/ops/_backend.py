@@ -18,7 +18,21 @@ import torch
 BACKENDS = ("auto", "reference", "numba", "triton")
 
 _forced: str | None = None
-_workspace_bytes: int = int(float(os.environ.get("TORCHDCN_WORKSPACE_MB", "256")) * 2**20)
+
+
+def _workspace_from_env() -> int:
+    """``TORCHDCN_WORKSPACE_MB`` (MiB, may be fractional; default 256) in bytes."""
+    text = os.environ.get("TORCHDCN_WORKSPACE_MB", "").strip() or "256"
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = float("nan")
+    if not mib > 0 or mib == float("inf"):
+        raise ValueError(f"TORCHDCN_WORKSPACE_MB must be a positive number of MiB, got {text!r}")
+    return max(1, int(mib * 2**20))
+
+
+_workspace_bytes: int = _workspace_from_env()
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 

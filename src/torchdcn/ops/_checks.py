@@ -3,6 +3,7 @@ from these, so every error names the argument, the shape received and the shape 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -12,15 +13,47 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    """``3 -> (3, 3)``, ``(1, 2) -> (1, 2)``; anything else is a TypeError naming ``name``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+def _integer(value: object) -> int | None:
+    """``value`` as an int if it is an integer scalar (int, NumPy integer, 0-d integer tensor;
+    not bool), else None."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point():
+        if value.is_complex():
+            return None
+        return int(value.item())
+    return None
+
+
+def pair(value: object, name: str) -> tuple[int, int]:
+    """``3 -> (3, 3)``, ``(1, 2) -> (1, 2)``, ``(1,) -> (1, 1)``, as ``torch.nn.functional.conv2d``
+    takes them: an integer scalar (int, NumPy integer, 0-d integer tensor) or a sequence (or 1-D
+    integer tensor) of one or two of them; anything else is a TypeError naming ``name``."""
+    single = _integer(value)
+    if single is not None:
+        return single, single
+    items = None
+    if isinstance(value, Tensor) and value.dim() == 1:
+        items = list(value.unbind())
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        items = list(value)
+    if items is not None and len(items) in (1, 2):
+        ints = [_integer(v) for v in items]
+        if all(i is not None for i in ints):
+            return (ints[0], ints[-1])  # type: ignore[return-value]
+    raise TypeError(
+        f"{name} must be an int or a pair of ints (or a sequence of one int, as conv2d takes), "
+        f"got {value!r}"
+    )
+
+
+def script_pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """TorchScript's :func:`pair` (an int or a pair of ints, no validation)."""
     if isinstance(value, int):
         return value, value
-    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return int(value[0]), int(value[1])
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return value
 
 
 def check_tensor(t: object, name: str, ndim: int, layout: str) -> Tensor:

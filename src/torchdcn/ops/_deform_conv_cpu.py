@@ -10,7 +10,18 @@ once multiplied by the weight while it is still in cache (MLAS through onnxrunti
 else oneDNN's 1x1 convolution; PyTorch's own ``matmul`` is MKL, slow on AMD), and one block buffer
 serves the whole call. Writing all of an image's columns instead costs a trip to memory, and past
 glibc's 32 MiB mmap ceiling fresh page faults on every call. Backward recomputes each block's
-columns, so the extra memory is a block plus a padded copy of the input whatever the batch size.
+columns instead of keeping them.
+
+Memory beyond the inputs and results, per batch chunk (:func:`_item_bytes`; the chunk is as many
+images as fit :func:`~torchdcn.ops.set_workspace_limit`, at least one): forward, a padded
+channels-last copy of the chunk's input, one column block (:data:`BLOCK_BYTES`) and the output in
+channels-last order (permuted on return, a copy unless the caller wants channels-last); backward,
+the padded copy *plus one padded input-gradient accumulator per Numba thread*, the chunk's output
+gradient in channels-last order and two column blocks. So the bound is about
+``max(workspace limit, one image's share) + 2 * BLOCK_BYTES`` (benchmarks/bench_memory.py).
+
+Every tensor is made dense (``.contiguous()``) on entry and every matrix handed to the GEMM is a
+dense row-major block: the MLAS route reads raw pointers.
 
 Column layout: for conv group ``q`` and kernel point ``k`` the channels of ``q`` are contiguous,
 ``col[q*K*Cq + k*Cq + c']``; the weight is permuted to match. A *piece* is a contiguous channel run
@@ -97,41 +108,51 @@ def _columns_kernel(xpad, offset, mask, use_mask, pieces, geom, cq, t0, cols):
 
 
 @njit(parallel=True, cache=True)
-def _grad_input_kernel(gcols, offset, mask, use_mask, pieces, geom, cq, t0, gxpad_per_thread):
-    """gxpad[thread][n, corner, c] += weight * gcols[...]: parallel over output rows, each thread
-    adding into its own copy of the padded input gradient (summed by the caller), so no two
-    threads write one cell and the channel loops stay whole."""
-    _, _, hp, wp, _ = gxpad_per_thread.shape
+def _grad_input_kernel(gcols, offset, mask, use_mask, pieces, geom, cq, t0, gxpad_parts):
+    """gxpad[part][n, corner, c] += weight * gcols[...]: the block's rows are cut into as many
+    equal runs as there are accumulators, run ``j`` adds into its own copy ``gxpad_parts[j]``
+    (summed by the caller in a fixed order), so no two threads write one cell, the channel loops
+    stay whole and the result does not depend on which thread ran which run (deterministic)."""
+    parts = gxpad_parts.shape[0]
+    rows = gcols.shape[0]
+    for j in prange(parts):
+        gxpad = gxpad_parts[j]
+        for r in range(j * rows // parts, (j + 1) * rows // parts):
+            _grad_input_row(gcols, offset, mask, use_mask, pieces, geom, cq, t0, gxpad, r)
+
+
+@njit(cache=True, inline="always")
+def _grad_input_row(gcols, offset, mask, use_mask, pieces, geom, cq, t0, gxpad, r):
+    """One output row ``t0 + r`` of :func:`_grad_input_kernel`."""
+    _, hp, wp, _ = gxpad.shape
     ho = offset.shape[2]
-    rows, wo, _ = gcols.shape
+    _, wo, _ = gcols.shape
     nk = geom[0] * geom[1]
-    for r in prange(rows):
-        gxpad = gxpad_per_thread[numba.get_thread_id()]
-        n = (t0 + r) // ho
-        oy = t0 + r - n * ho
-        for ox in range(wo):
-            for p in range(pieces.shape[0]):
-                g, lo, hi, base = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
-                for kk in range(nk):
-                    iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
-                    if not ok:
-                        continue
-                    m = mask[n, g * nk + kk, oy, ox] if use_mask else 1.0
-                    w00 = (1 - ly) * (1 - lx) * m
-                    w01 = (1 - ly) * lx * m
-                    w10 = ly * (1 - lx) * m
-                    w11 = ly * lx * m
-                    src = gcols[r, ox, base + kk * cq + lo : base + kk * cq + hi]
-                    a00 = gxpad[n, iy, ix, lo:hi]
-                    a01 = gxpad[n, iy, ix + 1, lo:hi]
-                    a10 = gxpad[n, iy + 1, ix, lo:hi]
-                    a11 = gxpad[n, iy + 1, ix + 1, lo:hi]
-                    for c in range(hi - lo):
-                        v = src[c]
-                        a00[c] += w00 * v
-                        a01[c] += w01 * v
-                        a10[c] += w10 * v
-                        a11[c] += w11 * v
+    n = (t0 + r) // ho
+    oy = t0 + r - n * ho
+    for ox in range(wo):
+        for p in range(pieces.shape[0]):
+            g, lo, hi, base = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
+            for kk in range(nk):
+                iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
+                if not ok:
+                    continue
+                m = mask[n, g * nk + kk, oy, ox] if use_mask else 1.0
+                w00 = (1 - ly) * (1 - lx) * m
+                w01 = (1 - ly) * lx * m
+                w10 = ly * (1 - lx) * m
+                w11 = ly * lx * m
+                src = gcols[r, ox, base + kk * cq + lo : base + kk * cq + hi]
+                a00 = gxpad[n, iy, ix, lo:hi]
+                a01 = gxpad[n, iy, ix + 1, lo:hi]
+                a10 = gxpad[n, iy + 1, ix, lo:hi]
+                a11 = gxpad[n, iy + 1, ix + 1, lo:hi]
+                for c in range(hi - lo):
+                    v = src[c]
+                    a00[c] += w00 * v
+                    a01[c] += w01 * v
+                    a10[c] += w10 * v
+                    a11[c] += w11 * v
 
 
 # reductions over channels may be reassociated (so they vectorise); NaN/inf semantics are kept
@@ -259,15 +280,23 @@ class _Product:
         return m.t()[None, :, :, None]
 
 
-def _item_bytes(input: Tensor) -> int:
-    """Working bytes per image: the padded copy and a gradient of it per thread."""
+def _item_bytes(input: Tensor, grad: Tensor | None = None) -> int:
+    """Working bytes per image: the padded copy (forward); with the output gradient ``grad``
+    (backward) also a padded accumulator per thread and a channels-last copy of ``grad``."""
     _, c, h, w = input.shape
-    return (1 + numba.get_num_threads()) * c * (h + 2) * (w + 2) * input.element_size()
+    padded = c * (h + 2) * (w + 2) * input.element_size()
+    if grad is None:
+        return padded
+    return (1 + numba.get_num_threads()) * padded + grad[0].numel() * grad.element_size()
 
 
 def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Tensor:
-    """Deformable convolution on CPU float32/float64 tensors (arguments as the reference)."""
+    """Deformable convolution on CPU float32/float64 tensors (arguments as the reference).
+
+    Returns the output ``[N, C_out, H_out, W_out]`` as a channels-last strided view (the caller
+    picks the memory format; ``.contiguous()`` gives NCHW)."""
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
     use_mask = mask is not None
     mask = (mask if use_mask else offset[:, :1]).contiguous()
     groups, pieces, geom, cq, w2 = _setup(input, offset, weight, stride, padding, dilation)
@@ -287,12 +316,17 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
             cols = buf[: (t1 - t0) * wo * width].view(t1 - t0, wo, width)
             _columns_kernel(xpad.numpy(), off, m, use_mask, pieces, geom, cq, t0, cols.numpy())
             product.forward(cols.view((t1 - t0) * wo, -1), out_rows[t0 * wo : t1 * wo])
-    return out.permute(0, 3, 1, 2).contiguous()
+        xpad = buf = cols = None  # freed before the next chunk allocates its own
+    return out.permute(0, 3, 1, 2)
 
 
 def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation):
-    """Gradients ``(input, offset, mask, weight, bias)``; ``mask``'s is None without a mask."""
-    input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
+    """Gradients ``(input, offset, mask, weight, bias)``; ``mask``'s is None without a mask.
+
+    ``grad`` ``[N, C_out, H_out, W_out]`` may have any strides (expanded, channel-major, ...):
+    it is made dense here and each chunk of it is copied to dense channels-last rows."""
+    grad, input = grad.contiguous(), input.contiguous()
+    offset, weight = offset.contiguous(), weight.contiguous()
     use_mask = mask is not None
     mask = (mask if use_mask else offset[:, :1]).contiguous()
     groups, pieces, geom, cq, w2 = _setup(input, offset, weight, stride, padding, dilation)
@@ -304,10 +338,12 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
     g_mask = torch.zeros_like(mask)
     product = _Product(w2, groups, None)
     width = groups * w2.shape[1]  # columns per position
-    for a, b in batch_chunks(n, _item_bytes(input)):
+    for a, b in batch_chunks(n, _item_bytes(input, grad)):
         xpad = _padded_channels_last(input[a:b])
         gxpad = xpad.new_zeros(threads, *xpad.shape)
-        g_rows = grad[a:b].permute(0, 2, 3, 1).reshape((b - a) * ho * wo, c_out)
+        # dense [positions, C_out] rows: for one image the reshape alone would be a transposed
+        # view, which a pointer-based GEMM would misread
+        g_rows = grad[a:b].permute(0, 2, 3, 1).contiguous().view((b - a) * ho * wo, c_out)
         off, m = offset[a:b].numpy(), mask[a:b].numpy()
         g_off, g_m = g_offset[a:b].numpy(), g_mask[a:b].numpy()
         bufs = None
@@ -328,7 +364,12 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
             _grad_offset_kernel(
                 g_cols.numpy(), xpad.numpy(), off, m, use_mask, pieces, geom, cq, t0, g_off, g_m
             )
-        g_input[a:b] = gxpad.sum(0)[:, 1:-1, 1:-1].permute(0, 3, 1, 2)
+        # sum the per-thread accumulators straight into the result (no summed temporary)
+        g_chunk = g_input[a:b]
+        g_chunk.copy_(gxpad[0, :, 1:-1, 1:-1].permute(0, 3, 1, 2))
+        for j in range(1, threads):
+            g_chunk += gxpad[j, :, 1:-1, 1:-1].permute(0, 3, 1, 2)
+        xpad = gxpad = g_rows = bufs = cols = g_cols = None  # freed before the next chunk
     kh, kw = geom[0], geom[1]
     g_weight = product.weight_grad().view(c_out, kh, kw, -1).permute(0, 3, 1, 2).contiguous()
     g_bias = None if bias is None else grad.sum((0, 2, 3))

@@ -5,32 +5,56 @@ PyTorch's CPU matrix product is MKL's, which picks slow code paths on AMD proces
 1.3-1.9x faster forward+backward with its block products in MLAS (onnxruntime's GEMM) than in
 oneDNN's 1x1 convolution (benchmarks/bench_deform_conv.py, with and without TORCHDCN_MLAS=0;
 benchmarks/RESULTS.md). When onnxruntime is installed, :func:`gemm` runs ONNX ``Gemm`` through
-it, reading and writing the tensors' memory in place (IO binding, no copies); callers fall back
-to oneDNN otherwise. Set ``TORCHDCN_MLAS=0`` to turn it off.
+it, reading and writing the tensors' memory in place (IO binding, no copies of dense tensors);
+callers fall back to oneDNN otherwise. Set ``TORCHDCN_MLAS=0`` to turn it off, or
+:func:`use_mlas` for a block of code (the tests run both routes this way).
+
+IO binding hands onnxruntime a bare pointer and the logical shape, so :func:`gemm` accepts any
+float32 CPU matrices but makes every operand a dense row-major buffer first (a copy only when it is
+not one already: an expanded, transposed or channel-major view) and writes through a dense
+temporary when ``out`` is not dense or shares memory with an operand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-ENABLED = (
+#: onnxruntime and onnx are installed, so the MLAS route can run at all
+AVAILABLE = (
     importlib.util.find_spec("onnxruntime") is not None
     and importlib.util.find_spec("onnx") is not None
-    and os.environ.get("TORCHDCN_MLAS", "1") != "0"
 )
+#: the MLAS route is taken (read at every call; ``TORCHDCN_MLAS=0`` or :func:`use_mlas` clear it)
+ENABLED = AVAILABLE and os.environ.get("TORCHDCN_MLAS", "1") != "0"
 
 
 def usable(*tensors: Tensor) -> bool:
-    """Whether :func:`gemm` can take these tensors (CPU float32, dense rows)."""
-    return ENABLED and all(
-        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors
-    )
+    """Whether the MLAS route is on and these tensors are CPU float32 (any strides: :func:`gemm`
+    makes them dense)."""
+    return ENABLED and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+@contextlib.contextmanager
+def use_mlas(enabled: bool) -> Iterator[None]:
+    """Turn the MLAS route on or off inside the ``with`` block (on needs onnxruntime and onnx)."""
+    global ENABLED
+    if not isinstance(enabled, bool):
+        raise TypeError(f"use_mlas takes True or False, got {enabled!r}")
+    if enabled and not AVAILABLE:
+        raise ValueError("use_mlas(True) needs onnxruntime and onnx (pip install onnxruntime onnx)")
+    previous, ENABLED = ENABLED, enabled
+    try:
+        yield
+    finally:
+        ENABLED = previous
 
 
 @functools.lru_cache(maxsize=32)
@@ -58,6 +82,36 @@ def _session(trans_a: bool, trans_b: bool, with_c: bool, threads: int):
     )
 
 
+def _check(t: Tensor, name: str) -> None:
+    if not isinstance(t, Tensor) or t.dim() != 2:
+        got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"gemm: {name} must be a 2-D tensor, got {got}")
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        raise TypeError(f"gemm: {name} must be a CPU float32 tensor, got {t.dtype} on {t.device}")
+
+
+def _dense(t: Tensor) -> Tensor:
+    """``t`` itself when its memory is one row-major block at ``data_ptr()``, else a copy."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _overlaps(x: Tensor, y: Tensor) -> bool:
+    """Whether the bytes spanned by ``x`` and ``y`` intersect (both dense, or the span is an
+    over-estimate, which only costs a copy)."""
+    if x.numel() == 0 or y.numel() == 0:
+        return False
+    if x.untyped_storage().data_ptr() != y.untyped_storage().data_ptr():
+        return False
+    lo_x, lo_y = x.data_ptr(), y.data_ptr()
+    hi_x = lo_x + x.element_size() * (
+        1 + sum((s - 1) * abs(st) for s, st in zip(x.shape, x.stride()))
+    )
+    hi_y = lo_y + y.element_size() * (
+        1 + sum((s - 1) * abs(st) for s, st in zip(y.shape, y.stride()))
+    )
+    return lo_x < hi_y and lo_y < hi_x
+
+
 def gemm(
     a: Tensor,
     b: Tensor,
@@ -69,13 +123,38 @@ def gemm(
     """``out = op(a) @ op(b) (+ c)``, ``op`` transposing where asked; all 2-D float32 CPU.
 
     ``a``: ``[M, K]`` (``[K, M]`` if ``trans_a``), ``b``: ``[K, N]`` (``[N, K]`` if ``trans_b``),
-    ``out``: ``[M, N]``, written in place; ``c`` broadcasts to ``[M, N]`` (e.g. a bias ``[M, 1]``).
+    ``out``: ``[M, N]``, written in place; ``c`` broadcasts to ``[M, N]`` (e.g. a bias ``[1, N]``).
+    Any strides are accepted: operands that are not dense row-major are copied, and a non-dense
+    (or overlapping) ``out`` is written through a temporary, since onnxruntime reads raw pointers.
     """
+    for name, t in (("a", a), ("b", b), ("out", out), ("c", c)):
+        if t is not None:
+            _check(t, name)
+    m, k = (a.shape[1], a.shape[0]) if trans_a else tuple(a.shape)
+    k_b, n = (b.shape[1], b.shape[0]) if trans_b else tuple(b.shape)
+    if k != k_b or tuple(out.shape) != (m, n):
+        raise ValueError(
+            f"gemm: op(a) is {(m, k)} and op(b) is {(k_b, n)}, so the inner sizes must "
+            f"match and out must be {(m, n)}; got out of shape {tuple(out.shape)}"
+        )
+    if c is not None and any(s not in (1, full) for s, full in zip(c.shape, (m, n))):
+        raise ValueError(f"gemm: c of shape {tuple(c.shape)} does not broadcast to {(m, n)}")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:  # an empty sum: onnxruntime rejects the zero-size operands
+        return out.copy_(c.expand(m, n)) if c is not None else out.zero_()
+    a, b = _dense(a), _dense(b)
+    c = None if c is None else _dense(c)
+    target = out
+    if not out.is_contiguous() or any(t is not None and _overlaps(out, t) for t in (a, b, c)):
+        target = torch.empty(m, n, dtype=torch.float32)
     session = _session(trans_a, trans_b, c is not None, torch.get_num_threads())
     binding = session.io_binding()
     for name, t in (("A", a), ("B", b), ("C", c)):
         if t is not None:
             binding.bind_input(name, "cpu", 0, np.float32, list(t.shape), t.data_ptr())
-    binding.bind_output("Y", "cpu", 0, np.float32, list(out.shape), out.data_ptr())
+    binding.bind_output("Y", "cpu", 0, np.float32, list(target.shape), target.data_ptr())
     session.run_with_iobinding(binding)
+    if target is not out:
+        out.copy_(target)
     return out
