@@ -71,13 +71,13 @@ def roi_align_loop(
     classes = 1 if offset is None else offset.shape[1] // 2
     out = torch.zeros(len(rs), c_out, ph, pw, dtype=torch.float64)
     shift = 0.5 if aligned else 0.0
-    least = 0.0 if aligned else 1.0
+    least = -math.inf if aligned else 1.0  # torchvision: an aligned RoI's size is not clamped
     for r, (b, x1, y1, x2, y2) in enumerate(rs):
         x1, y1, x2, y2 = (v * scale - shift for v in (x1, y1, x2, y2))
         rw, rh = max(x2 - x1, least), max(y2 - y1, least)
         bw, bh = rw / pw, rh / ph
-        gh = sampling_ratio if sampling_ratio > 0 else max(1, math.ceil(rh / ph))
-        gw = sampling_ratio if sampling_ratio > 0 else max(1, math.ceil(rw / pw))
+        gh = sampling_ratio if sampling_ratio > 0 else min(max(0, math.ceil(rh / ph)), 64)
+        gw = sampling_ratio if sampling_ratio > 0 else min(max(0, math.ceil(rw / pw)), 64)
         for c in range(c_out):
             k = c // (c_out // classes)
             for i in range(ph):
@@ -94,7 +94,7 @@ def roi_align_loop(
                             xx = x1 + j * bw + (ix + 0.5) * bw / gw + dx
                             total += bilinear_clamp(img, yy, xx)
                     m = 1.0 if masks is None else masks[r][0][i][j]
-                    out[r, c, i, j] = total / (gh * gw) * m
+                    out[r, c, i, j] = total / max(gh * gw, 1) * m
     return out
 
 
@@ -250,7 +250,7 @@ def test_half_mask_gives_half_exactly(backend):
     x, rois, _, _ = _inputs(3, 3, seed=8, dtype=torch.float32)
     half = torch.full((len(rois), 1, 3, 3), 0.5)
     out = deform_roi_pool(x, rois, None, 3, SCALE, 2, 0.1, half)
-    assert torch.equal(out, 0.5 * roi_align(x, rois, 3, SCALE, 2))
+    assert torch.equal(out, 0.5 * roi_align(x, rois, 3, SCALE, 2, aligned=True))
 
 
 @pytest.mark.parametrize("ratio", [2, -1])
@@ -267,7 +267,7 @@ def test_whole_pixel_offsets_equal_pooling_the_moved_roi(backend, ratio, shift):
     offset[:, 0] = (dx / (0.1 * roi_w))[:, None, None]
     offset[:, 1] = (dy / (0.1 * roi_h))[:, None, None]
     moved = rois + torch.tensor([0, dx, dy, dx, dy], dtype=torch.float64) / SCALE
-    expected = roi_align(x, moved, 3, SCALE, ratio)
+    expected = roi_align(x, moved, 3, SCALE, ratio, aligned=True)
     out = deform_roi_pool(x, rois, offset, 3, SCALE, ratio)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     xp = x.repeat(1, 3, 1, 1)  # 27 channels: 3 output channels of 3 x 3 bins
@@ -279,7 +279,8 @@ def test_ps_on_repeated_channels_is_plain(backend):
     x, rois, offset, _ = _inputs(3, (2, 3), seed=10)
     rep = x.repeat_interleave(6, dim=1)  # channel (c, i, j) = c for every bin
     assert torch.equal(
-        ps_roi_align(rep, rois, (2, 3), SCALE, -1), roi_align(x, rois, (2, 3), SCALE, -1)
+        ps_roi_align(rep, rois, (2, 3), SCALE, -1),
+        roi_align(x, rois, (2, 3), SCALE, -1, aligned=True),
     )
     torch.testing.assert_close(
         deform_ps_roi_pool(rep, rois, offset, (2, 3), SCALE, 2),
@@ -330,14 +331,69 @@ def test_non_finite_offsets_read_zero(backend):
     assert torch.equal(out[0, :, 0, 0], torch.zeros(2, dtype=torch.float64))
 
 
-def test_zero_size_and_inverted_rois_sample_a_line(backend):
+def test_zero_size_and_inverted_rois_as_torchvision(backend):
+    """aligned: no clamp, so a zero-size RoI's adaptive grid is empty (0) while a fixed grid
+    samples its line, and an inverted RoI steps backwards; not aligned: at least one cell."""
     x = torch.randn(1, 1, 6, 7, dtype=torch.float64)
     line = torch.tensor([[0, 3.5, 1.5, 3.5, 5.5]], dtype=torch.float64)  # zero width at x = 3
-    out = roi_align(x, line, (2, 1), 1.0, 1)
-    # aligned: x = 3, y from 1 to 5 in 2 bins, one sample each at y = 2 and 4
+    assert torch.equal(roi_align(x, line, (2, 1), 1.0, -1, True), torch.zeros(1, 1, 2, 1).double())
+    out = roi_align(x, line, (2, 1), 1.0, 1, True)
+    # x = 3, y from 1 to 5 in 2 bins, one sample each at y = 2 and 4
     torch.testing.assert_close(out[0, 0, :, 0], x[0, 0, [2, 4], 3], rtol=0, atol=1e-12)
-    inverted = torch.tensor([[0, 3.5, 1.5, 1.0, 5.5]], dtype=torch.float64)
-    assert torch.equal(roi_align(x, inverted, (2, 1), 1.0, 1), out)
+    inverted = torch.tensor([[0, 3.5, 5.5, 3.5, 1.5]], dtype=torch.float64)  # y from 5 to 1
+    back = roi_align(x, inverted, (2, 1), 1.0, 1, True)
+    torch.testing.assert_close(back[0, 0, :, 0], x[0, 0, [4, 2], 3], rtol=0, atol=1e-12)
+    assert torch.equal(roi_align(x, inverted, (2, 1), 1.0, -1, True), torch.zeros_like(back))
+    # not aligned: the inverted RoI is the 1 x 1 cell at (3.5, 5.5): samples at x 4, y 5.75 (past
+    # the last row: reads row 5) and y 6.25 (past H = 6: reads 0)
+    cell = roi_align(x, inverted, (2, 1), 1.0, 1)
+    expected = torch.stack([x[0, 0, 5, 4], torch.zeros((), dtype=torch.float64)])
+    torch.testing.assert_close(cell[0, 0, :, 0], expected, rtol=0, atol=1e-12)
+
+
+def test_default_is_not_aligned_by_hand():
+    """torchvision's default ``aligned=False``: the box (1, 1)-(3, 3) with one sample per bin
+    reads its centre (2, 2); ``aligned=True`` shifts by half a cell to (1.5, 1.5)."""
+    x = torch.arange(25.0, dtype=torch.float64).view(1, 1, 5, 5)  # x[y, x] = 5y + x
+    box = torch.tensor([[0, 1.0, 1.0, 3.0, 3.0]], dtype=torch.float64)
+    assert roi_align(x, box, 1, sampling_ratio=1).item() == 12.0
+    assert roi_align(x, box, 1, sampling_ratio=1, aligned=True).item() == 9.0
+    # list-of-boxes form, keyword name "boxes" as torchvision
+    assert roi_align(x, boxes=[box[:, 1:]], output_size=1, sampling_ratio=1).item() == 12.0
+
+
+@pytest.mark.parametrize("op", ["roi_align", "deform_roi_pool", "ps_roi_align"])
+def test_huge_roi_adaptive_grid_is_capped(backend, op):
+    """A +-1e6 px RoI with an adaptive grid returns at once: the grid is capped at
+    MAX_ADAPTIVE_GRID samples per axis, so it equals the fixed grid of that size."""
+    import time
+
+    from torchdcn.ops._roi_common import MAX_ADAPTIVE_GRID
+
+    gen = torch.Generator().manual_seed(13)
+    c = 2
+    x = torch.randn(1, c, 6, 7, generator=gen)
+    # the second RoI is 64000 cells wide and tall, placed so its capped grid (one sample every
+    # 1000 cells per axis, one bin) has a sample on the map, at (2.3, 2.6)
+    boxes = torch.tensor(
+        [[0, -1e6, -1e6, 1e6, 1e6], [0, -497.7, -497.4, 63502.3, 63502.6]], dtype=torch.float64
+    )
+    x = x.double()
+    fns = {
+        "roi_align": lambda r: roi_align(x, boxes, 1, 1.0, r),
+        "deform_roi_pool": lambda r: deform_roi_pool(x, boxes, None, 1, 1.0, r, aligned=False),
+        "ps_roi_align": lambda r: ps_roi_align(x, boxes, 1, 1.0, r, aligned=False),
+    }
+    start = time.perf_counter()
+    adaptive = fns[op](-1)
+    assert time.perf_counter() - start < 20.0
+    torch.testing.assert_close(adaptive, fns[op](MAX_ADAPTIVE_GRID), rtol=0, atol=0)
+    # one sample of 64 x 64 on the map: bilinear at (2.3, 2.6) / 4096
+    row2 = 0.7 * x[0, :c, 2, 2] + 0.3 * x[0, :c, 2, 3]  # x = 2.3
+    row3 = 0.7 * x[0, :c, 3, 2] + 0.3 * x[0, :c, 3, 3]
+    sample = 0.4 * row2 + 0.6 * row3  # y = 2.6
+    if op != "ps_roi_align":
+        torch.testing.assert_close(adaptive[1, :, 0, 0], sample / 4096, rtol=0, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,13 +105,13 @@ def test_autocast_accepts_mixed_dtypes():
 @pytest.mark.parametrize(
     "rois, match",
     [
-        (torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]]), r"rois row 0 .*batch index in \[0, 2\)"),
+        (torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]]), r"(rois|boxes) row 0 .*batch index in \[0, 2\)"),
         (torch.tensor([[-1, 1.0, 1.0, 4.0, 4.0]]), r"batch index in \[0, 2\)"),
         (torch.tensor([[0.5, 1.0, 1.0, 4.0, 4.0]]), r"integer batch index"),
         (torch.tensor([[0, 1.0, float("nan"), 4.0, 4.0]]), r"finite coordinates"),
-        (torch.zeros(3, 4), r"rois must have shape \[R, 5\].*\(3, 4\)"),
-        (torch.zeros(5), r"rois must be 2-D .*\[R, 5\].*\(5,\)"),
-        ([torch.zeros(1, 5)], r"rois\[0\] must have shape \[R_i, 4\].*\(1, 5\)"),
+        (torch.zeros(3, 4), r"(rois|boxes) must have shape \[R, 5\].*\(3, 4\)"),
+        (torch.zeros(5), r"(rois|boxes) must be 2-D .*\[R, 5\].*\(5,\)"),
+        ([torch.zeros(1, 5)], r"(rois|boxes)\[0\] must have shape \[R_i, 4\].*\(1, 5\)"),
         ([torch.zeros(1, 4)] * 3, r"list of 3 .* batch size 2"),
     ],
 )
@@ -151,15 +151,15 @@ def test_bad_offset_and_mask_shapes():
 
 def test_bad_dtypes_devices_and_values():
     x = torch.randn(2, 3, 6, 7)
-    with pytest.raises(TypeError, match=r"rois has dtype torch\.float64 but input has dtype"):
+    with pytest.raises(TypeError, match=r"boxes has dtype torch\.float64 but input has dtype"):
         roi_align(x, ROIS.double(), 2)
     with pytest.raises(TypeError, match=r"offset has dtype torch\.float64"):
         deform_roi_pool(x, ROIS, torch.zeros(3, 2, 2, 2, dtype=torch.float64), 2)
-    with pytest.raises(TypeError, match="rois must be a floating-point tensor"):
+    with pytest.raises(TypeError, match="boxes must be a floating-point tensor"):
         roi_align(x, ROIS.long(), 2)
     with pytest.raises(TypeError, match="input must be a Tensor"):
         roi_align(x.numpy(), ROIS, 2)
-    with pytest.raises(ValueError, match="rois is on meta but input is on cpu"):
+    with pytest.raises(ValueError, match="boxes is on meta but input is on cpu"):
         roi_align(x, ROIS.to("meta"), 2)
     with pytest.raises(ValueError, match="input must be 4-D"):
         roi_align(x[0], ROIS, 2)
@@ -186,19 +186,29 @@ def test_opcheck(backend):
     off = torch.randn(3, 2, 2, 2, dtype=torch.float64, requires_grad=True)
     off_ps = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(3, 1, 2, 2, dtype=torch.float64, requires_grad=True)
-    ops = torch.ops.torchdcn
+    integer, aligned = torch.ops.torchdcn.roi_integer_pool, torch.ops.torchdcn.roi_aligned_pool
     cases = [
-        (ops.roi_pool, (x, rois, 2, 2, 0.5)),
-        (ops.ps_roi_pool, (x, rois, 2, 2, 0.5)),
-        (ops.roi_align, (x, rois, 2, 2, 0.5, -1, True)),
-        (ops.ps_roi_align, (x, rois, 2, 2, 0.5, 2, False)),
-        (ops.deform_roi_pool, (x, rois, off, mask, 2, 2, 0.5, 2, True, 0.1)),
-        (ops.deform_roi_pool, (x, rois, None, None, 2, 2, 0.5, 2, True, 0.1)),
-        (ops.deform_ps_roi_pool, (x, rois, off_ps, 2, 2, 0.5, -1, True, 0.1)),
+        (integer, (x, rois, 2, 2, 0.5, "max", False)),  # roi_pool
+        (integer, (x, rois, 2, 2, 0.5, "avg", False)),  # roi_pool(mode="avg")
+        (integer, (x, rois, 2, 2, 0.5, "avg", True)),  # ps_roi_pool
+        (aligned, (x, rois, None, None, 2, 2, 0.5, -1, True, 0.0, False)),  # roi_align
+        (aligned, (x, rois, None, None, 2, 2, 0.5, 2, False, 0.0, True)),  # ps_roi_align
+        (aligned, (x, rois, off, mask, 2, 2, 0.5, 2, True, 0.1, False)),  # deform_roi_pool
+        (aligned, (x, rois, None, None, 2, 2, 0.5, 2, True, 0.1, False)),
+        (aligned, (x, rois, off_ps, None, 2, 2, 0.5, -1, True, 0.1, True)),  # deform_ps_roi_pool
     ]
     with use_backend(backend):
         for op, args in cases:
             torch.library.opcheck(op, args)
+
+
+def test_registered_op_rejects_bad_mode():
+    x = torch.randn(1, 4, 5, 5)
+    rois = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0]])
+    with pytest.raises(ValueError, match="mode"):
+        torch.ops.torchdcn.roi_integer_pool(x, rois, 2, 2, 1.0, "sum", False)
+    with pytest.raises(ValueError, match="position_sensitive"):
+        torch.ops.torchdcn.roi_integer_pool(x, rois, 2, 2, 1.0, "max", True)
 
 
 def test_compiles_without_graph_breaks():

@@ -75,22 +75,26 @@ def case(name: str, dtype=torch.float32, seed=0):
         return (
             roi_pool,
             [randn(2, 5, 7, 9)],
-            dict(rois=rois, output_size=(3, 2), spatial_scale=SCALE),
+            dict(boxes=rois, output_size=(3, 2), spatial_scale=SCALE),
         )
+    if name == "roi_pool-avg":
+        kw = dict(boxes=rois, output_size=(3, 2), spatial_scale=SCALE, mode="avg")
+        return roi_pool, [randn(2, 5, 7, 9)], kw
     if name == "ps_roi_pool":
         return (
             ps_roi_pool,
             [randn(2, 12, 7, 9)],
-            dict(rois=rois, output_size=2, spatial_scale=SCALE),
+            dict(boxes=rois, output_size=2, spatial_scale=SCALE),
         )
     if name == "roi_align":
-        kw = dict(rois=rois, output_size=(2, 3), spatial_scale=SCALE, sampling_ratio=2)
+        kw = dict(boxes=rois, output_size=(2, 3), spatial_scale=SCALE, sampling_ratio=2)
+        kw["aligned"] = True
         return roi_align, [randn(2, 5, 7, 9)], kw
     if name == "roi_align-adaptive-unaligned":
-        kw = dict(rois=rois, output_size=3, spatial_scale=SCALE, sampling_ratio=-1, aligned=False)
+        kw = dict(boxes=rois, output_size=3, spatial_scale=SCALE, sampling_ratio=-1, aligned=False)
         return roi_align, [randn(2, 3, 7, 9)], kw
     if name == "ps_roi_align":
-        kw = dict(rois=rois, output_size=2, spatial_scale=SCALE, sampling_ratio=-1)
+        kw = dict(boxes=rois, output_size=2, spatial_scale=SCALE, sampling_ratio=-1)
         return ps_roi_align, [randn(2, 12, 7, 9)], kw
     if name == "deform_roi_pool":  # modulated (v2)
         kw = dict(rois=rois, output_size=3, spatial_scale=SCALE, sampling_ratio=2, gamma=0.3)
@@ -127,6 +131,7 @@ def assert_close_all(got, want, rtol=1e-5, atol=1e-5):
 
 NAMES = [
     "roi_pool",
+    "roi_pool-avg",
     "ps_roi_pool",
     "roi_align",
     "roi_align-adaptive-unaligned",
@@ -146,7 +151,7 @@ def test_matches_reference(name):
 
 @interpreted
 @pytest.mark.parametrize(
-    "name", ["roi_pool", "ps_roi_pool", "deform_roi_pool", "deform_ps_roi_pool"]
+    "name", ["roi_pool", "roi_pool-avg", "ps_roi_pool", "deform_roi_pool", "deform_ps_roi_pool"]
 )
 def test_deterministic_matches_reference_and_repeats_bitwise(name):
     op, tensors, kwargs = case(name)
@@ -176,7 +181,8 @@ def test_deterministic_roi_chunks():
 def test_half_precision_in_own_dtype(name, dtype):
     op, tensors, kwargs = case(name, dtype=dtype)
     got = run("triton", op, tensors, kwargs)
-    kwargs32 = {**kwargs, "rois": kwargs["rois"].float()}
+    key = "boxes" if "boxes" in kwargs else "rois"
+    kwargs32 = {**kwargs, key: kwargs[key].float()}
     want = run("reference", op, [t.float() for t in tensors], kwargs32)
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
     for a, b in zip(got, want):
@@ -195,7 +201,8 @@ def test_float64_uses_reference():
 @pytest.mark.parametrize("name", ["roi_pool", "deform_roi_pool"])
 def test_no_rois(name):
     op, tensors, kwargs = case(name)
-    kwargs["rois"] = kwargs["rois"][:0]
+    key = "boxes" if "boxes" in kwargs else "rois"
+    kwargs[key] = kwargs[key][:0]
     tensors = [t[:0] if k else t for k, t in enumerate(tensors)]  # offsets/masks are per RoI
     got = run("triton", op, tensors, kwargs)
     assert got[0].shape[0] == 0 and got[1].abs().sum() == 0
@@ -223,14 +230,47 @@ def test_opcheck_strides_match_fake(deterministic):
         torch.rand(r, 1, 2, 2),
         (2, 2, SCALE, 2, True, 0.1),
     )
+    integer, aligned = "roi_integer_pool_backward", "roi_aligned_pool_backward"
     cases = [
-        ("roi_pool_backward", (torch.randn(r, 8, 3, 2), x, rois, 3, 2, SCALE)),
-        ("ps_roi_pool_backward", (torch.randn(r, 2, 2, 2), x, rois, 2, 2, SCALE)),
-        ("roi_align_backward", (torch.randn(r, 8, 2, 2), x, rois, 2, 2, SCALE, 2, True)),
-        ("deform_roi_pool_backward", (torch.randn(r, 8, 2, 2), x, rois, off, msk, *geometry)),
+        (integer, (torch.randn(r, 8, 3, 2), x, rois, 3, 2, SCALE, "max", False)),
+        (integer, (torch.randn(r, 2, 2, 2), x, rois, 2, 2, SCALE, "avg", True)),
+        (aligned, (torch.randn(r, 8, 2, 2), x, rois, None, None, 2, 2, SCALE, 2, True, 0.0, False)),
+        (aligned, (torch.randn(r, 8, 2, 2), x, rois, off, msk, *geometry, False)),
     ]
     torch.use_deterministic_algorithms(deterministic)
     with use_backend("triton"):
         for name, args in cases:
             op = getattr(torch.ops.torchdcn, name).default
             torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@interpreted
+def test_roi_pool_max_by_hand():
+    """The Triton max kernel: first of equal maxima takes the gradient, NaN is skipped."""
+    x = torch.zeros(1, 1, 6, 6)
+    x[0, 0, 1, 3] = x[0, 0, 2, 4] = 7.0
+    x[0, 0, 4, 4] = float("nan")
+    x.requires_grad_(True)
+    boxes = torch.tensor([[0, 1.0, 1.0, 4.0, 4.0]])
+    with use_backend("triton"):
+        out = roi_pool(x, boxes, 2)
+        out.backward(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]))
+    assert out[0, 0].tolist() == [[0.0, 7.0], [0.0, 0.0]]
+    expected = torch.zeros(6, 6)
+    expected[1, 1], expected[1, 3], expected[3, 1], expected[3, 3] = 1.0, 2.0, 3.0, 4.0
+    assert torch.equal(x.grad[0, 0], expected)
+
+
+@interpreted
+def test_adaptive_grid_cap_applies(monkeypatch):
+    """The adaptive grid cap (shared geometry) bounds the Triton loops too: with the cap set to
+    2, a large RoI's adaptive result is the fixed 2 x 2 grid's."""
+    from torchdcn.ops import _roi_common
+
+    monkeypatch.setattr(_roi_common, "MAX_ADAPTIVE_GRID", 2)
+    x = torch.randn(1, 3, 7, 9, generator=torch.Generator().manual_seed(3))
+    boxes = torch.tensor([[0, -4000.0, -3000.0, 5000.0, 6000.0]])
+    with use_backend("triton"):
+        adaptive = roi_align(x, boxes, 2, SCALE, -1, aligned=True)
+        fixed = roi_align(x, boxes, 2, SCALE, 2, aligned=True)
+    assert torch.equal(adaptive, fixed)

@@ -93,6 +93,10 @@ def test_matches_reference(name):
     assert_close_all(run("triton", tensors, conv, grad), run("reference", tensors, conv, grad))
 
 
+# NOTE: the interpreter runs a grid's programs one after another, so the bitwise-repeat check
+# below cannot fail here even if the atomics-free deterministic path were broken; it only shows
+# that deterministic mode computes the right values. Only a run on a GPU can show that it repeats.
+# The CPU kernels' repeatability is tested in tests/ops/test_deform_conv.py.
 @interpreted
 @pytest.mark.parametrize("name", ["v2", "wide"])
 def test_deterministic_matches_reference_and_repeats_bitwise(name):
@@ -115,6 +119,61 @@ def test_deterministic_batch_chunks():
     set_workspace_limit(1)
     got = run("triton", tensors, conv, grad)
     assert_close_all(got, want)
+
+
+KINDS = ["dense", "sum", "sum1", "strided", "channel-major", "channels-last"]
+
+
+def _backprop(kind, y, leaves, grad):
+    """Gradients of ``leaves`` for an output gradient with ``grad``'s values laid out as ``kind``
+    (``sum`` and ``sum1`` are the expanded, stride-0 gradients of those losses)."""
+    if kind == "sum":
+        return torch.autograd.grad(y.sum(), leaves, retain_graph=True)
+    if kind == "sum1":
+        return torch.autograd.grad((y.sum(1) * grad[:, 0]).sum(), leaves, retain_graph=True)
+    if kind == "strided":
+        wide = torch.zeros(*grad.shape[:3], 2 * grad.shape[3])
+        wide[..., ::2] = grad
+        view = wide[..., ::2]
+    elif kind == "channel-major":
+        view = grad.transpose(0, 1).contiguous().transpose(0, 1)
+    elif kind == "channels-last":
+        view = grad.contiguous(memory_format=torch.channels_last)
+    else:
+        view = grad
+    return torch.autograd.grad(y, leaves, view, retain_graph=True)
+
+
+@interpreted
+@pytest.mark.parametrize(
+    "n,one_image,kinds",
+    [
+        (1, False, KINDS),
+        (3, False, ["sum1", "channel-major"]),
+        (3, True, ["sum", "channels-last"]),
+        pytest.param(3, False, KINDS, marks=pytest.mark.slow),
+        pytest.param(3, True, KINDS, marks=pytest.mark.slow),
+    ],
+    ids=["n1", "n3", "n3-one-image-chunks", "n3-all", "n3-one-image-chunks-all"],
+)
+def test_upstream_gradient_layouts(n, one_image, kinds):
+    """Every layout of the output gradient (dense, expanded by ``sum()``/``sum(1)``, strided,
+    channel-major, channels-last) against the reference on the same values; the CPU routes run
+    the same cases in tests/ops/test_deform_conv_layouts.py. One forward, a backward per layout;
+    the interpreter is slow, so batch 3 runs two layouts each unless the slow tests run."""
+    config = (n, 4, 5, 5, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True, True)
+    tensors, conv, grad = make_inputs(*config)
+    if one_image:
+        set_workspace_limit(1)
+    results = {}
+    for backend in ("triton", "reference"):
+        leaves = [t.detach().clone().requires_grad_() for t in tensors]
+        x, offset, weight, bias, mask = leaves
+        with use_backend(backend):
+            y = deform_conv2d(x, offset, weight, bias, mask=mask, **conv)
+            results[backend] = {k: [y.detach(), *_backprop(k, y, leaves, grad)] for k in kinds}
+    for kind in kinds:
+        assert_close_all(results["triton"][kind], results["reference"][kind])
 
 
 @interpreted
@@ -192,7 +251,8 @@ import inspect, sys
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from torchdcn.ops import _deform_conv_triton as dc, _roi_triton as rt
+from torchdcn.ops import _deform_conv_triton as dc, _roi_aligned_triton as ra
+from torchdcn.ops import _roi_avg_triton as rv, _roi_max_triton as rm, _sorted_gather_triton as sg
 
 INT_PTRS = {"pieces_ptr": "*i32", "q_start_ptr": "*i32", "g_start_ptr": "*i32", "perm_ptr": "*i32",
             "seg_ptr": "*i32", "int_ptr": "*i32", "bins_ptr": "*i32", "img_ptr": "*i32",
@@ -214,19 +274,19 @@ for elem, data in ((tl.float32, "*fp32"), (tl.bfloat16, "*bf16"), (tl.float16, "
     build(dc._grad_weight_kernel, data, mm)
     for det in (False, True):
         build(dc._grad_sample_kernel, data, {**mm, "DETERMINISTIC": det}, gx_ptr="*fp32")
-    build(dc._gather_input_kernel, data, dict(BLOCK_PIX=32, BLOCK_C=64))
     roi = dict(PS=True, HAS_OFF=True, HAS_MASK=True, BLOCK_B=64)
-    build(rt._align_forward_kernel, data, {**roi, "BLOCK_C": 32})
+    build(ra._align_forward_kernel, data, {**roi, "BLOCK_C": 32})
     for scatter in (False, True):
-        build(rt._align_backward_kernel, data, {**roi, "BLOCK_C": 32, "NEED_GEO": True,
+        build(ra._align_backward_kernel, data, {**roi, "BLOCK_C": 32, "NEED_GEO": True,
               "SCATTER": scatter}, gx_ptr="*fp32")
-    build(rt._align_points_kernel, data, roi)
+    build(ra._align_points_kernel, data, roi)
     for backward in (False, True):
-        build(rt._integer_kernel, data, dict(PS=False, BACKWARD=backward, BLOCK_B=64, BLOCK_C=32),
+        build(rv._integer_kernel, data, dict(PS=False, BACKWARD=backward, BLOCK_B=64, BLOCK_C=32),
               out_ptr="*fp32" if backward else data)
 for acc, data in ((tl.float32, "*fp32"), (tl.float64, "*fp64")):
-    build(rt._gather_kernel, data, dict(BILINEAR=acc == tl.float32, ACCUMULATE=True, ACC=acc,
+    build(sg._gather_kernel, data, dict(BILINEAR=acc == tl.float32, ACCUMULATE=True, ACC=acc,
           BLOCK_PIX=32, BLOCK_C=32), src_ptr="*fp32")
+build(rm._max_kernel, "*fp32", dict(NEG=-3.4e38, BLOCK_B=64, BLOCK_C=32), arg_ptr="*i32")
 print("compiled")
 """
 

@@ -13,10 +13,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import _backend
 from ._checks import autocast_dtype, check_same, check_shape, check_tensor, pair
+from ._dispatch import compute_dtype
 
-RoIs = Tensor | Sequence[Tensor]
+# Tensor[R, 5] or one Tensor[R_i, 4] per image (any sequence in eager mode; a list when scripted)
+RoIs = Tensor | list[Tensor]
 
 
 class RoIArgs(NamedTuple):
@@ -30,38 +31,51 @@ class RoIArgs(NamedTuple):
     out_dtype: torch.dtype  # the caller's dtype, to cast the result back to
 
 
-def roi_tensor(rois: RoIs, input: Tensor) -> Tensor:
+def roi_tensor(rois: RoIs, input: Tensor, name: str = "rois") -> Tensor:
     """``rois`` as ``[R, 5]`` = ``(batch_index, x1, y1, x2, y2)``: a ``[R, 5]`` tensor as it is, a
-    list of per-image ``[R_i, 4]`` boxes with the list position as the batch index."""
+    list of per-image ``[R_i, 4]`` boxes with the list position as the batch index. ``name``: the
+    argument's name in error messages (``boxes`` for the torchvision-named ops)."""
     if isinstance(rois, Tensor):
-        check_tensor(rois, "rois", 2, "[R, 5]")
+        check_tensor(rois, name, 2, "[R, 5]")
         if rois.shape[1] != 5:
             raise ValueError(
-                "rois must have shape [R, 5] = (batch_index, x1, y1, x2, y2), "
+                f"{name} must have shape [R, 5] = (batch_index, x1, y1, x2, y2), "
                 f"got {tuple(rois.shape)}"
             )
         return rois
     if not isinstance(rois, Sequence) or not all(isinstance(b, Tensor) for b in rois):
         raise TypeError(
-            "rois must be a Tensor [R, 5] or a list of per-image Tensors [R_i, 4], "
+            f"{name} must be a Tensor [R, 5] or a list of per-image Tensors [R_i, 4], "
             f"got {type(rois).__name__}"
         )
     if len(rois) > input.shape[0]:
         raise ValueError(
-            f"rois is a list of {len(rois)} per-image box tensors but input has batch size "
+            f"{name} is a list of {len(rois)} per-image box tensors but input has batch size "
             f"{input.shape[0]} (input shape {tuple(input.shape)})"
         )
     if not rois:
         return input.new_zeros(0, 5)
     for i, boxes in enumerate(rois):
-        check_tensor(boxes, f"rois[{i}]", 2, "[R_i, 4]")
+        check_tensor(boxes, f"{name}[{i}]", 2, "[R_i, 4]")
         if boxes.shape[1] != 4:
             raise ValueError(
-                f"rois[{i}] must have shape [R_i, 4] = (x1, y1, x2, y2), got {tuple(boxes.shape)}"
+                f"{name}[{i}] must have shape [R_i, 4] = (x1, y1, x2, y2), got {tuple(boxes.shape)}"
             )
-        check_same(rois[0], "rois[0]", **{f"rois[{i}]": boxes})
+        check_same(rois[0], f"{name}[0]", **{f"{name}[{i}]": boxes})
     index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(rois)])
     return torch.cat([index, torch.cat(list(rois))], 1)
+
+
+def script_rois(rois: RoIs) -> Tensor:
+    """TorchScript's :func:`roi_tensor` (no validation): ``[R, 5]`` from a tensor or a list."""
+    if isinstance(rois, Tensor):
+        return rois
+    parts: list[Tensor] = []
+    for i, b in enumerate(rois):
+        parts.append(torch.cat([torch.full_like(b[:, :1], i), b], 1))
+    if len(parts) == 0:
+        return torch.zeros(0, 5)
+    return torch.cat(parts)
 
 
 def _number(value: object, name: str) -> float:
@@ -82,6 +96,7 @@ def check_roi_args(
     offset: Tensor | None = None,
     mask: Tensor | None = None,
     position_sensitive: bool = False,
+    rois_name: str = "rois",
 ) -> RoIArgs:
     """Validate and normalise the arguments of any op of the family.
 
@@ -101,7 +116,7 @@ def check_roi_args(
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
         raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
     _number(gamma, "gamma")
-    rois = roi_tensor(rois, input)
+    rois = roi_tensor(rois, input, rois_name)
     if offset is not None:
         layout = "[R, 2 * C', ph, pw]" if position_sensitive else "[R, 2, ph, pw]"
         check_tensor(offset, "offset", 4, layout)
@@ -111,7 +126,7 @@ def check_roi_args(
     out_dtype = input.dtype
     if autocast_dtype(input) is not None:
         input, rois, offset, mask = (_float(t) for t in (input, rois, offset, mask))
-    check_same(input, "input", rois=rois, offset=offset, mask=mask)
+    check_same(input, "input", **{rois_name: rois}, offset=offset, mask=mask)
 
     n, c, _, _ = input.shape
     r = rois.shape[0]
@@ -137,10 +152,8 @@ def check_roi_args(
     if mask is not None:
         check_shape(mask, "mask", (r, 1, ph, pw), "[R, 1, ph, pw]")
     if not torch.compiler.is_compiling() and rois.device.type != "meta":  # values exist
-        _check_values(rois, n)
-    if input.dtype in (torch.float16, torch.bfloat16) and (
-        _backend.select_backend(input.device, input.dtype) != "triton"
-    ):
+        _check_values(rois, n, rois_name)
+    if compute_dtype(input.device, input.dtype) != input.dtype:
         input, rois, offset, mask = (_float(t) for t in (input, rois, offset, mask))
     return RoIArgs(input, rois, offset, mask, pooled, out_dtype)
 
@@ -149,7 +162,7 @@ def _float(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float()
 
 
-def _check_values(rois: Tensor, batch: int) -> None:
+def _check_values(rois: Tensor, batch: int, name: str) -> None:
     """Integral batch indices in ``[0, batch)`` and finite coordinates (one device sync)."""
     if rois.shape[0] == 0:
         return
@@ -160,7 +173,7 @@ def _check_values(rois: Tensor, batch: int) -> None:
     if bad.numel():
         k = int(bad[0])
         raise ValueError(
-            f"rois row {k} = {rois[k].tolist()} is invalid: rois [R, 5] need an integer batch "
+            f"{name} row {k} = {rois[k].tolist()} is invalid: {name} [R, 5] need an integer batch "
             f"index in [0, {batch}) (input batch size) and finite coordinates; "
             f"{bad.numel()} of {rois.shape[0]} rows are invalid"
         )

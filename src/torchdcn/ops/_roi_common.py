@@ -2,7 +2,7 @@
 
 Geometry (SPEC sections 1 and 4), written once so the reference and the fast kernels cannot drift:
 
-* Integer bins (``roi_pool``, ``ps_roi_pool``, v1 Eq. 5): :func:`integer_bins`.
+* Integer bins (``roi_pool`` max and average, ``ps_roi_pool``): :func:`integer_bins`.
 * Real-valued bins with a grid of bilinear samples (``roi_align`` and everything built on it):
   :func:`aligned_geometry` and :func:`sample_coords`.
 
@@ -12,20 +12,18 @@ channels (``P = N`` for the plain ops, ``P = N * ph * pw`` for the PS ones, plan
 i * pw + j``), so every kernel reads "plane ``plane_index[r, i, j]``, all its channels" and the PS
 ops are the plain ones with another plane index (the ``plane`` of :mod:`._bilinear`).
 
-Dispatch: :func:`run` calls ``forward_<op>``/``backward_<op>`` of the kernel module chosen by
-:func:`._backend.select_backend` (``_roi_cpu`` for Numba, ``_roi_triton`` for Triton), falling
-back to the readable reference ``_roi_ref`` for any function a module does not define.
+The registered ops and the choice of kernel module: :mod:`._roi_ops`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from . import _backend
+from ._types import Pair
+
+# torchvision's max pooling starts every bin at -FLT_MAX (float32's largest finite, in any dtype)
+FLT_MAX = 3.4028234663852886e38
 
 
 def batch_index(rois: Tensor) -> Tensor:
@@ -34,33 +32,57 @@ def batch_index(rois: Tensor) -> Tensor:
 
 
 def _round_half_away(v: Tensor) -> Tensor:
-    """C's ``round``: halves away from zero (Caffe and torchvision round RoIs this way)."""
-    return torch.sign(v) * torch.floor(v.abs() + 0.5)
+    """C's ``round`` (halves away from zero, as Caffe and torchvision round RoIs), exact in any
+    float dtype: ``v - trunc(v)`` is exact, so no ``v + 0.5`` rounding can carry."""
+    t = torch.trunc(v)
+    return t + torch.sign(v) * ((v - t).abs() >= 0.5).to(v.dtype)
+
+
+# Adaptive sampling (``sampling_ratio <= 0``) takes ``ceil(roi_size / bins)`` samples per bin along
+# each axis; torchvision does not bound it, so one RoI of +-1e6 cells costs ~1e10 samples per bin.
+# Here the grid is capped at this many samples per axis: results equal torchvision's whenever a bin
+# spans at most 64 feature cells (any RoI up to 448 cells with 7 x 7 bins) and differ only beyond.
+MAX_ADAPTIVE_GRID = 64
 
 
 def integer_bins(
-    rois: Tensor, spatial_scale: float, pooled: tuple[int, int], height: int, width: int
+    rois: Tensor,
+    spatial_scale: float,
+    pooled: Pair,
+    height: int,
+    width: int,
+    position_sensitive: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Integer bins of v1 Eq. 5, clipped to the map.
+    """Integer bins of torchvision's ``roi_pool`` / ``ps_roi_pool``, clipped to the map.
 
-    The scaled corners are rounded (halves away from zero) to cells ``x1..x2`` (inclusive), so the
-    RoI is ``w = max(x2 - x1 + 1, 1)`` cells wide; bin ``j`` spans ``x1 + floor(j * w / pw) <= x <
-    x1 + ceil((j + 1) * w / pw)`` (rows likewise), clipped to ``[0, width)``.
+    The scaled corners (``rois * spatial_scale`` in the RoIs' dtype) are rounded, halves away from
+    zero, to cells ``x1, x2``. ``roi_pool`` (and v1 Eq. 5's average) counts both ends: the RoI is
+    ``w = max(x2 - x1 + 1, 1)`` cells wide; ``ps_roi_pool`` does not: ``w = max(x2 - x1, 1)``. Bin
+    ``j`` spans ``x1 + floor(j * b) <= x < x1 + ceil((j + 1) * b)`` with ``b = w / pw`` computed in
+    the RoIs' dtype (as torchvision, so the edges round alike), rows likewise. The edges are clipped
+    to ``[0, width]``; ``ps_roi_pool`` clips to ``[0, width - 1]``, so (as in torchvision) it never
+    reads the last row or column of the map.
 
     Returns:
         ``y_lo, y_hi`` (``[R, ph]``) and ``x_lo, x_hi`` (``[R, pw]``), long: bin ``(i, j)`` covers
         rows ``y_lo[r, i] <= y < y_hi[r, i]`` and columns ``x_lo[r, j] <= x < x_hi[r, j]``;
         ``hi >= lo`` always, an empty range where the bin lies off the map.
     """
+    dtype = rois.dtype
+    scale = torch.tensor(spatial_scale, dtype=dtype, device=rois.device)
     # clamped first so absurd coordinates cannot overflow int64
-    corners = _round_half_away(rois[:, 1:] * spatial_scale).clamp(-(2**31), 2**31).long()
+    corners = _round_half_away(rois[:, 1:] * scale).clamp(-(2**31), 2**31).long()
     x1, y1, x2, y2 = corners.unbind(1)
+    extra = 0 if position_sensitive else 1
 
     def edges(start: Tensor, end: Tensor, bins: int, limit: int) -> tuple[Tensor, Tensor]:
-        size = (end - start + 1).clamp(min=1)[:, None]
-        k = torch.arange(bins, device=rois.device)
-        lo = (start[:, None] + (k * size) // bins).clamp(0, limit)
-        hi = (start[:, None] - ((-(k + 1) * size) // bins)).clamp(0, limit)  # ceil division
+        size = (end - start + extra).clamp(min=1).to(dtype)[:, None]
+        step = size / bins
+        k = torch.arange(bins + 1, device=rois.device).to(dtype)
+        lo = start[:, None] + torch.floor(k[:-1] * step).long()
+        hi = start[:, None] + torch.ceil(k[1:] * step).long()
+        top = limit - 1 if position_sensitive else limit
+        lo, hi = lo.clamp(0, max(top, 0)), hi.clamp(0, max(top, 0))
         return lo, torch.maximum(hi, lo)
 
     return (*edges(y1, y2, pooled[0], height), *edges(x1, x2, pooled[1], width))
@@ -69,17 +91,18 @@ def integer_bins(
 def aligned_geometry(
     rois: Tensor,
     spatial_scale: float,
-    pooled: tuple[int, int],
+    pooled: Pair,
     sampling_ratio: int,
     aligned: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """RoIAlign geometry in feature cells, all ``[R]`` (input's dtype; grids long).
+    """RoIAlign geometry in feature cells, all ``[R]`` (input's dtype; grids long), torchvision's.
 
     ``y1 = rois_y1 * spatial_scale - 0.5`` (no shift when ``aligned`` is False), ``roi_h = y2 - y1``
-    at least 0 (``aligned``) or 1 (not ``aligned``, the legacy Detectron rule); an inverted RoI is
-    therefore a line at its first corner. The grid has ``sampling_ratio`` rows per bin, or
-    ``max(1, ceil(roi_h / ph))`` when ``sampling_ratio <= 0`` (at least one sample, so a
-    zero-height RoI samples its line rather than reading nothing).
+    at least 1 when not ``aligned`` (the legacy Detectron rule: an inverted RoI is the cell at its
+    first corner) and unclamped when ``aligned`` (an inverted RoI steps backwards). The grid has
+    ``sampling_ratio`` rows per bin, or ``ceil(roi_h / ph)`` when ``sampling_ratio <= 0``: 0 for a
+    zero-size or inverted aligned RoI (no samples: the bin is 0, as in torchvision), at most
+    :data:`MAX_ADAPTIVE_GRID`. Kernels divide a bin's sum by ``max(grid_h * grid_w, 1)``.
 
     Returns:
         ``y1, x1, roi_h, roi_w, grid_h, grid_w``.
@@ -87,16 +110,33 @@ def aligned_geometry(
     shift = 0.5 if aligned else 0.0
     box = rois[:, 1:] * spatial_scale - shift
     x1, y1, x2, y2 = box.unbind(1)
-    least = 0.0 if aligned else 1.0
-    roi_h = (y2 - y1).clamp(min=least)
-    roi_w = (x2 - x1).clamp(min=least)
+    roi_h = y2 - y1
+    roi_w = x2 - x1
+    if not aligned:
+        roi_h = roi_h.clamp(min=1.0)
+        roi_w = roi_w.clamp(min=1.0)
     if sampling_ratio > 0:
         grid_h = torch.full_like(batch_index(rois), sampling_ratio)
         grid_w = grid_h
     else:
-        grid_h = torch.ceil(roi_h / pooled[0]).long().clamp(min=1)
-        grid_w = torch.ceil(roi_w / pooled[1]).long().clamp(min=1)
+        # clamped in floating point first: a huge RoI's ceil may not fit in int64
+        grid_h = torch.ceil(roi_h / pooled[0]).clamp(0, MAX_ADAPTIVE_GRID).long()
+        grid_w = torch.ceil(roi_w / pooled[1]).clamp(0, MAX_ADAPTIVE_GRID).long()
     return y1, x1, roi_h, roi_w, grid_h, grid_w
+
+
+def aligned_tables(
+    rois: Tensor, spatial_scale: float, pooled: Pair, sampling_ratio: int, aligned: bool,
+    gamma: float,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Per-RoI constants of the fast aligned kernels, from :func:`aligned_geometry`: ``geo [R, 6]``
+    = ``(y1, x1, bin_h, bin_w, gamma * roi_h, gamma * roi_w)`` in the RoIs' dtype (the last two
+    scale the normalised offsets) and ``ints [R, 3]`` = ``(image, grid_h, grid_w)``, long."""
+    y1, x1, roi_h, roi_w, gh, gw = aligned_geometry(
+        rois, spatial_scale, pooled, sampling_ratio, aligned
+    )
+    geo = (y1, x1, roi_h / pooled[0], roi_w / pooled[1], gamma * roi_h, gamma * roi_w)
+    return torch.stack(geo, 1), torch.stack([batch_index(rois), gh, gw], 1)
 
 
 def sample_coords(start: Tensor, size: Tensor, bins: int, grid: int) -> Tensor:
@@ -108,7 +148,7 @@ def sample_coords(start: Tensor, size: Tensor, bins: int, grid: int) -> Tensor:
     return start[:, None, None] + i * bin_size + (g + 0.5) * bin_size / grid
 
 
-def as_planes(input: Tensor, pooled: tuple[int, int], position_sensitive: bool) -> Tensor:
+def as_planes(input: Tensor, pooled: Pair, position_sensitive: bool) -> Tensor:
     """``[N, C, H, W]`` -> planes ``[P, C_out, H, W]`` (a view; see the module docstring)."""
     if not position_sensitive:
         return input
@@ -117,7 +157,12 @@ def as_planes(input: Tensor, pooled: tuple[int, int], position_sensitive: bool) 
     return input.view(n, c // k, k, h, w).transpose(1, 2).reshape(n * k, c // k, h, w)
 
 
-def from_planes(grad_cl: Tensor, pooled: tuple[int, int], position_sensitive: bool) -> Tensor:
+def planes_channels_last(input: Tensor, pooled: Pair, position_sensitive: bool) -> Tensor:
+    """The planes of :func:`as_planes` copied channels-last, ``[P, H, W, C_out]`` contiguous."""
+    return as_planes(input, pooled, position_sensitive).permute(0, 2, 3, 1).contiguous()
+
+
+def from_planes(grad_cl: Tensor, pooled: Pair, position_sensitive: bool) -> Tensor:
     """Gradient of the planes, channels-last ``[P, H, W, C_out]`` -> ``[N, C, H, W]``."""
     p, h, w, c = grad_cl.shape
     if not position_sensitive:
@@ -127,7 +172,7 @@ def from_planes(grad_cl: Tensor, pooled: tuple[int, int], position_sensitive: bo
     return grad_cl.reshape(p // k, k, h, w, c).permute(0, 4, 1, 2, 3).reshape(p // k, c * k, h, w)
 
 
-def plane_index(rois: Tensor, pooled: tuple[int, int], position_sensitive: bool) -> Tensor:
+def plane_index(rois: Tensor, pooled: Pair, position_sensitive: bool) -> Tensor:
     """``[R, ph, pw]`` long: the plane (of :func:`as_planes`) bin ``(i, j)`` of RoI ``r`` reads."""
     ph, pw = pooled
     b = batch_index(rois)[:, None, None]
@@ -135,65 +180,3 @@ def plane_index(rois: Tensor, pooled: tuple[int, int], position_sensitive: bool)
         return b.expand(-1, ph, pw)
     bins = torch.arange(ph * pw, device=rois.device).view(1, ph, pw)
     return b * (ph * pw) + bins
-
-
-# --------------------------------------------------------------------------------------------
-# Dispatch and the autograd glue of the registered ops.
-
-
-def kernel_function(name: str, device: torch.device, dtype: torch.dtype) -> Callable[..., Any]:
-    """``name`` (e.g. ``"forward_roi_align"``) from the kernel module for ``device``/``dtype``.
-
-    Numba on CPU for float32/float64, Triton on CUDA (float64 runs the reference); a function the
-    chosen module lacks (the Triton module may implement only some) falls back to the reference.
-    """
-    from . import _roi_ref
-
-    backend = _backend.select_backend(device, dtype)
-    module = None
-    if backend == "numba" and dtype in (torch.float32, torch.float64):
-        from . import _roi_cpu as module
-    elif backend == "triton" and dtype != torch.float64:
-        try:
-            from . import _roi_triton as module
-        except ModuleNotFoundError as err:
-            if not (err.name or "").endswith("_roi_triton"):
-                raise
-    fn = getattr(module, name, None) if module is not None else None
-    return fn if fn is not None else getattr(_roi_ref, name)
-
-
-def run(name: str, *args: Any) -> Any:
-    """Call kernel function ``name`` for the device and dtype of the first tensor argument."""
-    first = next(a for a in args if isinstance(a, Tensor))
-    fn = kernel_function(name, first.device, first.dtype)
-    if name.startswith("forward_"):
-        with torch.no_grad():
-            return fn(*args)
-    return fn(*args)
-
-
-def register_autograd(op: Any, backward_op: Any, n_tensors: int, n_grads: int) -> None:
-    """Autograd of a registered RoI op whose first ``n_tensors`` arguments are tensors (``input``,
-    ``rois``, then optional ``offset``, ``mask``) and the rest are plain values.
-
-    ``backward_op(grad, *tensors, *values)`` returns the gradient of ``input`` (``n_grads == 1``)
-    or a tuple for ``input`` and the tensors after ``rois``, empty tensors for absent ones.
-    """
-
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:n_tensors])
-        ctx.values = inputs[n_tensors:]
-
-    def backward(ctx, grad):
-        tensors = ctx.saved_tensors
-        grads = backward_op(grad.contiguous(), *tensors, *ctx.values)
-        if n_grads == 1:
-            grads = (grads,)
-        # input, then rois (no gradient), then offset/mask where present
-        out = [grads[0], None]
-        for t, g in zip(tensors[2:], grads[1:]):
-            out.append(None if t is None else g)
-        return (*out, *([None] * len(ctx.values)))
-
-    op.register_autograd(backward, setup_context=setup_context)

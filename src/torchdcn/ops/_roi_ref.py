@@ -2,11 +2,14 @@
 
 It runs on any device, its gradients are autograd's (the exact derivatives of the definitions) and
 every fast kernel is tested against it. It implements the kernel interface documented in
-:mod:`._roi_cpu` (``forward_<op>`` and ``backward_<op>`` for each op); the backward functions are
-``torch.func.vjp`` of the forward ones (plain autograd is off inside a custom op's backward).
+:mod:`._roi_cpu` (:func:`integer_pool`, :func:`aligned_pool` and their backward functions, which
+are ``torch.func.vjp`` of the forward ones: plain autograd is off inside a custom op's backward).
 
-* Integer bins: each bin is a pair of 0/1 row and column indicators, so a RoI's pooled map is
-  ``rows @ plane @ cols^T`` divided by the bin areas.
+* Integer bins, average: each bin is a pair of 0/1 row and column indicators, so a RoI's pooled
+  map is ``rows @ plane @ cols^T`` divided by the bin areas.
+* Integer bins, max (torchvision's ``roi_pool``): bin by bin, the cells outside the bin are masked
+  and ``argmax`` picks the first largest cell in row-major order; the value is gathered from
+  there, so autograd sends the gradient to that one cell.
 * Aligned bins: every sample point of every bin is computed explicitly and read with
   :func:`._bilinear.bilinear_gather` (``"clamp"`` border). RoIs are grouped by their grid size
   (adaptive ``sampling_ratio`` gives each RoI its own), so each group is one gather.
@@ -14,7 +17,7 @@ every fast kernel is tested against it. It implements the kernel interface docum
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,23 +25,25 @@ from torch import Tensor
 from ._backend import batch_chunks
 from ._bilinear import bilinear_gather, to_table
 from ._roi_common import (
+    FLT_MAX,
     aligned_geometry,
     as_planes,
+    batch_index,
     integer_bins,
     plane_index,
     sample_coords,
 )
+from ._types import Pair
 
-Pair = tuple[int, int]
 
-
-def integer_pool(
+def average_pool(
     input: Tensor, rois: Tensor, pooled: Pair, spatial_scale: float, position_sensitive: bool
 ) -> Tensor:
-    """Average over integer bins (v1 Eq. 5): ``[R, C_out, ph, pw]``, 0 for a bin off the map."""
+    """Average over integer bins (v1 Eq. 5; ``ps_roi_pool``): ``[R, C_out, ph, pw]``, 0 for a bin
+    off the map. Bins: :func:`._roi_common.integer_bins`."""
     _, _, h, w = input.shape
     feat = as_planes(input, pooled, position_sensitive)
-    y_lo, y_hi, x_lo, x_hi = integer_bins(rois, spatial_scale, pooled, h, w)
+    y_lo, y_hi, x_lo, x_hi = integer_bins(rois, spatial_scale, pooled, h, w, position_sensitive)
     ys = torch.arange(h, device=input.device)
     xs = torch.arange(w, device=input.device)
     rows = ((ys >= y_lo[..., None]) & (ys < y_hi[..., None])).to(input.dtype)  # [R, ph, H]
@@ -56,6 +61,44 @@ def integer_pool(
         outs.append(sums)
     sums = torch.cat(outs) if outs else input.new_zeros(0, c_out, *pooled)
     return (sums / area.clamp(min=1)[:, None]).contiguous()  # an empty bin sums to 0
+
+
+def max_pool(input: Tensor, rois: Tensor, pooled: Pair, spatial_scale: float) -> Tensor:
+    """torchvision's ``roi_pool``: the maximum over each integer bin, ``[R, C, ph, pw]``.
+
+    Exactly torchvision's rule: the running maximum starts at ``-FLT_MAX`` and takes a cell only
+    when strictly larger (so NaN cells and cells ``<= -FLT_MAX`` are skipped and the first largest
+    cell in row-major order wins); an empty bin is 0, a bin with no cell taken is ``-FLT_MAX``.
+    The gradient goes to the cell taken.
+    """
+    _, c, h, w = input.shape
+    ph, pw = pooled
+    r = rois.shape[0]
+    y_lo, y_hi, x_lo, x_hi = integer_bins(rois, spatial_scale, pooled, h, w)
+    ys = torch.arange(h, device=input.device)
+    xs = torch.arange(w, device=input.device)
+    rows = (ys >= y_lo[..., None]) & (ys < y_hi[..., None])  # [R, ph, H]
+    cols = (xs >= x_lo[..., None]) & (xs < x_hi[..., None])  # [R, pw, W]
+    images = batch_index(rois)
+    parts = []
+    per_roi = 4 * c * h * w * input.element_size()
+    for a, b in batch_chunks(r, per_roi):
+        flat = input[images[a:b]].flatten(2)  # [Rs, C, H * W]
+        valid = (flat > -FLT_MAX) & ~torch.isnan(flat)
+        bins = []
+        for i in range(ph):
+            for j in range(pw):
+                cells = (rows[a:b, i, :, None] & cols[a:b, j, None, :]).flatten(1)  # [Rs, HW]
+                take = valid & cells[:, None]
+                keyed = torch.where(take, flat.detach(), float("-inf"))
+                idx = keyed.argmax(2, keepdim=True)  # the first of equal maxima
+                value = flat.gather(2, idx)[..., 0]  # [Rs, C]
+                value = torch.where(take.any(2), value, torch.full_like(value, -FLT_MAX))
+                empty = ~cells.any(1)[:, None]
+                bins.append(torch.where(empty, torch.zeros_like(value), value))
+        parts.append(torch.stack(bins, 2).view(b - a, c, ph, pw))
+    out = torch.cat(parts) if parts else input.new_zeros(0, c, ph, pw)
+    return out.contiguous()
 
 
 def aligned_pool(
@@ -110,7 +153,7 @@ def aligned_pool(
             y = ys[:, None, :, None, :, None] + dy[sel][..., None, None]  # [Rs, G, ph, pw, gh, gw]
             x = xs[:, None, None, :, None, :] + dx[sel][..., None, None]
             vals = bilinear_gather(table, plane[sel][..., None, None], y, x, h, w, "clamp")
-            parts.append(vals.sum((4, 5)) / (gh * gw))  # [Rs, G, ph, pw, cg]
+            parts.append(vals.sum((4, 5)) / max(gh * gw, 1))  # [Rs, G, ph, pw, cg]
             order.append(sel)
     if parts:
         out = torch.cat(parts)[torch.argsort(torch.cat(order))]
@@ -122,85 +165,41 @@ def aligned_pool(
 
 
 # --------------------------------------------------------------------------------------------
-# The kernel interface (signatures documented in _roi_cpu).
+# The kernel interface (documented in _roi_cpu).
 
 
-def forward_roi_pool(input, rois, pooled_h, pooled_w, spatial_scale):
-    return integer_pool(input, rois, (pooled_h, pooled_w), spatial_scale, False)
+def integer_pool(
+    input: Tensor, rois: Tensor, pooled: Pair, spatial_scale: float, mode: str, ps: bool
+) -> Tensor:
+    """Integer bins: ``mode="max"`` (:func:`max_pool`) or ``"avg"`` (:func:`average_pool`)."""
+    if mode == "max":
+        return max_pool(input, rois, pooled, spatial_scale)
+    return average_pool(input, rois, pooled, spatial_scale, ps)
 
 
-def forward_ps_roi_pool(input, rois, pooled_h, pooled_w, spatial_scale):
-    return integer_pool(input, rois, (pooled_h, pooled_w), spatial_scale, True)
+def integer_pool_backward(
+    grad: Tensor, input: Tensor, rois: Tensor, pooled: Pair, spatial_scale: float, mode: str,
+    ps: bool,
+) -> Tensor:  # fmt: skip
+    """``[N, C, H, W]``: the gradient of :func:`integer_pool` for its input."""
+    _, vjp = torch.func.vjp(lambda x: integer_pool(x, rois, pooled, spatial_scale, mode, ps), input)
+    return vjp(grad)[0]
 
 
-def forward_roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
-    pooled = (pooled_h, pooled_w)
-    return aligned_pool(
-        input, rois, None, None, pooled, spatial_scale, sampling_ratio, aligned, 0.0, False
-    )
+def aligned_pool_backward(
+    grad: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+    *values: Any,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
+    """Gradients of :func:`aligned_pool` (``values``: its arguments after ``mask``) for input,
+    offset and mask; None for an absent offset or mask. ``torch.func.vjp``: plain autograd is off
+    inside a custom op's backward."""
+    present = [t for t in (input, offset, mask) if t is not None]
 
-
-def forward_ps_roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
-    pooled = (pooled_h, pooled_w)
-    return aligned_pool(
-        input, rois, None, None, pooled, spatial_scale, sampling_ratio, aligned, 0.0, True
-    )
-
-
-def forward_deform_roi_pool(
-    input, rois, offset, mask, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, gamma
-):
-    pooled = (pooled_h, pooled_w)
-    return aligned_pool(
-        input, rois, offset, mask, pooled, spatial_scale, sampling_ratio, aligned, gamma, False
-    )
-
-
-def forward_deform_ps_roi_pool(
-    input, rois, offset, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, gamma
-):
-    pooled = (pooled_h, pooled_w)
-    return aligned_pool(
-        input, rois, offset, None, pooled, spatial_scale, sampling_ratio, aligned, gamma, True
-    )
-
-
-def _vjp(forward: Callable[..., Tensor], grad: Tensor, tensors: tuple, values: tuple):
-    """Gradients of ``forward(input, rois, *rest, *values)`` for ``input`` and every tensor of
-    ``rest`` that is not None (``tensors = (input, rois, *rest)``); None for absent ones."""
-    input, rois, *rest = tensors
-    present = [input, *(t for t in rest if t is not None)]
-
-    def f(*ts):
+    def f(*ts: Tensor) -> Tensor:
         it = iter(ts)
-        x = next(it)
-        return forward(x, rois, *(None if t is None else next(it) for t in rest), *values)
+        x, off, msk = (None if t is None else next(it) for t in (input, offset, mask))
+        return aligned_pool(x, rois, off, msk, *values)
 
     _, vjp = torch.func.vjp(f, *present)
     it = iter(vjp(grad))
-    g_input = next(it)
-    return g_input, *(None if t is None else next(it) for t in rest)
-
-
-def backward_roi_pool(grad, input, rois, *values):
-    return _vjp(forward_roi_pool, grad, (input, rois), values)[0]
-
-
-def backward_ps_roi_pool(grad, input, rois, *values):
-    return _vjp(forward_ps_roi_pool, grad, (input, rois), values)[0]
-
-
-def backward_roi_align(grad, input, rois, *values):
-    return _vjp(forward_roi_align, grad, (input, rois), values)[0]
-
-
-def backward_ps_roi_align(grad, input, rois, *values):
-    return _vjp(forward_ps_roi_align, grad, (input, rois), values)[0]
-
-
-def backward_deform_roi_pool(grad, input, rois, offset, mask, *values):
-    return _vjp(forward_deform_roi_pool, grad, (input, rois, offset, mask), values)
-
-
-def backward_deform_ps_roi_pool(grad, input, rois, offset, *values):
-    return _vjp(forward_deform_ps_roi_pool, grad, (input, rois, offset), values)
+    return tuple(None if t is None else next(it) for t in (input, offset, mask))  # type: ignore[return-value]

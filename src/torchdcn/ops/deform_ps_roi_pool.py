@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import autocast_off
-from ._roi_checks import RoIs, check_roi_args
-from ._roi_common import register_autograd, run
+from . import _roi_ops  # noqa: F401  (registers torch.ops.torchdcn.roi_*_pool)
+from ._checks import autocast_off, script_pair
+from ._roi_checks import RoIs, check_roi_args, script_rois
 
 
 def deform_ps_roi_pool(
@@ -27,8 +27,9 @@ def deform_ps_roi_pool(
     at :func:`ps_roi_align`'s points moved by ``(gamma * offset[r, 2k, i, j] * roi_w,
     gamma * offset[r, 2k + 1, i, j] * roi_h)`` feature cells. ``C' = 1`` gives class-agnostic
     offsets, ``C' = C_out`` one (x, y) pair per class as in R-FCN. Bins, samples, border, adaptive
-    grid and ``aligned`` are :func:`torchdcn.ops.roi_align`'s, so a zero (or absent) offset gives
-    ``ps_roi_align`` with the same arguments, bit for bit.
+    grid (and its cap) and ``aligned`` are :func:`torchdcn.ops.ps_roi_align`'s, so a zero (or
+    absent) offset gives ``ps_roi_align`` with the same arguments (both default to
+    ``aligned=True``), bit for bit.
 
     Args:
         input (Tensor[N, C_out * ph * pw, H, W]): ``ph * pw`` score maps per output channel.
@@ -55,66 +56,19 @@ def deform_ps_roi_pool(
         >>> deform_ps_roi_pool(x, rois, off, 7, 1 / 16, sampling_ratio=2).shape
         torch.Size([1, 21, 7, 7])
     """
+    if torch.jit.is_scripting():
+        ph, pw = script_pair(output_size)
+        return torch.ops.torchdcn.roi_aligned_pool(
+            input, script_rois(rois), offset, None, ph, pw, spatial_scale, sampling_ratio,
+            aligned, gamma, True,
+        )  # fmt: skip
     a = check_roi_args(
         input, rois, output_size, spatial_scale, sampling_ratio, gamma,
         offset=offset, position_sensitive=True,
     )  # fmt: skip
     with autocast_off(a.input):
-        out = torch.ops.torchdcn.deform_ps_roi_pool(
-            a.input, a.rois, a.offset, *a.pooled, float(spatial_scale), sampling_ratio,
-            bool(aligned), float(gamma),
+        out = torch.ops.torchdcn.roi_aligned_pool(
+            a.input, a.rois, a.offset, None, *a.pooled, float(spatial_scale), sampling_ratio,
+            bool(aligned), float(gamma), True,
         )  # fmt: skip
     return out.to(a.out_dtype)
-
-
-@torch.library.custom_op("torchdcn::deform_ps_roi_pool", mutates_args=())
-def _deform_ps_roi_pool_op(
-    input: Tensor,
-    rois: Tensor,
-    offset: Tensor | None,
-    pooled_h: int,
-    pooled_w: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-    gamma: float,
-) -> Tensor:
-    args = (pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, gamma)
-    return run("forward_deform_ps_roi_pool", input, rois, offset, *args)
-
-
-@_deform_ps_roi_pool_op.register_fake
-def _(input, rois, offset, pooled_h, pooled_w, *args):
-    c_out = input.shape[1] // (pooled_h * pooled_w)
-    return input.new_empty(rois.shape[0], c_out, pooled_h, pooled_w)
-
-
-@torch.library.custom_op("torchdcn::deform_ps_roi_pool_backward", mutates_args=())
-def _deform_ps_roi_pool_backward_op(
-    grad: Tensor,
-    input: Tensor,
-    rois: Tensor,
-    offset: Tensor | None,
-    pooled_h: int,
-    pooled_w: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-    gamma: float,
-) -> tuple[Tensor, Tensor]:
-    """Gradients (input, offset); an empty tensor for an absent offset."""
-    args = (pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, gamma)
-    g_input, g_offset = run("backward_deform_ps_roi_pool", grad, input, rois, offset, *args)
-    return g_input, input.new_empty(0) if g_offset is None else g_offset
-
-
-@_deform_ps_roi_pool_backward_op.register_fake
-def _(grad, input, rois, offset, *args):
-    return torch.empty_like(input), input.new_empty(0) if offset is None else torch.empty_like(
-        offset
-    )
-
-
-register_autograd(
-    _deform_ps_roi_pool_op, torch.ops.torchdcn.deform_ps_roi_pool_backward, n_tensors=3, n_grads=2
-)

@@ -1,149 +1,114 @@
-"""Position-sensitive RoI pooling of R-FCN, integer bins and aligned bins (SPEC section 4)."""
+"""Position-sensitive RoI pooling of R-FCN: integer bins and aligned bins, as torchvision's."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ._checks import autocast_off
-from ._roi_checks import RoIs, check_roi_args
-from ._roi_common import register_autograd, run
+from . import _roi_ops  # noqa: F401  (registers torch.ops.torchdcn.roi_*_pool)
+from ._checks import autocast_off, script_pair
+from ._roi_checks import RoIs, check_roi_args, script_rois
 
 
 def ps_roi_pool(
     input: Tensor,
-    rois: RoIs,
+    boxes: RoIs,
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
 ) -> Tensor:
-    """Position-sensitive RoI pooling (R-FCN) over integer bins: :func:`roi_pool`'s bins, where
-    bin ``(i, j)`` of output channel ``c`` averages only input channel ``(c * ph + i) * pw + j``.
+    """Position-sensitive RoI pooling (R-FCN): ``torchvision.ops.ps_roi_pool``'s arguments,
+    defaults and results. Bin ``(i, j)`` of output channel ``c`` averages input channel
+    ``(c * ph + i) * pw + j`` over an integer bin.
 
-    Bins, rounding, averaging and RoIs off the map as :func:`torchdcn.ops.roi_pool` (average, as
-    R-FCN; same as ``torchvision.ops.ps_roi_pool``).
+    Bins as torchvision's: the scaled corners are rounded (halves away from zero) to cells ``x1``,
+    ``x2``; the RoI is ``w = max(x2 - x1, 1)`` cells wide (the end is not included, unlike
+    :func:`roi_pool`); bin ``j`` spans ``x1 + floor(j * w / pw) <= x < x1 + ceil((j + 1) * w /
+    pw)``, clipped to ``[0, W - 1]`` (so, as in torchvision, the last row and column of the map are
+    never read). A bin with no cell is 0.
 
     Args:
         input (Tensor[N, C_out * ph * pw, H, W]): ``ph * pw`` score maps per output channel.
-        rois (Tensor[R, 5] or list of Tensor[R_i, 4]): ``(batch_index, x1, y1, x2, y2)`` in image
+        boxes (Tensor[K, 5] or list of Tensor[K_i, 4]): ``(batch_index, x1, y1, x2, y2)`` in image
             pixels, or one ``(x1, y1, x2, y2)`` tensor per image.
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI.
         spatial_scale (float): feature cells per image pixel.
 
     Returns:
-        Tensor[R, C_out, ph, pw].
+        Tensor[K, C_out, ph, pw].
 
-    Differentiable in ``input``. float16/bfloat16 are computed in float32.
+    Differentiable in ``input``. float16/bfloat16 are computed in float32 on CPU. (Before issue 8
+    the end cell was included, ``x2 - x1 + 1`` cells, and the second argument was ``rois``.)
 
     Example:
         >>> x = torch.randn(1, 21 * 3 * 3, 20, 20)
         >>> ps_roi_pool(x, [torch.tensor([[8.0, 8.0, 120.0, 90.0]])], 3, 1 / 8).shape
         torch.Size([1, 21, 3, 3])
     """
-    a = check_roi_args(input, rois, output_size, spatial_scale, position_sensitive=True)
+    if torch.jit.is_scripting():
+        ph, pw = script_pair(output_size)
+        rois = script_rois(boxes)
+        return torch.ops.torchdcn.roi_integer_pool(input, rois, ph, pw, spatial_scale, "avg", True)
+    a = check_roi_args(
+        input, boxes, output_size, spatial_scale, position_sensitive=True, rois_name="boxes"
+    )
     with autocast_off(a.input):
-        out = torch.ops.torchdcn.ps_roi_pool(a.input, a.rois, *a.pooled, float(spatial_scale))
+        out = torch.ops.torchdcn.roi_integer_pool(
+            a.input, a.rois, *a.pooled, float(spatial_scale), "avg", True
+        )
     return out.to(a.out_dtype)
 
 
 def ps_roi_align(
     input: Tensor,
-    rois: RoIs,
+    boxes: RoIs,
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = True,
 ) -> Tensor:
-    """Position-sensitive RoIAlign: :func:`roi_align`'s bins and samples, where bin ``(i, j)`` of
-    output channel ``c`` samples only input channel ``(c * ph + i) * pw + j``.
+    """Position-sensitive RoIAlign: ``torchvision.ops.ps_roi_align``'s arguments, defaults and
+    results. :func:`roi_align`'s bins and samples, where bin ``(i, j)`` of output channel ``c``
+    samples only input channel ``(c * ph + i) * pw + j``.
 
-    Sampling, border, adaptive grid and ``aligned`` as :func:`torchdcn.ops.roi_align`.
-    (``torchvision.ops.ps_roi_align`` always shifts by -0.5 and keeps RoIs at least 0.1 cell wide.)
+    Sampling, border, adaptive grid (and its cap) and ``aligned`` as :func:`torchdcn.ops.roi_align`.
+    torchvision's op has no ``aligned`` argument and always shifts by -0.5 cell, which is this
+    op's default ``aligned=True``; ``aligned=False`` (an extension) is :func:`roi_align`'s legacy
+    geometry. One deliberate difference: for a zero-size RoI with an adaptive grid (no samples)
+    torchvision divides 0 by 0 and returns NaN; this op returns 0, as ``roi_align`` does.
 
     Args:
         input (Tensor[N, C_out * ph * pw, H, W]): ``ph * pw`` score maps per output channel.
-        rois (Tensor[R, 5] or list of Tensor[R_i, 4]): ``(batch_index, x1, y1, x2, y2)`` in image
+        boxes (Tensor[K, 5] or list of Tensor[K_i, 4]): ``(batch_index, x1, y1, x2, y2)`` in image
             pixels, or one ``(x1, y1, x2, y2)`` tensor per image.
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI.
         spatial_scale (float): feature cells per image pixel.
         sampling_ratio (int): samples per bin along each axis; ``<= 0`` adaptive.
-        aligned (bool): shift the scaled RoI by -0.5 cell.
+        aligned (bool): shift the scaled RoI by -0.5 cell (default, as torchvision).
 
     Returns:
-        Tensor[R, C_out, ph, pw].
+        Tensor[K, C_out, ph, pw].
 
-    Differentiable in ``input``. float16/bfloat16 are computed in float32.
+    Differentiable in ``input``. float16/bfloat16 are computed in float32 on CPU.
 
     Example:
         >>> x = torch.randn(1, 21 * 7 * 7, 20, 20)
-        >>> rois = torch.tensor([[0, 8.0, 8.0, 120.0, 90.0]])
-        >>> ps_roi_align(x, rois, 7, 1 / 8, sampling_ratio=2).shape
+        >>> boxes = torch.tensor([[0, 8.0, 8.0, 120.0, 90.0]])
+        >>> ps_roi_align(x, boxes, 7, 1 / 8, sampling_ratio=2).shape
         torch.Size([1, 21, 7, 7])
     """
+    if torch.jit.is_scripting():
+        ph, pw = script_pair(output_size)
+        return torch.ops.torchdcn.roi_aligned_pool(
+            input, script_rois(boxes), None, None, ph, pw, spatial_scale, sampling_ratio, aligned,
+            0.0, True,
+        )  # fmt: skip
     a = check_roi_args(
-        input, rois, output_size, spatial_scale, sampling_ratio, position_sensitive=True
-    )
+        input, boxes, output_size, spatial_scale, sampling_ratio, position_sensitive=True,
+        rois_name="boxes",
+    )  # fmt: skip
     with autocast_off(a.input):
-        out = torch.ops.torchdcn.ps_roi_align(
-            a.input, a.rois, *a.pooled, float(spatial_scale), sampling_ratio, bool(aligned)
-        )
+        out = torch.ops.torchdcn.roi_aligned_pool(
+            a.input, a.rois, None, None, *a.pooled, float(spatial_scale), sampling_ratio,
+            bool(aligned), 0.0, True,
+        )  # fmt: skip
     return out.to(a.out_dtype)
-
-
-def _fake_forward(input, rois, pooled_h, pooled_w, *args):
-    c_out = input.shape[1] // (pooled_h * pooled_w)
-    return input.new_empty(rois.shape[0], c_out, pooled_h, pooled_w)
-
-
-def _fake_backward(grad, input, *args):
-    return torch.empty_like(input)
-
-
-@torch.library.custom_op("torchdcn::ps_roi_pool", mutates_args=())
-def _ps_roi_pool_op(
-    input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
-) -> Tensor:
-    return run("forward_ps_roi_pool", input, rois, pooled_h, pooled_w, spatial_scale)
-
-
-@torch.library.custom_op("torchdcn::ps_roi_pool_backward", mutates_args=())
-def _ps_roi_pool_backward_op(
-    grad: Tensor, input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
-) -> Tensor:
-    return run("backward_ps_roi_pool", grad, input, rois, pooled_h, pooled_w, spatial_scale)
-
-
-@torch.library.custom_op("torchdcn::ps_roi_align", mutates_args=())
-def _ps_roi_align_op(
-    input: Tensor,
-    rois: Tensor,
-    pooled_h: int,
-    pooled_w: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
-    args = (pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned)
-    return run("forward_ps_roi_align", input, rois, *args)
-
-
-@torch.library.custom_op("torchdcn::ps_roi_align_backward", mutates_args=())
-def _ps_roi_align_backward_op(
-    grad: Tensor,
-    input: Tensor,
-    rois: Tensor,
-    pooled_h: int,
-    pooled_w: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
-    args = (pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned)
-    return run("backward_ps_roi_align", grad, input, rois, *args)
-
-
-_ps_roi_pool_op.register_fake(_fake_forward)
-_ps_roi_pool_backward_op.register_fake(_fake_backward)
-_ps_roi_align_op.register_fake(_fake_forward)
-_ps_roi_align_backward_op.register_fake(_fake_backward)
-register_autograd(_ps_roi_pool_op, torch.ops.torchdcn.ps_roi_pool_backward, 2, 1)
-register_autograd(_ps_roi_align_op, torch.ops.torchdcn.ps_roi_align_backward, 2, 1)

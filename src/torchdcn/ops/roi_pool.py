@@ -1,78 +1,67 @@
-"""RoI pooling of Deformable ConvNets v1 (Eq. 5): the average over integer bins (SPEC section 4)."""
+"""RoI pooling over integer bins: torchvision's max pooling, and v1's average (Eq. 5, SPEC 4)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ._checks import autocast_off
-from ._roi_checks import RoIs, check_roi_args
-from ._roi_common import register_autograd, run
+from . import _roi_ops  # noqa: F401  (registers torch.ops.torchdcn.roi_*_pool)
+from ._checks import autocast_off, script_pair
+from ._roi_checks import RoIs, check_roi_args, script_rois
 
 
 def roi_pool(
     input: Tensor,
-    rois: RoIs,
+    boxes: RoIs,
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
+    mode: str = "max",
 ) -> Tensor:
-    """RoI pooling as in Deformable ConvNets v1, Eq. 5: every bin is the **average** of its cells.
+    """RoI pooling (Fast R-CNN): ``torchvision.ops.roi_pool``'s arguments, defaults and results;
+    ``mode="avg"`` gives Deformable ConvNets v1's average pooling (Eq. 5) over the same bins.
 
-    Unlike ``torchvision.ops.roi_pool`` (Fast R-CNN's max pooling), bins are averaged:
-    ``y(i, j) = sum_{p in bin(i, j)} x(p0 + p) / n_ij``. The RoI's corners, scaled by
-    ``spatial_scale``, are rounded to cells ``x1..x2``, ``y1..y2`` (inclusive; halves away from
-    zero, as Caffe and torchvision), so it is ``w = max(x2 - x1 + 1, 1)`` cells wide (an inverted
-    or empty RoI is one cell); bin ``j`` spans
-    ``x1 + floor(j * w / pw) <= x < x1 + ceil((j + 1) * w / pw)`` (rows likewise; neighbouring
-    bins share a cell when ``pw`` does not divide ``w``). Cells off the map are left out of the sum
-    and of ``n_ij``; a bin with no cell on the map is 0.
+    The RoI's corners, scaled by ``spatial_scale``, are rounded to cells ``x1..x2``, ``y1..y2``
+    (halves away from zero), both ends included: ``w = max(x2 - x1 + 1, 1)`` cells wide (an
+    inverted RoI is one cell). Bin ``j`` spans ``x1 + floor(j * w / pw) <= x < x1 + ceil((j + 1) *
+    w / pw)``, the quotient ``w / pw`` computed in the input's dtype as torchvision does (rows
+    likewise; neighbouring bins share a cell when ``pw`` does not divide ``w``), clipped to the map.
+
+    * ``mode="max"`` (default, torchvision): the largest cell of the bin. As in torchvision the
+      running maximum starts at ``-FLT_MAX`` and takes a cell only when strictly larger, so NaN
+      cells are skipped and the first largest cell (row-major) wins and gets the gradient; a bin
+      off the map is 0.
+    * ``mode="avg"`` (v1 Eq. 5): ``y(i, j) = sum_{p in bin(i, j)} x(p) / n_ij`` over the ``n_ij``
+      cells of the bin on the map; a bin off the map is 0.
 
     Args:
         input (Tensor[N, C, H, W]): feature map.
-        rois (Tensor[R, 5] or list of Tensor[R_i, 4]): ``(batch_index, x1, y1, x2, y2)`` in image
+        boxes (Tensor[K, 5] or list of Tensor[K_i, 4]): ``(batch_index, x1, y1, x2, y2)`` in image
             pixels, or one ``(x1, y1, x2, y2)`` tensor per image (its position is the batch index).
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI.
         spatial_scale (float): feature cells per image pixel (1/16 for a stride-16 map).
+        mode (str): ``"max"`` (torchvision) or ``"avg"`` (v1 Eq. 5).
 
     Returns:
-        Tensor[R, C, ph, pw].
+        Tensor[K, C, ph, pw].
 
-    Differentiable in ``input`` (not ``rois``). float16/bfloat16 are computed in float32.
+    Differentiable in ``input`` (not ``boxes``). float16/bfloat16 are computed in float32 on CPU.
+    (Before issue 8 this op averaged and its second argument was called ``rois``.)
 
     Example:
         >>> x = torch.randn(1, 8, 32, 32)
-        >>> rois = torch.tensor([[0, 16.0, 16.0, 240.0, 200.0]])
-        >>> roi_pool(x, rois, 7, spatial_scale=1 / 8).shape
+        >>> boxes = torch.tensor([[0, 16.0, 16.0, 240.0, 200.0]])
+        >>> roi_pool(x, boxes, 7, spatial_scale=1 / 8).shape
         torch.Size([1, 8, 7, 7])
     """
-    a = check_roi_args(input, rois, output_size, spatial_scale)
+    if torch.jit.is_scripting():
+        ph, pw = script_pair(output_size)
+        rois = script_rois(boxes)
+        return torch.ops.torchdcn.roi_integer_pool(input, rois, ph, pw, spatial_scale, mode, False)
+    if mode not in ("max", "avg"):
+        raise ValueError(f'mode must be "max" (torchvision) or "avg" (v1 Eq. 5), got "{mode}"')
+    a = check_roi_args(input, boxes, output_size, spatial_scale, rois_name="boxes")
     with autocast_off(a.input):
-        out = torch.ops.torchdcn.roi_pool(a.input, a.rois, *a.pooled, float(spatial_scale))
+        out = torch.ops.torchdcn.roi_integer_pool(
+            a.input, a.rois, *a.pooled, float(spatial_scale), mode, False
+        )
     return out.to(a.out_dtype)
-
-
-@torch.library.custom_op("torchdcn::roi_pool", mutates_args=())
-def _roi_pool_op(
-    input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
-) -> Tensor:
-    return run("forward_roi_pool", input, rois, pooled_h, pooled_w, spatial_scale)
-
-
-@_roi_pool_op.register_fake
-def _(input, rois, pooled_h, pooled_w, spatial_scale):
-    return input.new_empty(rois.shape[0], input.shape[1], pooled_h, pooled_w)
-
-
-@torch.library.custom_op("torchdcn::roi_pool_backward", mutates_args=())
-def _roi_pool_backward_op(
-    grad: Tensor, input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
-) -> Tensor:
-    return run("backward_roi_pool", grad, input, rois, pooled_h, pooled_w, spatial_scale)
-
-
-@_roi_pool_backward_op.register_fake
-def _(grad, input, *args):
-    return torch.empty_like(input)
-
-
-register_autograd(_roi_pool_op, torch.ops.torchdcn.roi_pool_backward, n_tensors=2, n_grads=1)

@@ -1,0 +1,125 @@
+"""Box geometry ops against plain Python loops: area, pairwise IoU, clipping, small-box removal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torchdcn.ops import box_area, box_iou, clip_boxes_to_image, remove_small_boxes
+
+
+def _random_boxes(n: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 100
+    wh = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 40
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[: n // 5, 2] = boxes[: n // 5, 0]  # zero width
+    boxes[n // 5 : n // 4, 2] = boxes[n // 5 : n // 4, 0] - 3  # x2 < x1
+    boxes[-3:] = boxes[:3]  # duplicates
+    return boxes.to(dtype)
+
+
+def _loop_iou(b1: torch.Tensor, b2: torch.Tensor) -> np.ndarray:
+    """IoU of every pair, one pair at a time in numpy scalars of the boxes' dtype."""
+    a1, a2 = b1.numpy(), b2.numpy()
+    out = np.zeros((len(a1), len(a2)), a1.dtype)
+    zero = a1.dtype.type(0)
+    with np.errstate(all="ignore"):
+        for i, p in enumerate(a1):
+            for j, q in enumerate(a2):
+                w = max(np.minimum(p[2], q[2]) - np.maximum(p[0], q[0]), zero)
+                h = max(np.minimum(p[3], q[3]) - np.maximum(p[1], q[1]), zero)
+                inter = w * h
+                union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
+                out[i, j] = inter / union
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_iou_matches_loop(dtype):
+    b1, b2 = _random_boxes(23, dtype, seed=1), _random_boxes(17, dtype, seed=2)
+    got = box_iou(b1, b2)
+    assert got.shape == (23, 17) and got.dtype == dtype
+    np.testing.assert_array_equal(got.numpy(), _loop_iou(b1, b2))  # same operations, same bits
+
+
+def test_box_iou_known_values():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [5.0, 5.0, 6.0, 6.0], [0.0, 0.0, 2.0, 2.0]])
+    got = box_iou(a, b)
+    torch.testing.assert_close(got[0], torch.tensor([1 / 3, 0.0, 1.0]))
+    assert got[1, :2].tolist() == [0.0, 0.0]  # zero area vs proper box: 0 / area
+    assert box_iou(a, a)[1, 1].isnan()  # two zero-area boxes: 0 / 0
+
+
+def test_box_iou_empty_and_integer():
+    assert box_iou(torch.zeros(0, 4), torch.zeros(5, 4)).shape == (0, 5)
+    ints = torch.tensor([[0, 0, 4, 4], [2, 0, 6, 4]], dtype=torch.int16)
+    got = box_iou(ints, ints)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 1 / 3], [1 / 3, 1.0]]))
+
+
+def test_box_iou_half_computes_in_float32():
+    b = _random_boxes(9, torch.float16)
+    got = box_iou(b, b)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, box_iou(b.float(), b.float()), equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
+def test_box_area(dtype):
+    b = _random_boxes(20).to(dtype)
+    expected = [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in b.tolist()]
+    got = box_area(b)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=dtype))
+    assert box_area(torch.tensor([[0, 0, 3, 2]], dtype=torch.uint8)).dtype == torch.int32
+
+
+def test_clip_boxes_to_image():
+    boxes = torch.tensor([[-5.0, 2.0, 30.0, 12.0], [3.0, -1.0, 4.0, 5.0]])
+    got = clip_boxes_to_image(boxes, (10, 20))  # height 10, width 20
+    assert got.tolist() == [[0.0, 2.0, 20.0, 10.0], [3.0, 0.0, 4.0, 5.0]]
+    batched = torch.randn(2, 3, 4, dtype=torch.float64) * 30
+    got = clip_boxes_to_image(batched, (7, 11))
+    expected = batched.clone()
+    expected[..., 0::2] = expected[..., 0::2].clamp(0, 11)
+    expected[..., 1::2] = expected[..., 1::2].clamp(0, 7)
+    assert got.shape == batched.shape and torch.equal(got, expected)
+    assert batched.abs().max() > 11  # the clamp did something
+
+
+def test_remove_small_boxes():
+    b = _random_boxes(40)
+    b[5, 3] = float("nan")
+    for min_size in (0.0, 5.0, 20.0):
+        expected = [
+            i
+            for i, (x1, y1, x2, y2) in enumerate(b.tolist())
+            if x2 - x1 >= min_size and y2 - y1 >= min_size
+        ]
+        got = remove_small_boxes(b, min_size)
+        assert got.dtype == torch.int64 and got.tolist() == expected
+    assert 5 not in remove_small_boxes(b, 0.0).tolist()
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: box_area(torch.zeros(3, 5)), ValueError, ["boxes", "[N, 4]", "(3, 5)"]),
+        (lambda: box_area(torch.zeros(4)), ValueError, ["boxes", "(4,)"]),
+        (lambda: box_area([[0, 0, 1, 1]]), TypeError, ["boxes", "list"]),
+        (lambda: box_area(torch.zeros(2, 4, dtype=torch.bool)), TypeError, ["boxes", "bool"]),
+        (lambda: box_iou(torch.zeros(2, 4), torch.zeros(2, 3)), ValueError, ["boxes2", "(2, 3)"]),
+        (lambda: clip_boxes_to_image(torch.zeros(2, 3), (4, 4)), ValueError, ["[..., 4]"]),
+        (lambda: clip_boxes_to_image(torch.zeros(2, 4), 4), TypeError, ["size", "(height"]),
+        (lambda: clip_boxes_to_image(torch.zeros(2, 4), (4, -1)), ValueError, ["size", "-1"]),
+        (lambda: remove_small_boxes(torch.zeros(2, 4), "1"), TypeError, ["min_size", "str"]),
+    ],
+)
+def test_bad_input(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)
