@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from torchdcn.nn import DeformConv2d, ModulatedDeformConv2d, convert_to_deformable, param_groups
+from torchdcn.nn import (
+    DeformConv2dPack,
+    ModulatedDeformConv2dPack,
+    convert_to_deformable,
+    param_groups,
+)
 
 
 class Small(nn.Module):
@@ -38,7 +43,7 @@ def test_v1_conversion_keeps_weights_and_outputs():
         ref = model(x)
     out_model = convert_to_deformable(model, ["body.0", "down", "head"])
     assert out_model is model
-    assert type(model.body[0]) is DeformConv2d and type(model.down) is DeformConv2d
+    assert type(model.body[0]) is DeformConv2dPack and type(model.down) is DeformConv2dPack
     assert type(model.stem) is nn.Conv2d
     assert model.down.groups == 2 and model.down.stride == (2, 2)
     assert model.body[0].dilation == (2, 2) and model.body[0].bias is None
@@ -67,7 +72,7 @@ def test_callable_selector_and_modulated_relation():
     convert_to_deformable(model, select, modulated=True, offset_groups=3)
     assert seen == ["stem", "body.0", "down", "head"]
     layer = model.stem
-    assert type(layer) is ModulatedDeformConv2d and layer.offset_groups == 3
+    assert type(layer) is ModulatedDeformConv2dPack and layer.offset_groups == 3
     assert layer.conv_offset.out_channels == 3 * 3 * 9
     # Fresh v2: zero offsets and masks 0.5, so half the conv without its bias, plus the bias.
     with torch.no_grad():
@@ -76,7 +81,7 @@ def test_callable_selector_and_modulated_relation():
     # Offset predictors are never candidates of a later conversion.
     seen.clear()
     convert_to_deformable(model, select)
-    assert "stem.conv_offset" not in seen and type(model.stem) is ModulatedDeformConv2d
+    assert "stem.conv_offset" not in seen and type(model.stem) is ModulatedDeformConv2dPack
 
 
 def test_learning_rate_multiplier_reaches_param_groups():
@@ -89,7 +94,7 @@ def test_shared_conv_stays_shared():
     conv = nn.Conv2d(4, 4, 3, padding=1)
     model = nn.Sequential(conv, nn.ReLU(), conv)
     convert_to_deformable(model, ["0"])
-    assert isinstance(model[0], DeformConv2d) and model[0] is model[2]
+    assert isinstance(model[0], DeformConv2dPack) and model[0] is model[2]
 
 
 @pytest.mark.parametrize(

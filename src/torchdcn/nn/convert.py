@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-from .deform_conv import DeformConv2d, ModulatedDeformConv2d
+from .deform_conv import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 
 Selector = Callable[[str, nn.Conv2d], bool] | Iterable[str]
 
@@ -20,7 +20,8 @@ def convert_to_deformable(
 ) -> nn.Module:
     """Replace the selected ``nn.Conv2d`` layers of ``model`` by deformable convolutions, in place.
 
-    Each chosen conv becomes ``DeformConv2d.from_conv2d(conv)`` (or ``ModulatedDeformConv2d``):
+    Each chosen conv becomes ``DeformConv2dPack.from_conv2d(conv)`` (or
+    ``ModulatedDeformConv2dPack``), a layer that predicts its own offsets:
     same weight and bias, same state-dict key for them (``<name>.weight``), plus a zero-initialised
     offset predictor at ``<name>.conv_offset.*``. A v1 model therefore computes exactly what it did
     before the conversion; a v2 (modulated) layer starts at half its conv's output plus its bias,
@@ -32,7 +33,8 @@ def convert_to_deformable(
         select: a callable ``(qualified_name, conv) -> bool`` called for every ``nn.Conv2d`` of
             the model, or an iterable of qualified names (as ``model.named_modules()`` gives them,
             e.g. ``"layer4.0.conv2"``); a single string is one name.
-        modulated: make ``ModulatedDeformConv2d`` (v2) layers instead of ``DeformConv2d`` (v1).
+        modulated: make ``ModulatedDeformConv2dPack`` (v2) layers instead of ``DeformConv2dPack``
+            (v1).
         offset_groups: offset groups ``G`` of every new layer (must divide its input channels).
         offset_lr_mult: learning-rate multiplier of the new predictors (default 1.0 v1, 0.1 v2).
 
@@ -47,9 +49,9 @@ def convert_to_deformable(
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3))
         >>> convert_to_deformable(net, ["2"])[2]
-        DeformConv2d(8, 8, kernel_size=(3, 3))
+        DeformConv2dPack(8, 8, kernel_size=(3, 3))
     """
-    cls = ModulatedDeformConv2d if modulated else DeformConv2d
+    cls = ModulatedDeformConv2dPack if modulated else DeformConv2dPack
     candidates = _candidate_convs(model)
     if callable(select):
         chosen = [name for name, conv in candidates.items() if select(name, conv)]
@@ -57,11 +59,13 @@ def convert_to_deformable(
         names = [select] if isinstance(select, str) else list(select)
         _check_names(model, candidates, names)
         chosen = list(dict.fromkeys(names))
-    twins: dict[int, DeformConv2d] = {}
+    twins: dict[int, DeformConv2dPack] = {}
     for name in chosen:
         conv = candidates[name]
         if id(conv) not in twins:
-            twins[id(conv)] = cls.from_conv2d(conv, offset_groups, offset_lr_mult)
+            twins[id(conv)] = cls.from_conv2d(
+                conv, offset_groups=offset_groups, offset_lr_mult=offset_lr_mult
+            )
     # Replace every path to a converted conv, so a shared conv stays shared.
     for name, conv in candidates.items():
         if id(conv) in twins:

@@ -13,17 +13,16 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import (
+    IntPair,
+    RoIs,
     deform_ps_roi_pool,
     deform_roi_pool,
+    pair,
     ps_roi_align,
     ps_roi_pool,
     roi_align,
     roi_pool,
 )
-from ..ops._checks import pair
-from ..ops._roi_checks import RoIs, roi_tensor
-
-IntPair = int | tuple[int, int]
 
 
 class _Pool(nn.Module):
@@ -34,7 +33,7 @@ class _Pool(nn.Module):
         output_size: IntPair,
         spatial_scale: float = 1.0,
         sampling_ratio: int = -1,
-        aligned: bool = True,
+        aligned: bool = False,
     ) -> None:
         super().__init__()
         self.output_size = pair(output_size, "output_size")
@@ -45,30 +44,37 @@ class _Pool(nn.Module):
     def extra_repr(self) -> str:
         s = f"output_size={self.output_size}, spatial_scale={self.spatial_scale:g}"
         if isinstance(self, (RoIAlign, PSRoIAlign)):
-            s += f", sampling_ratio={self.sampling_ratio}" if self.sampling_ratio != -1 else ""
-            s += ", aligned=False" if not self.aligned else ""
+            s += f", sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
         return s
 
 
 class RoIPool(_Pool):
-    """Average RoI pooling over integer bins (v1 Eq. 5). See :func:`torchdcn.ops.roi_pool`.
+    """torchvision's ``RoIPool``: max pooling over integer bins; ``mode="avg"`` is v1's average
+    (Eq. 5). See :func:`torchdcn.ops.roi_pool`.
 
-    Shape: ``input [N, C, H, W]``, ``rois [R, 5]`` (or a list of ``[R_i, 4]``) ->
-    ``[R, C, ph, pw]``.
+    Shape: ``input [N, C, H, W]``, ``rois [K, 5]`` (or a list of ``[K_i, 4]``) ->
+    ``[K, C, ph, pw]``.
     """
 
-    def __init__(self, output_size: IntPair, spatial_scale: float = 1.0) -> None:
+    def __init__(self, output_size: IntPair, spatial_scale: float = 1.0, mode: str = "max") -> None:
         super().__init__(output_size, spatial_scale)
+        if mode not in ("max", "avg"):
+            raise ValueError(f'mode must be "max" (torchvision) or "avg" (v1 Eq. 5), got {mode!r}')
+        self.mode = mode
 
     def forward(self, input: Tensor, rois: RoIs) -> Tensor:
-        return roi_pool(input, rois, self.output_size, self.spatial_scale)
+        return roi_pool(input, rois, self.output_size, self.spatial_scale, self.mode)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", mode='avg'" if self.mode != "max" else "")
 
 
 class RoIAlign(_Pool):
-    """RoIAlign. See :func:`torchdcn.ops.roi_align`.
+    """torchvision's ``RoIAlign`` (same arguments and defaults, ``aligned=False``). See
+    :func:`torchdcn.ops.roi_align`.
 
-    Shape: ``input [N, C, H, W]``, ``rois [R, 5]`` (or a list of ``[R_i, 4]``) ->
-    ``[R, C, ph, pw]``.
+    Shape: ``input [N, C, H, W]``, ``rois [K, 5]`` (or a list of ``[K_i, 4]``) ->
+    ``[K, C, ph, pw]``.
     """
 
     def forward(self, input: Tensor, rois: RoIs) -> Tensor:
@@ -78,9 +84,10 @@ class RoIAlign(_Pool):
 
 
 class PSRoIPool(_Pool):
-    """Position-sensitive average RoI pooling (R-FCN). See :func:`torchdcn.ops.ps_roi_pool`.
+    """torchvision's ``PSRoIPool``: position-sensitive average pooling (R-FCN). See
+    :func:`torchdcn.ops.ps_roi_pool`.
 
-    Shape: ``input [N, C_out * ph * pw, H, W]``, ``rois [R, 5]`` -> ``[R, C_out, ph, pw]``.
+    Shape: ``input [N, C_out * ph * pw, H, W]``, ``rois [K, 5]`` -> ``[K, C_out, ph, pw]``.
     """
 
     def __init__(self, output_size: IntPair, spatial_scale: float = 1.0) -> None:
@@ -91,10 +98,20 @@ class PSRoIPool(_Pool):
 
 
 class PSRoIAlign(_Pool):
-    """Position-sensitive RoIAlign. See :func:`torchdcn.ops.ps_roi_align`.
+    """torchvision's ``PSRoIAlign`` (which always shifts by -0.5 cell: ``aligned=True`` here, the
+    default). See :func:`torchdcn.ops.ps_roi_align`.
 
-    Shape: ``input [N, C_out * ph * pw, H, W]``, ``rois [R, 5]`` -> ``[R, C_out, ph, pw]``.
+    Shape: ``input [N, C_out * ph * pw, H, W]``, ``rois [K, 5]`` -> ``[K, C_out, ph, pw]``.
     """
+
+    def __init__(
+        self,
+        output_size: IntPair,
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = -1,
+        aligned: bool = True,
+    ) -> None:
+        super().__init__(output_size, spatial_scale, sampling_ratio, aligned)
 
     def forward(self, input: Tensor, rois: RoIs) -> Tensor:
         return ps_roi_align(
@@ -132,7 +149,7 @@ class DeformRoIPool(nn.Module):
         torch.Size([1, 256, 7, 7])
     """
 
-    modulated: bool = False
+    MODULATED = False
     default_offset_lr_mult: float = 0.01
 
     def __init__(
@@ -151,6 +168,8 @@ class DeformRoIPool(nn.Module):
         if in_channels <= 0:
             raise ValueError(f"in_channels must be positive, got {in_channels}")
         self.in_channels = in_channels
+        # an instance attribute (not a class one) so torch.jit.script sees a plain typed attribute
+        self.modulated: bool = self.MODULATED
         self.output_size = pair(output_size, "output_size")
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = sampling_ratio
@@ -178,7 +197,7 @@ class DeformRoIPool(nn.Module):
         """The offset branch's parameters, trained at ``offset_lr_mult`` times the base rate."""
         return list(self.offset_fc.parameters())
 
-    def _plain(self, input: Tensor, rois: Tensor) -> Tensor:
+    def _plain(self, input: Tensor, rois: RoIs) -> Tensor:
         return roi_align(
             input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
         )
@@ -187,10 +206,9 @@ class DeformRoIPool(nn.Module):
         """Normalised offsets ``[R, 2, ph, pw]`` (and for v2 masks ``[R, 1, ph, pw]``)."""
         if input.dim() != 4 or input.shape[1] != self.in_channels:
             raise ValueError(
-                f"{type(self).__name__} expects input [N, {self.in_channels}, H, W], "
-                f"got {tuple(input.shape)}"
+                f"this module expects input [N, {self.in_channels}, H, W], got {list(input.shape)}"
             )
-        out = self.offset_fc(self._plain(input, roi_tensor(rois, input)).flatten(1))
+        out = self.offset_fc(self._plain(input, rois).flatten(1))
         r, (ph, pw) = out.shape[0], self.output_size
         offset = out[:, : 2 * self._bins].reshape(r, 2, ph, pw)
         if not self.modulated:
@@ -198,7 +216,6 @@ class DeformRoIPool(nn.Module):
         return offset, out[:, 2 * self._bins :].sigmoid().reshape(r, 1, ph, pw)
 
     def forward(self, input: Tensor, rois: RoIs) -> Tensor:
-        rois = roi_tensor(rois, input)
         offset, mask = self.predict(input, rois)
         return deform_roi_pool(
             input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
@@ -237,7 +254,7 @@ class ModulatedDeformRoIPool(DeformRoIPool):
         ``[R, C, ph, pw]``.
     """
 
-    modulated = True
+    MODULATED = True
     default_offset_lr_mult = 1.0
 
     def __init__(
@@ -372,7 +389,6 @@ class DeformPSRoIPool(nn.Module):
         )
 
     def forward(self, input: Tensor, rois: RoIs, feature: Tensor | None = None) -> Tensor:
-        rois = roi_tensor(rois, input)
         offset = self.predict(input, rois, feature)
         return deform_ps_roi_pool(
             input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
