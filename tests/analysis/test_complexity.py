@@ -14,7 +14,7 @@ from torchdcn.analysis.complexity import (
     format_table,
 )
 from torchdcn.models import resnet18, resnet50
-from torchdcn.nn import DeformConv2d, ModulatedDeformConv2d
+from torchdcn.nn import DeformConv2dPack, ModulatedDeformConv2dPack
 
 
 def test_count_parameters():
@@ -35,7 +35,7 @@ def test_conv_and_linear_macs():
 
 
 @pytest.mark.parametrize(
-    ("cls", "per_value", "per_point"), [(DeformConv2d, 4, 2), (ModulatedDeformConv2d, 5, 3)]
+    ("cls", "per_value", "per_point"), [(DeformConv2dPack, 4, 2), (ModulatedDeformConv2dPack, 5, 3)]
 )
 def test_deformable_conv_macs(cls, per_value, per_point):
     layer = cls(8, 16, 3, padding=1, offset_groups=2)

@@ -18,8 +18,8 @@ from torchdcn.analysis.sampling import (
     spread,
     stacked_sampling_locations,
 )
-from torchdcn.models.mnist_cnn import MnistCNN, mnist_cnn
-from torchdcn.nn import DeformConv2d, ModulatedDeformConv2d
+from torchdcn.models.classification.mnist_cnn import MnistCNN, mnist_cnn
+from torchdcn.nn import DeformConv2dPack, ModulatedDeformConv2dPack
 
 G = LayerGeometry()  # 3x3, stride 1, padding 1, dilation 1
 
@@ -92,7 +92,7 @@ def test_mask_products_weight_the_points():
 
 def test_fresh_deformable_modules_sample_the_regular_grid():
     torch.manual_seed(0)
-    layers = [DeformConv2d(4, 4, 3, padding=1), ModulatedDeformConv2d(4, 4, 3, padding=1)]
+    layers = [DeformConv2dPack(4, 4, 3, padding=1), ModulatedDeformConv2dPack(4, 4, 3, padding=1)]
     points, weights = stacked_sampling_locations(layers, torch.randn(1, 4, 7, 7), (3, 3))
     expected, _ = compose_sampling_locations([None] * 2, (3, 3), [G] * 2)
     torch.testing.assert_close(points, expected)
@@ -120,7 +120,7 @@ def test_mnist_cnn_body_gives_729_points_in_pixels():
     model = mnist_cnn("v2", width=8).eval()
     inputs = model.body_inputs(torch.rand(1, 1, 48, 48))
     assert [tuple(t.shape) for t in inputs] == [(1, 8, 12, 12)] * 3
-    points, weights = sampling_locations_from_inputs(model.deform_layers(), inputs, (6, 6))
+    points, weights = sampling_locations_from_inputs(model.body_layers(), inputs, (6, 6))
     assert points.shape == (729, 2) and weights.shape == (729,)
 
 

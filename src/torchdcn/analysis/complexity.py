@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..models import ResNet, resnet50, resnet101
-from ..models.deform_config import Deform
-from ..nn.deform_conv import DeformConv2d
+from ..models.backbones.deform_config import Deform
+from ..nn import DeformConv2d
 
 KINDS = ("conv", "linear", "deform_conv", "offset_predictor", "sampling")
 
@@ -64,7 +64,7 @@ def flop_breakdown(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
         shape = (1, *shape)
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W), got {input_shape}")
-    predictors = {id(m.conv_offset) for m in model.modules() if isinstance(m, DeformConv2d)}
+    predictors = {id(m.conv_offset) for m in model.modules() if hasattr(m, "conv_offset")}
     totals = dict.fromkeys(KINDS, 0)
 
     def on_conv(module: nn.Conv2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -79,7 +79,8 @@ def flop_breakdown(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
         n, _, ho, wo = output.shape
         kh, kw = module.kernel_size
         values = n * module.in_channels * kh * kw * ho * wo
-        totals["sampling"] += values * (5 if module.modulated else 4)
+        modulated = getattr(module, "modulated", len(inputs) > 2 and inputs[2] is not None)
+        totals["sampling"] += values * (5 if modulated else 4)
 
     handles = []
     for module in model.modules():

@@ -9,7 +9,7 @@ valued) of layer ``l``'s output reads ``q * stride - padding + p_k * dilation + 
 layers each point also carries the product of the masks along its path, its weight in the output.
 
 Coordinates are ``(y, x)`` in cells of the first layer's input (pixel centres at integers); a model
-maps them to image pixels (e.g. :meth:`torchdcn.models.mnist_cnn.MnistCNN.cell_to_pixel`).
+maps them to image pixels (e.g. :meth:`torchdcn.models.MnistCNN.cell_to_pixel`).
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def sampling_locations_from_inputs(
     layers: Sequence[nn.Module], inputs: Sequence[Tensor], position: tuple[int, int]
 ) -> tuple[Tensor, Tensor]:
     """Like :func:`stacked_sampling_locations`, given each layer's input ``Tensor[1, C, H, W]``
-    (first to last; e.g. from :meth:`torchdcn.models.mnist_cnn.MnistCNN.body_inputs`)."""
+    (first to last; e.g. from :meth:`torchdcn.models.MnistCNN.body_inputs`, with
+    :meth:`~torchdcn.models.MnistCNN.body_layers` as ``layers``)."""
     offsets, masks = [], []
     for layer, x in zip(layers, inputs):
         if hasattr(layer, "predict"):

@@ -1,12 +1,23 @@
-"""Architectures built from :mod:`torchdcn.nn`: ResNet/ResNeXt backbones and the MNIST demo CNN."""
+"""Architectures built from :mod:`torchdcn.nn`, one sub-package per task.
 
-from .deform_config import DCN_V1, DCN_V2, DeformConfig
-from .mnist_cnn import MnistCNN, MnistCNNConfig
-from .pretrained import LoadReport, load_pretrained
-from .resnet import (
+- :mod:`.backbones`: ResNet / ResNeXt with deformable presets, :func:`load_pretrained`.
+- :mod:`.classification`: the MNIST demo CNN.
+- :mod:`.detection`: RPN, Faster R-CNN, R-FCN, Mask R-CNN (to come).
+- :mod:`.segmentation`: DeepLab (to come).
+
+Tasks stand side by side and never import each other; all of them read backbones.
+"""
+
+from .backbones import (
+    DCN_V1,
+    DCN_V2,
     BasicBlock,
     Bottleneck,
+    DeformConfig,
+    FeatureInfo,
+    LoadReport,
     ResNet,
+    load_pretrained,
     resnet18,
     resnet34,
     resnet50,
@@ -16,6 +27,7 @@ from .resnet import (
     resnext101_32x4d,
     resnext101_32x8d,
 )
+from .classification import MnistCNN, MnistCNNConfig
 
 __all__ = [
     "DCN_V1",
@@ -23,6 +35,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "DeformConfig",
+    "FeatureInfo",
     "LoadReport",
     "MnistCNN",
     "MnistCNNConfig",

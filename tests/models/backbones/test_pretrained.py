@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from torchdcn.models import load_pretrained, resnet18, resnet50
-from torchdcn.models.pretrained import read_state_dict
+from torchdcn.models.backbones.pretrained import read_state_dict
 from torchdcn.nn import FrozenBatchNorm2d
 
 
@@ -167,3 +167,65 @@ def test_wrong_files_give_clear_errors(tmp_path):
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ValueError, match="safetensors"):
         read_state_dict(broken)
+
+
+def _detector_state(backbone: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A detector-like state dict: the backbone under ``prefix`` and some head tensors."""
+    state = {f"{prefix}{k}": v for k, v in backbone.items()}
+    state["neck.lateral_convs.0.conv.weight"] = torch.ones(256, 512, 1, 1)
+    state["rpn_head.rpn_cls.weight"] = torch.ones(3, 256, 1, 1)
+    state["roi_head.bbox_head.fc_cls.weight"] = torch.ones(81, 1024)
+    state["roi_head.bbox_head.fc_cls.bias"] = torch.ones(81)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("prefix", "outer"),
+    [
+        ("backbone.", ""),  # mmdetection
+        ("backbone.", "module."),  # mmdetection trained with DataParallel / DDP
+        ("backbone.body.", ""),  # torchvision's detection models (plus backbone.fpn.*)
+    ],
+)
+def test_detector_checkpoint_gives_its_backbone_and_reports_the_heads(
+    r18_file, tmp_path, prefix, outer
+):
+    _, plain = r18_file
+    backbone = {k: v for k, v in plain.state_dict().items() if not k.startswith("fc.")}
+    state = _detector_state(backbone, prefix)
+    if prefix == "backbone.body.":
+        state["backbone.fpn.inner_blocks.0.0.weight"] = torch.ones(256, 64, 1, 1)
+    state = {f"{outer}{k}": v for k, v in state.items()}
+    path = tmp_path / "detector.pth"
+    torch.save({"meta": {"epoch": 12}, "state_dict": state}, path)
+    model = resnet18(deform="v1", features_only=True)
+    report = load_pretrained(model, path)  # strict: the heads do not make it fail
+    assert report.ok and report.backbone_prefix == prefix
+    assert sorted(report.loaded) == sorted(backbone)
+    heads = {k for k in state if not k.startswith(f"{outer}{prefix}")}
+    assert {f"{outer}{k}" for k in report.skipped_detector} == heads
+    assert "roi_head.*" in str(report) and "neck.*" in str(report)
+    for key, value in backbone.items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def test_model_with_backbone_keys_of_its_own_keeps_the_prefix(r18_file, tmp_path):
+    _, plain = r18_file
+
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = resnet18(num_classes=None)
+            self.head = nn.Linear(512, 3)
+
+    source = Detector()
+    source.backbone.load_state_dict(
+        {k: v for k, v in plain.state_dict().items() if not k.startswith("fc.")}
+    )
+    path = tmp_path / "detector.pth"
+    torch.save(source.state_dict(), path)
+    target = Detector()
+    report = load_pretrained(target, path)
+    assert report.ok and report.backbone_prefix == "" and report.skipped_detector == []
+    assert torch.equal(target.backbone.layer4[1].conv2.weight, plain.layer4[1].conv2.weight)
+    assert torch.equal(target.head.weight, source.head.weight)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 STAGES = (2, 3, 4, 5)
 
@@ -27,8 +28,8 @@ class DeformConfig:
         last_n: how many 3x3 convs, counted back from the last one of the last stage listed and
             staying within ``stages``; ``None`` takes all of them. v1's ablation "last 6 layers"
             of ResNet-101 is ``DeformConfig(stages=(4, 5), last_n=6)``.
-        modulated: modulated deformable conv (v2, :class:`~torchdcn.nn.ModulatedDeformConv2d`)
-            instead of v1 (:class:`~torchdcn.nn.DeformConv2d`).
+        modulated: modulated deformable conv (v2, :class:`~torchdcn.nn.ModulatedDeformConv2dPack`)
+            instead of v1 (:class:`~torchdcn.nn.DeformConv2dPack`).
         offset_groups: offset groups ``G`` of every such layer (divides its input channels).
         offset_lr_mult: learning-rate multiplier of the offset predictors; ``None`` takes the
             layer's default (1.0 for v1, 0.1 for v2).
@@ -74,24 +75,47 @@ DCN_V1 = DeformConfig(stages=(5,), last_n=3)
 DCN_V2 = DeformConfig(stages=(3, 4, 5), modulated=True)
 """The v2 paper's choice: every 3x3 conv of conv3-conv5, modulated (SPEC section 6)."""
 
-Deform = str | DeformConfig | Sequence[DeformConfig] | None
-"""What ``deform=`` accepts: ``None``, ``"v1"``, ``"v2"``, a config, or configs per stage."""
+DeformPreset = Literal["v1", "v2"]
+"""The paper presets by name: ``"v1"`` (:data:`DCN_V1`) and ``"v2"`` (:data:`DCN_V2`). Models
+with no per-stage choice (the MNIST CNN) take ``DeformPreset | None``."""
+
+Deform = DeformPreset | DeformConfig | Sequence[DeformConfig] | bool | None
+"""What a backbone's ``deform=`` accepts: ``None`` (or ``False``), ``"v1"``, ``"v2"``, a config,
+or configs per stage. ``True`` raises a ``TypeError`` asking for ``"v1"`` or ``"v2"``."""
 
 PAPER_OUTPUT_STRIDE = 16
 """conv5 runs at stride 16 (stride 1, dilation 2) in both papers' networks (SPEC sections 5-6)."""
 
 
 def resolve_deform(deform: Deform) -> tuple[DeformConfig, ...]:
-    """``deform`` as a tuple of configs with disjoint stages (empty for ``None``)."""
-    if deform is None:
+    """``deform`` as a tuple of configs with disjoint stages (empty for ``None`` and ``False``).
+
+    ``True`` is refused: the two presets differ (v1: three deformable convs; v2: thirteen
+    modulated ones in ResNet-50), so the caller must say which.
+    """
+    if deform is None or deform is False:
         return ()
+    if deform is True:
+        raise TypeError(
+            "deform=True is ambiguous: pass deform='v1' (the v1 paper's last three 3x3 convs of "
+            "conv5) or deform='v2' (every 3x3 conv of conv3-conv5, modulated); None or False "
+            "for a plain network"
+        )
     if isinstance(deform, str):
         if deform == "v1":
             return (DCN_V1,)
         if deform == "v2":
             return (DCN_V2,)
         raise ValueError(f"deform preset must be 'v1' or 'v2', got {deform!r}")
-    configs = (deform,) if isinstance(deform, DeformConfig) else tuple(deform)
+    if isinstance(deform, DeformConfig):
+        configs: tuple[DeformConfig, ...] = (deform,)
+    elif isinstance(deform, Sequence):
+        configs = tuple(deform)
+    else:
+        raise TypeError(
+            f"deform must be None, 'v1', 'v2', a DeformConfig or a sequence of them, got "
+            f"{type(deform).__name__} {deform!r}"
+        )
     for config in configs:
         if not isinstance(config, DeformConfig):
             raise TypeError(

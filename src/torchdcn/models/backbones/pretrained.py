@@ -34,6 +34,12 @@ class LoadReport:
     """Offset-predictor tensors absent from the checkpoint, left as they were."""
     skipped_head: list[str] = field(default_factory=list)
     """Classifier tensors (``fc.*``) of the checkpoint, dropped because the model has no ``fc``."""
+    backbone_prefix: str = ""
+    """The prefix removed from a detector checkpoint's backbone keys (``"backbone."``,
+    ``"backbone.body."``), or ``""``."""
+    skipped_detector: list[str] = field(default_factory=list)
+    """Checkpoint tensors outside the backbone of a detector checkpoint (``neck.*``,
+    ``rpn_head.*``, ``roi_head.*``, ...), not loaded (original keys)."""
     missing: list[str] = field(default_factory=list)
     """Model tensors the checkpoint lacks (offset predictors and step counters aside)."""
     unexpected: list[str] = field(default_factory=list)
@@ -55,6 +61,14 @@ class LoadReport:
             )
         if self.skipped_head:
             lines.append(f"skipped the classifier (the model has none): {self.skipped_head}")
+        if self.backbone_prefix:
+            lines.append(f"took the backbone of a detector checkpoint ({self.backbone_prefix}*)")
+        if self.skipped_detector:
+            heads = sorted({k.split(".", 1)[0] for k in self.skipped_detector})
+            lines.append(
+                f"skipped {len(self.skipped_detector)} tensors outside the backbone "
+                f"({', '.join(f'{h}.*' for h in heads)})"
+            )
         for title, keys in (
             ("missing from the checkpoint", self.missing),
             ("unexpected in the checkpoint", self.unexpected),
@@ -79,7 +93,11 @@ def load_pretrained(
         path: a file written by ``torch.save`` holding a state dict, or a dict with the state
             dict under ``"state_dict"`` or ``"model"`` (training checkpoints); a ``module.``
             prefix (``DataParallel``) is removed. A ``.safetensors`` file (timm's hub format)
-            is read too.
+            is read too. A detector checkpoint (mmdetection's ``backbone.*``, torchvision's
+            detection models' ``backbone.body.*``, either under ``module.`` too) gives its
+            backbone: the prefix is removed and the other tensors (``neck.*``, ``rpn_head.*``,
+            ``roi_head.*``, ``backbone.fpn.*``...) are skipped and listed in the report, unless
+            ``model`` itself has keys with that prefix.
         strict: raise if any tensor of the model (other than offset predictors) is missing from
             the checkpoint, any tensor of the checkpoint has no place in the model, or shapes
             differ; the model is left untouched then. With ``strict=False`` whatever matches is
@@ -106,6 +124,7 @@ def load_pretrained(
     target = model.state_dict()
     has_head = getattr(model, "fc", None) is not None
     report = LoadReport()
+    state = _backbone_of_detector(state, target, report)
     to_load: dict[str, Tensor] = {}
     for key, value in state.items():
         if key not in target:
@@ -134,6 +153,28 @@ def load_pretrained(
         )
     model.load_state_dict(to_load, strict=False)
     return report
+
+
+DETECTOR_BACKBONE_PREFIXES = ("backbone.body.", "backbone.")
+"""Where detectors keep their backbone: torchvision's detection models (``backbone.body.``, next
+to ``backbone.fpn.``), mmdetection (``backbone.``, next to ``neck.``, ``rpn_head.``...)."""
+
+
+def _backbone_of_detector(
+    state: dict[str, Tensor], target: Mapping[str, Tensor], report: LoadReport
+) -> dict[str, Tensor]:
+    """The backbone part of a detector's state dict, its prefix removed; other tensors are listed
+    in ``report.skipped_detector``. ``state`` unchanged when it is not a detector's, or when the
+    model's own keys carry the prefix (a detector loading a detector checkpoint)."""
+    for prefix in DETECTOR_BACKBONE_PREFIXES:
+        if not any(k.startswith(prefix) for k in state):
+            continue
+        if any(k.startswith(prefix) for k in target):
+            return state
+        report.backbone_prefix = prefix
+        report.skipped_detector = [k for k in state if not k.startswith(prefix)]
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:

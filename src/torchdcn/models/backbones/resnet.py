@@ -19,15 +19,16 @@ function (SPEC section 2: zero-initialised offsets).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ..nn.convert import convert_to_deformable
-from ..nn.deform_conv import DeformConv2d
+from ...nn import DeformConv2d, convert_to_deformable
 from .deform_config import STAGES, Deform, default_output_stride, resolve_deform
+from .feature_info import FeatureInfo
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -120,9 +121,10 @@ class ResNet(nn.Module):
         block: :class:`BasicBlock` or :class:`Bottleneck`.
         layers: blocks per stage conv2-conv5, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
         groups, width_per_group: ResNeXt cardinality and width (``32, 4`` for 32x4d).
-        deform: which 3x3 convs are deformable: ``None``, ``"v1"`` (last three of conv5),
-            ``"v2"`` (all of conv3-conv5, modulated), a :class:`DeformConfig` or a sequence of
-            them with disjoint stages. It changes nothing else.
+        deform: which 3x3 convs are deformable: ``None`` (or ``False``), ``"v1"`` (last three
+            of conv5), ``"v2"`` (all of conv3-conv5, modulated), a :class:`DeformConfig` or a
+            sequence of them with disjoint stages. It changes nothing else. ``True`` raises a
+            ``TypeError``: say ``"v1"`` or ``"v2"``.
         output_stride: 32, 16 or 8: the stride of conv5 relative to the input. ``None`` gives 16
             for the presets ``"v1"``/``"v2"`` (the papers' networks) and 32 otherwise.
         features_only: ``forward`` returns the four stage outputs, no classifier.
@@ -138,9 +140,23 @@ class ResNet(nn.Module):
         ``x``: ``[N, in_channels, H, W]`` (float, ImageNet-normalised for pretrained weights) ->
         logits ``[N, num_classes]``; or the conv5 map ``[N, C5, ceil(H / os), ceil(W / os)]``
         when ``num_classes`` is ``None``; or with ``features_only`` an ordered dict
-        ``{"conv2": [N, C2, H/4, W/4], "conv3": ..., "conv4": ..., "conv5": ...}`` whose
-        channels and strides are :attr:`feature_channels` and :attr:`feature_strides` (sizes
+        ``{"conv2": [N, C2, H/4, W/4], "conv3": ..., "conv4": ..., "conv5": ...}`` (sizes
         rounded up, e.g. a 64 x 64 input gives conv2 16 x 16).
+
+    Backbone contract (what detectors and segmenters read, never hard-coded numbers):
+
+    - :attr:`feature_info`: one :class:`FeatureInfo` ``(name, channels, stride)`` per map of
+      :meth:`forward_features`, in output order (conv2 ... conv5). With ``features_only`` these
+      are exactly ``forward``'s outputs; with ``num_classes=None`` the output is the last one.
+    - :attr:`size_divisibility`: pad input sizes to a multiple of this (the stride of the
+      coarsest output, i.e. ``output_stride``: 32, 16 or 8). Then every map is exactly
+      ``H / stride x W / stride``, so a coarser map upsampled by the stride ratio lines up cell
+      for cell with a finer one (FPN, DeepLab decoders) and ``spatial_scale = 1 / stride`` maps
+      image boxes onto cells exactly. A dilated stage keeps its input's stride and does not
+      downsample, so a stride-16 network needs multiples of 16, not 32.
+
+    :attr:`feature_channels`, :attr:`feature_strides` and :attr:`feature_dilations` are the same
+    facts (plus each stage's dilation) keyed by name.
     """
 
     def __init__(
@@ -177,8 +193,7 @@ class ResNet(nn.Module):
 
         # Stage by stage: stride 2 where the map may still shrink, dilation once it may not.
         channels, stride_so_far, dilation = 64, 4, 1
-        self.feature_channels: dict[str, int] = {}
-        self.feature_strides: dict[str, int] = {}
+        self.feature_info: list[FeatureInfo] = []
         self.feature_dilations: dict[str, int] = {}
         stages = []
         for stage, planes, n_blocks in zip(STAGES, (64, 128, 256, 512), layers):
@@ -200,10 +215,10 @@ class ResNet(nn.Module):
                 )
             )
             channels = planes * block.expansion
-            self.feature_channels[f"conv{stage}"] = channels
-            self.feature_strides[f"conv{stage}"] = stride_so_far
+            self.feature_info.append(FeatureInfo(f"conv{stage}", channels, stride_so_far))
             self.feature_dilations[f"conv{stage}"] = dilation
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.size_divisibility: int = max(info.stride for info in self.feature_info)
 
         has_head = not features_only and num_classes is not None
         self.avgpool = nn.AdaptiveAvgPool2d(1) if has_head else None
@@ -218,6 +233,16 @@ class ResNet(nn.Module):
                 offset_groups=config.offset_groups,
                 offset_lr_mult=config.offset_lr_mult,
             )
+
+    @property
+    def feature_channels(self) -> dict[str, int]:
+        """``{"conv2": C2, ..., "conv5": C5}``, from :attr:`feature_info`."""
+        return {info.name: info.channels for info in self.feature_info}
+
+    @property
+    def feature_strides(self) -> dict[str, int]:
+        """``{"conv2": 4, ..., "conv5": output_stride}``, from :attr:`feature_info`."""
+        return {info.name: info.stride for info in self.feature_info}
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         # Norm layers and the classifier keep PyTorch's defaults (scale 1, shift 0).
@@ -290,7 +315,39 @@ def _make_stage(
     return nn.Sequential(*blocks)
 
 
-# --------------------------------------------------------------------------------------------
+class ResNetArch(NamedTuple):
+    """One row of :data:`ARCHITECTURES`: the :class:`ResNet` arguments that name a network."""
+
+    block: Block
+    layers: tuple[int, int, int, int]
+    groups: int = 1
+    width_per_group: int = 64
+
+
+ARCHITECTURES: Mapping[str, ResNetArch] = MappingProxyType(
+    {
+        "resnet18": ResNetArch(BasicBlock, (2, 2, 2, 2)),
+        "resnet34": ResNetArch(BasicBlock, (3, 4, 6, 3)),
+        "resnet50": ResNetArch(Bottleneck, (3, 4, 6, 3)),
+        "resnet101": ResNetArch(Bottleneck, (3, 4, 23, 3)),
+        "resnet152": ResNetArch(Bottleneck, (3, 8, 36, 3)),
+        "resnext50_32x4d": ResNetArch(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4),
+        "resnext101_32x4d": ResNetArch(Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=4),
+        "resnext101_32x8d": ResNetArch(Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=8),
+    }
+)
+"""Every named ResNet/ResNeXt: name -> (block, blocks per stage, groups, width per group). A new
+network is one row here plus its public constructor below."""
+
+
+def _create(name: str, **kwargs: Any) -> ResNet:
+    """The network ``name`` of :data:`ARCHITECTURES`; ``kwargs`` go to :class:`ResNet`."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    block, layers, groups, width_per_group = ARCHITECTURES[name]
+    return ResNet(block, layers, groups=groups, width_per_group=width_per_group, **kwargs)
+
+
 # Constructors. Each takes ``deform``, ``output_stride``, ``features_only`` and the remaining
 # :class:`ResNet` keyword arguments (``num_classes``, ``norm_layer``, ``zero_init_residual``, ...).
 
@@ -299,13 +356,8 @@ def resnet18(
     deform: Deform = None, output_stride: int | None = None, features_only: bool = False, **kw: Any
 ) -> ResNet:
     """ResNet-18: basic blocks (2, 2, 2, 2), 11.7 M parameters with the 1000-class head."""
-    return ResNet(
-        BasicBlock,
-        (2, 2, 2, 2),
-        deform=deform,
-        output_stride=output_stride,
-        features_only=features_only,
-        **kw,
+    return _create(
+        "resnet18", deform=deform, output_stride=output_stride, features_only=features_only, **kw
     )
 
 
@@ -313,13 +365,8 @@ def resnet34(
     deform: Deform = None, output_stride: int | None = None, features_only: bool = False, **kw: Any
 ) -> ResNet:
     """ResNet-34: basic blocks (3, 4, 6, 3), 21.8 M parameters with the 1000-class head."""
-    return ResNet(
-        BasicBlock,
-        (3, 4, 6, 3),
-        deform=deform,
-        output_stride=output_stride,
-        features_only=features_only,
-        **kw,
+    return _create(
+        "resnet34", deform=deform, output_stride=output_stride, features_only=features_only, **kw
     )
 
 
@@ -327,13 +374,8 @@ def resnet50(
     deform: Deform = None, output_stride: int | None = None, features_only: bool = False, **kw: Any
 ) -> ResNet:
     """ResNet-50: bottlenecks (3, 4, 6, 3), 25.6 M parameters with the 1000-class head."""
-    return ResNet(
-        Bottleneck,
-        (3, 4, 6, 3),
-        deform=deform,
-        output_stride=output_stride,
-        features_only=features_only,
-        **kw,
+    return _create(
+        "resnet50", deform=deform, output_stride=output_stride, features_only=features_only, **kw
     )
 
 
@@ -341,13 +383,8 @@ def resnet101(
     deform: Deform = None, output_stride: int | None = None, features_only: bool = False, **kw: Any
 ) -> ResNet:
     """ResNet-101: bottlenecks (3, 4, 23, 3), 44.5 M parameters with the 1000-class head."""
-    return ResNet(
-        Bottleneck,
-        (3, 4, 23, 3),
-        deform=deform,
-        output_stride=output_stride,
-        features_only=features_only,
-        **kw,
+    return _create(
+        "resnet101", deform=deform, output_stride=output_stride, features_only=features_only, **kw
     )
 
 
@@ -355,13 +392,8 @@ def resnet152(
     deform: Deform = None, output_stride: int | None = None, features_only: bool = False, **kw: Any
 ) -> ResNet:
     """ResNet-152: bottlenecks (3, 8, 36, 3), 60.2 M parameters with the 1000-class head."""
-    return ResNet(
-        Bottleneck,
-        (3, 8, 36, 3),
-        deform=deform,
-        output_stride=output_stride,
-        features_only=features_only,
-        **kw,
+    return _create(
+        "resnet152", deform=deform, output_stride=output_stride, features_only=features_only, **kw
     )
 
 
@@ -369,11 +401,8 @@ def resnext50_32x4d(
     deform: Deform = None, output_stride: int | None = None, features_only: bool = False, **kw: Any
 ) -> ResNet:
     """ResNeXt-50 32x4d: bottlenecks (3, 4, 6, 3), 32 groups of width 4, 25.0 M parameters."""
-    return ResNet(
-        Bottleneck,
-        (3, 4, 6, 3),
-        groups=32,
-        width_per_group=4,
+    return _create(
+        "resnext50_32x4d",
         deform=deform,
         output_stride=output_stride,
         features_only=features_only,
@@ -385,11 +414,8 @@ def resnext101_32x4d(
     deform: Deform = None, output_stride: int | None = None, features_only: bool = False, **kw: Any
 ) -> ResNet:
     """ResNeXt-101 32x4d: bottlenecks (3, 4, 23, 3), 32 groups of width 4, 44.2 M parameters."""
-    return ResNet(
-        Bottleneck,
-        (3, 4, 23, 3),
-        groups=32,
-        width_per_group=4,
+    return _create(
+        "resnext101_32x4d",
         deform=deform,
         output_stride=output_stride,
         features_only=features_only,
@@ -401,11 +427,8 @@ def resnext101_32x8d(
     deform: Deform = None, output_stride: int | None = None, features_only: bool = False, **kw: Any
 ) -> ResNet:
     """ResNeXt-101 32x8d: bottlenecks (3, 4, 23, 3), 32 groups of width 8, 88.8 M parameters."""
-    return ResNet(
-        Bottleneck,
-        (3, 4, 23, 3),
-        groups=32,
-        width_per_group=8,
+    return _create(
+        "resnext101_32x8d",
         deform=deform,
         output_stride=output_stride,
         features_only=features_only,

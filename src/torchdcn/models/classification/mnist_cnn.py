@@ -2,8 +2,9 @@
 
 Reads top to bottom: a stem of two 3x3 convs of stride 2 takes the canvas to 1/4 of its size; a
 body of three stacked 3x3 convs at that resolution is where the deformable layers go (plain
-``nn.Conv2d``, v1 :class:`~torchdcn.nn.DeformConv2d` or v2
-:class:`~torchdcn.nn.ModulatedDeformConv2d`); global average pooling and one linear layer classify.
+``nn.Conv2d``, v1 :class:`~torchdcn.nn.DeformConv2dPack` or v2
+:class:`~torchdcn.nn.ModulatedDeformConv2dPack`); global average pooling and one linear layer
+classify.
 Three stacked 3x3 deformable layers sample ``9 ** 3 = 729`` points per activation (v1 Fig. 5), which
 :mod:`torchdcn.analysis.sampling` draws. GroupNorm keeps every sample independent of the rest of
 its batch, so a run split over processes computes what one process computes.
@@ -12,13 +13,11 @@ its batch, so a run split over processes computes what one process computes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 from torch import Tensor, nn
 
-from ..nn import DeformConv2d, ModulatedDeformConv2d
-
-Deform = Literal["v1", "v2"] | None
+from ...nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
+from ..backbones.deform_config import DeformPreset
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class MnistCNNConfig:
         norm_groups: GroupNorm groups (divides ``width // 2``).
     """
 
-    deform: Deform = None
+    deform: DeformPreset | None = None
     width: int = 32
     num_classes: int = 10
     in_channels: int = 1
@@ -71,7 +70,8 @@ class MnistCNN(nn.Module):
             nn.Conv2d(w // 2, w, 3, stride=2, padding=1, bias=False),
             *_norm_act(w, g),
         )
-        conv = {None: nn.Conv2d, "v1": DeformConv2d, "v2": ModulatedDeformConv2d}[config.deform]
+        deform = {"v1": DeformConv2dPack, "v2": ModulatedDeformConv2dPack}
+        conv = {None: nn.Conv2d, **deform}[config.deform]
         self.body = nn.ModuleList(conv(w, w, 3, padding=1, bias=False) for _ in range(3))
         self.body_norms = nn.ModuleList(nn.Sequential(*_norm_act(w, g)) for _ in range(3))
         self.fc = nn.Linear(w, config.num_classes)
@@ -87,9 +87,15 @@ class MnistCNN(nn.Module):
             x = norm(conv(x))
         return self.fc(x.mean((2, 3)))
 
-    def deform_layers(self) -> list[nn.Module]:
-        """The three body convs, first to last (plain ``nn.Conv2d`` when ``deform`` is None)."""
+    def body_layers(self) -> list[nn.Module]:
+        """The three body convs, first to last (plain ``nn.Conv2d`` when ``deform`` is None);
+        their inputs are :meth:`body_inputs`."""
         return list(self.body)
+
+    def deformable_layers(self) -> dict[str, DeformConv2d]:
+        """The deformable convs (v1 and v2) by qualified name, in forward order (empty when
+        ``deform`` is None), as :meth:`torchdcn.models.ResNet.deformable_layers`."""
+        return {n: m for n, m in self.named_modules() if isinstance(m, DeformConv2d)}
 
     def body_inputs(self, x: Tensor) -> list[Tensor]:
         """Inputs of the three body layers, ``[N, width, H/4, W/4]`` each, first to last."""
@@ -106,7 +112,7 @@ class MnistCNN(nn.Module):
         return coords * cls.feature_stride
 
 
-def mnist_cnn(deform: Deform = None, **kwargs) -> MnistCNN:
+def mnist_cnn(deform: DeformPreset | None = None, **kwargs) -> MnistCNN:
     """The demo CNN: ``mnist_cnn()``, ``mnist_cnn("v1")``, ``mnist_cnn("v2", width=48)``; keyword
     arguments are :class:`MnistCNNConfig` fields."""
     return MnistCNN(MnistCNNConfig(deform=deform, **kwargs))
