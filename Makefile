@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench venv clean
+.PHONY: demo test test-all lint format bench venv clean parity
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,26 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# everything, the @pytest.mark.slow tests included (heavier checks: Triton sm_90 compile,
+# inductor, the full Triton-interpreter layout matrix, ...)
+test-all: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+# The torchvision parity suite (parity/, not part of `make test`): a side venv with torchvision's
+# torch (a CUDA build, ~6 GB; its CPU ops are what is compared), created once and kept by a stamp.
+TVENV ?= ../tvenv
+TVSTAMP := $(TVENV)/.installed-parity
+
+$(TVSTAMP):
+	test -x $(TVENV)/bin/python || $(PYTHON) -m venv $(TVENV)
+	$(TVENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 numpy numba pytest
+	touch $(TVSTAMP)
+
+parity: $(TVSTAMP)
+	OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src $(TVENV)/bin/python -m pytest -q -p no:cacheprovider parity
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

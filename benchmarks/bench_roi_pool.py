@@ -87,7 +87,7 @@ def cases(x, xp, rois, offset, offset_cls, mask) -> dict[str, tuple[Callable, li
             lambda t: baseline_roi_align(t, rois, K, SCALE, RATIO),
             [x],
         ),
-        "roi_align": (lambda t: roi_align(t, rois, K, SCALE, RATIO), [x]),
+        "roi_align": (lambda t: roi_align(t, rois, K, SCALE, RATIO, aligned=True), [x]),
         "roi_pool": (lambda t: roi_pool(t, rois, K, SCALE), [x]),
         "deform_roi_pool": (
             lambda t, o: deform_roi_pool(t, rois, o, K, SCALE, RATIO),
@@ -137,7 +137,7 @@ def main() -> None:
     inputs = make_inputs()
     table = cases(*inputs)
     x, _, rois = inputs[:3]
-    ours = roi_align(x, rois, K, SCALE, RATIO)
+    ours = roi_align(x, rois, K, SCALE, RATIO, aligned=True)
     torch.testing.assert_close(baseline_roi_align(x, rois, K, SCALE, RATIO), ours)
     fns: dict[str, Callable[[], object]] = {}
     for name, (fn, tensors) in table.items():

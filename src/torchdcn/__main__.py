@@ -1,4 +1,4 @@
-"""``python -m torchdcn ...``: the same as the ``torchdcn`` command (see :mod:`torchdcn.cli`)."""
+"""``python -m torchdcn ...``: the same as the ``torchdcn`` command (:mod:`torchdcn.cli.main`)."""
 
 import sys
 

@@ -134,7 +134,10 @@ def test_corrupt_checkpoint_exits_3(tmp_path, capsys):
     bad = tmp_path / "last.pt"
     bad.write_bytes(b"not a checkpoint")
     assert cli.main(["eval", "--checkpoint", str(bad)]) == cli.EXIT_INPUT
-    assert "unreadable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot load the checkpoint to evaluate" in err and "unreadable" in err
+    assert "resum" not in err and "restart" not in err  # eval resumes nothing
+    assert len(err.strip().splitlines()) == 1
     argv = ["train", "--resume", str(tmp_path / "gone.pt"), "--output-dir", str(tmp_path)]
     assert cli.main(argv) == cli.EXIT_INPUT
 
@@ -157,13 +160,14 @@ def test_tiny_train_eval_and_resume_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     ckpt, acc_file = str(out / "last.pt"), str(tmp_path / "acc.json")
     argv = ["eval", "--checkpoint", ckpt, "--limit-test", "40", "--json", acc_file]
+    argv += ["--num-workers", "1"]  # a DataLoader worker reads the test digits
     assert cli.main(argv) == cli.EXIT_OK
     acc = json.loads((tmp_path / "acc.json").read_text())["accuracy"]
     assert acc == pytest.approx(summary["accuracy"])
 
 
 def test_demo_report_says_where_deformable_does_not_win():
-    from torchdcn.demo import DemoConfig, DemoResult, accuracy_table, verdicts
+    from torchdcn.cli.demo import DemoConfig, DemoResult, accuracy_table, verdicts
 
     acc = {
         "plain": {"train-like": [90.0, 92.0], "scale 0.5": [50.0, 52.0]},
@@ -192,3 +196,135 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert set(result["accuracy"]) == {"plain", "v1", "v2", "plain, 2x epochs"}
     assert (out / "sampling_locations.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "v1-seed0" / "last.pt").exists()
+
+
+def _one_error_line(err: str, command: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"torchdcn {command}: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--device", "tpu"], "device must be cpu, cuda, cuda:N or auto, got 'tpu'"),
+        (["eval", "--checkpoint", "x.pt", "--device", "gpu"], "got 'gpu'"),
+        (["demo", "--limit-train", "10"], "--limit-train 10 is smaller than one batch"),
+        (["train", "--limit-train", "40", "--batch-size", "64"], "(--batch-size 64)"),
+        (["train", "--limit-train", "0"], "--limit-train must be >= 1, got 0"),
+        (["eval", "--checkpoint", "x.pt", "--limit-test", "-3"], "--limit-test must be >= 1"),
+        (["train", "--width", "12"], "--width 12: norm_groups=4 must divide width // 2 = 6"),
+        (["train", "--weight-decay", "-0.1"], "--weight-decay must be >= 0, got -0.1"),
+        (["train", "--log-every", "0"], "--log-every must be >= 1"),
+        (["train", "--clip-grad-norm", "0"], "--clip-grad-norm must be > 0"),
+        (["train", "--milestones", "2", "-1"], "--milestones must be >= 0, got -1.0"),
+        (["demo", "--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
+        (["demo", "--jobs", "-2"], "--jobs must be >= 0"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line_before_reading_data(tmp_path, capsys, argv, message):
+    # --data-root points nowhere: these must be refused before the data is looked for (exit 3)
+    argv = [*argv, "--data-root", str(tmp_path / "nodata")]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert message in _one_error_line(capsys.readouterr().err, argv[0])
+
+
+def test_cuda_device_without_cuda_exits_2(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        argv = ["train", "--device", f"cuda:{torch.cuda.device_count()}"]
+        expected = "CUDA device(s) are visible"
+    else:
+        argv, expected = ["train", "--device", "cuda"], "asked for, but"
+    assert cli.main([*argv, "--data-root", str(tmp_path)]) == cli.EXIT_USAGE
+    line = _one_error_line(capsys.readouterr().err, "train")
+    assert expected in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--deform", "v3"], "invalid choice: 'v3' (choose from none, v1, v2)"),
+        (["train", "--epochs", "1.7"], "invalid value '1.7': expected an integer"),
+        (["train", "--lr", "nan"], "invalid value 'nan': expected a finite number"),
+    ],
+)
+def test_argparse_errors_name_the_values_as_help_does(argv, message, capsys):
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and "None" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.yaml", "epochs: 1.7\n", "bad value 1.7 for epochs: expected an integer, got float"),
+        ("a.yaml", "epochs: true\n", "bad value True for epochs: expected an integer, got bool"),
+        ("a.yaml", "epochs: 2.0\n", "expected an integer, got float"),  # as --epochs 2.0
+        ("a.toml", "epochs = 1.7\n", "expected an integer, got float"),
+        ("a.toml", "batch_size = true\n", "bad value True for batch-size"),
+        ("a.yaml", "lr: true\n", "bad value True for lr: expected a number, got bool"),
+        ("a.yaml", "lr: .nan\n", "expected a finite number"),
+        ("a.yaml", "clip_grad_norm: false\n", "for clip-grad-norm: expected a number"),
+        ("a.yaml", "limit_train: 64.5\n", "for limit-train: expected an integer"),
+        ("a.yaml", "milestones: [2, true]\n", "for milestones: expected a number, got bool"),
+        ("a.yaml", "amp: 1\n", "for amp: expected true or false"),
+        ("a.yaml", "deform: 2\n", "for deform: expected text (quote it), got int"),
+        ("a.yaml", "deform: v3\n", "deform must be one of none, v1, v2, got 'v3'"),
+        ("a.yaml", "output_dir: true\n", "for output-dir: expected text"),
+        ("a.yaml", "epochs: 0\n", "error: config file"),
+        ("a.yaml", "warmup_steps: -5\n", "--warmup-steps must be >= 0, got -5"),
+        ("a.toml", "seed = -1\n", "--seed must be >= 0, got -1"),
+    ],
+)
+def test_config_values_are_checked_like_flags(tmp_path, capsys, name, content, message):
+    cfg = tmp_path / name
+    cfg.write_text(content)
+    argv = ["train", "--config", str(cfg), "--data-root", str(tmp_path / "nodata")]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert message in _one_error_line(capsys.readouterr().err, "train")
+
+
+def test_config_numbers_that_the_flags_accept_are_accepted(tmp_path):
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("epochs: 3\nlr: 1\nmilestones: [1, 2.5]\nlimit_test: null\nseed: '7'\n")
+    s = _settings(["train", "--config", str(cfg)])
+    assert s["epochs"] == 3 and s["lr"] == 1.0 and isinstance(s["lr"], float)
+    assert s["milestones"] == [1.0, 2.5] and s["limit_test"] is None and s["seed"] == 7
+
+
+@needs_data
+def test_warmup_longer_than_the_run_warns_in_one_line(tmp_path, capsys):
+    argv = "train --limit-train 64 --limit-test 20 --batch-size 8 --epochs 1 --no-progress"
+    argv = [*argv.split(), "--threads", "1", "--output-dir", str(tmp_path / "run")]
+    assert cli.main([*argv, "--warmup-steps", "50"]) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "torchdcn train: warning: the warm-up (50 steps) is not shorter than the run (8 " in err
+    assert "UserWarning" not in err
+    assert cli.main([*argv, "--warmup-steps", "4", "--overwrite"]) == cli.EXIT_OK
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_model_presets_are_a_registry_with_a_clear_error(tmp_path, capsys):
+    from torchdcn.cli.presets import MODELS, get_preset
+    from torchdcn.models.classification.mnist_cnn import mnist_cnn
+
+    assert cli.main(["train", "--model", "faster_rcnn_r50"]) == cli.EXIT_USAGE
+    assert "invalid choice: 'faster_rcnn_r50' (choose from mnist_cnn)" in capsys.readouterr().err
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("model: resnet9000\n")
+    argv = ["train", "--config", str(cfg), "--data-root", str(tmp_path / "nodata")]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert "model must be one of mnist_cnn, got 'resnet9000'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown model 'x'; choose from mnist_cnn"):
+        get_preset("x")
+    preset = MODELS["mnist_cnn"]
+    config = preset.model_config({"deform": "v2", "width": 16, "lr": 0.1})
+    assert config == {"deform": "v2", "width": 16}  # what run_info stores for eval
+    built, direct = preset.build(**config), mnist_cnn("v2", width=16)
+    assert [(k, v.shape) for k, v in built.state_dict().items()] == [
+        (k, v.shape) for k, v in direct.state_dict().items()
+    ]
+    assert _settings(["train"])["model"] == "mnist_cnn"  # the default

@@ -103,3 +103,12 @@ def test_tensor_source():
     assert x.tolist() == [3.0, 1.0] and y.tolist() == [3, 1] and len(src) == 10
     with pytest.raises(ValueError, match="same length"):
         TensorSource(torch.zeros(3), torch.zeros(2))
+
+
+@pytest.mark.parametrize("kwargs", [{"limit_train": 0}, {"limit_test": -2}])
+def test_limits_below_one_are_refused_before_reading_data(tmp_path, kwargs):
+    from torchdcn.data.distorted_mnist import distorted_mnist
+
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(ValueError, match=f"{name} must be None or >= 1, got {value}"):
+        distorted_mnist(tmp_path / "nodata", **kwargs)

@@ -10,7 +10,7 @@ from torch import nn
 from torchdcn.data import TensorSource
 from torchdcn.engine import OptimConfig, ScheduleConfig, TrainConfig
 from torchdcn.engine.distributed import set_cpu_threads
-from torchdcn.nn import DeformConv2d, ModulatedDeformConv2d
+from torchdcn.nn import DeformConv2dPack, ModulatedDeformConv2dPack
 
 
 class TinyNet(nn.Module):
@@ -19,8 +19,8 @@ class TinyNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.v1 = DeformConv2d(8, 8, 3, padding=1)
-        self.v2 = ModulatedDeformConv2d(8, 8, 3, padding=1)
+        self.v1 = DeformConv2dPack(8, 8, 3, padding=1)
+        self.v2 = ModulatedDeformConv2dPack(8, 8, 3, padding=1)
         self.fc = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -97,3 +97,20 @@ def test_resume_without_checkpoint_is_an_error_not_a_restart(
         trainer.fit(resume=True)
     assert trainer.step == 0
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_unreadable_checkpoint_message_depends_on_the_use(
+    tmp_path, tiny_model, tiny_data, tiny_config
+):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)  # a plain load: nothing about resuming
+    assert "unreadable" in str(info.value) and "resum" not in str(info.value)
+    trainer = Trainer(tiny_model(), tiny_data(), tiny_config(output_dir=str(tmp_path)))
+    with pytest.raises(CheckpointError) as info:
+        trainer.fit(resume=True)
+    msg = str(info.value)
+    assert msg.startswith("cannot resume: checkpoint") and "unreadable" in msg
+    assert "delete it to start over" in msg and msg.endswith("nothing was restarted")
+    assert trainer.step == 0

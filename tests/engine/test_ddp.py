@@ -1,5 +1,5 @@
 """A 2-process DDP run (torchrun, gloo, CPU) ends where 1 process with the same global batch
-ends."""
+ends; the accuracy evaluator's summed counts and all_gather_object see both processes."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ SCRIPT = textwrap.dedent(
     cfg = conftest._tiny_config(epochs=2, batch_size=8, optim=OptimConfig("adamw", lr=0.01),
                                 output_dir=sys.argv[3], checkpoint_every=5)
     result = Trainer(model, data, cfg, eval_sets={"train": data}).fit()
+    gathered = distributed.all_gather_object({"rank": info.rank})
     if info.is_main:
         torch.save({"model": model.state_dict(), "accuracy": result.accuracy,
-                    "world": info.world_size}, sys.argv[2])
+                    "world": info.world_size, "gathered": gathered}, sys.argv[2])
     distributed.cleanup()
     """
 )
@@ -55,6 +56,7 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert one["world"] == 1 and two["world"] == 2
+    assert one["gathered"] == [{"rank": 0}] and two["gathered"] == [{"rank": 0}, {"rank": 1}]
     for key, value in one["model"].items():
         # same batches and the same update; only float summation order differs
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)

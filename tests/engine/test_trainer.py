@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -79,3 +81,56 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_model, tiny_data, tiny_co
 def test_batch_larger_than_data_is_rejected(tiny_model, tiny_data, tiny_config):
     with pytest.raises(ValueError, match="fewer than one batch"):
         Trainer(tiny_model(), tiny_data(4), tiny_config(batch_size=8))
+
+
+def test_warmup_not_shorter_than_the_run_warns_and_logs(
+    tmp_path, tiny_model, tiny_data, tiny_config
+):
+    import json
+    import math
+    import warnings
+
+    from torchdcn.engine import ScheduleConfig
+
+    # 48 samples, batch 8, 1 epoch: a 6-step cosine run under 50 warm-up steps.
+    schedule = ScheduleConfig("cosine", warmup_steps=50, warmup_factor=0.001)
+    cfg = tiny_config(epochs=1, schedule=schedule, output_dir=str(tmp_path))
+    peak = max((0.001 + 0.999 * t / 50) * 0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(6))
+    with pytest.warns(UserWarning) as record:
+        trainer = Trainer(tiny_model(), tiny_data(), cfg)
+    message = str(record[0].message)
+    assert "warm-up (50 steps) is not shorter than the run (6 steps)" in message
+    assert f"at most {peak:.3g} times it" in message
+    assert trainer.config.schedule.warmup_steps == 50  # kept as configured, not clamped
+    trainer.fit()
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["message"] for e in events if e["event"] == "warning"] == [message]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warm-up shorter than the run warns nothing
+        short = tiny_config(epochs=1, schedule=ScheduleConfig("cosine", warmup_steps=5))
+        assert Trainer(tiny_model(), tiny_data(), short).setting_warnings == []
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("tpu", "device must be cpu, cuda, cuda:N or auto, got 'tpu'"),
+        ("auto:1", "got 'auto:1'"),
+        ("cuda:x", "got 'cuda:x'"),
+        ("cuda:99", "cuda"),
+    ],
+)
+def test_resolve_device_refuses_unknown_or_absent_devices(name, message):
+    from torchdcn.engine.trainer import resolve_device
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_device(name)
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == torch.device(expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_without_cuda_is_refused_when_the_trainer_is_built(tiny_model, tiny_data, tiny_config):
+    with pytest.raises(ValueError, match=r"'cuda' asked for, but .*; use cpu or auto"):
+        Trainer(tiny_model(), tiny_data(), tiny_config(device="cuda"))

@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .analysis.sampling import Panel, plot_sampling_locations, sampling_locations_from_inputs
-from .analysis.sampling import spread as points_spread
-from .data.distort import digit_centre, render
-from .data.distorted_mnist import TEST_LEVELS, TRAIN_DISTORTION, distorted_mnist
-from .engine import OptimConfig, ScheduleConfig, TrainConfig, Trainer, seed_everything
-from .engine.distributed import set_cpu_threads
-from .models.mnist_cnn import MnistCNN, mnist_cnn
+from ..analysis.sampling import Panel, plot_sampling_locations, sampling_locations_from_inputs
+from ..analysis.sampling import spread as points_spread
+from ..data.distort import digit_centre, render
+from ..data.distorted_mnist import TEST_LEVELS, TRAIN_DISTORTION, distorted_mnist
+from ..engine import OptimConfig, ScheduleConfig, TrainConfig, Trainer, seed_everything
+from ..engine.distributed import set_cpu_threads
+from ..models.classification.mnist_cnn import MnistCNN, mnist_cnn
 
 MODELS: dict[str, str | None] = {"plain": None, "v1": "v1", "v2": "v2"}
 #: name of the control: the plain CNN trained ``plain_long_factor`` times longer
@@ -239,7 +239,7 @@ def _locations(model: MnistCNN, images: torch.Tensor) -> list[tuple[torch.Tensor
         inputs = model.body_inputs(images)
         for i in range(len(images)):
             one = [t[i : i + 1] for t in inputs]
-            points, weights = sampling_locations_from_inputs(model.deform_layers(), one, cell)
+            points, weights = sampling_locations_from_inputs(model.body_layers(), one, cell)
             out.append((MnistCNN.cell_to_pixel(points), weights))
     return out
 

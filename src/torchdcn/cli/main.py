@@ -12,17 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli_options import (
+from .options import (
     COMMANDS,
     EPILOG,
     UsageError,
     read_config_file,
     resolve_settings,
 )
+from .presets import get_preset
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -75,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 p.add_argument(
                     f"--{opt.name}",
-                    type=opt.type,
-                    choices=None if opt.choices is None else opt.converted_choices(),
+                    type=opt.parse,
                     nargs=opt.nargs,
                     metavar=opt.shown_metavar(),
                     help=text,
@@ -93,10 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     command = args.command
     try:
-        settings = resolve_settings(command, args)
-        _check(command, settings)
-        runner = {"train": _train, "eval": _eval, "demo": _demo}[command]
-        return runner(settings)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(command)
+            settings = resolve_settings(command, args)
+            _check(command, settings)
+            runner = {"train": _train, "eval": _eval, "demo": _demo}[command]
+            return runner(settings)
     except UsageError as err:
         print(f"torchdcn {command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -104,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchdcn {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:
-        from .data.mnist import DataFormatError, DataNotFoundError
-        from .engine.checkpoint import CheckpointError
+        from ..data.mnist import DataFormatError, DataNotFoundError
+        from ..engine.checkpoint import CheckpointError
 
         if isinstance(err, DataNotFoundError | DataFormatError | CheckpointError):
             print(f"torchdcn {command}: error: {err}", file=sys.stderr)
@@ -117,15 +120,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+def _one_line_warnings(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints ``torchdcn <command>: warning: <message>``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"torchdcn {command}: warning: {message}", file=file or sys.stderr)
+
+    return show
+
+
 def _check(command: str, s: dict[str, Any]) -> None:
-    positive = [k for k in ("epochs", "batch_size", "width", "lr") if k in s]
-    for key in positive:
-        if s[key] is None or s[key] <= 0:
-            raise UsageError(f"--{key.replace('_', '-')} must be positive, got {s[key]}")
+    """Checks that need several settings or torch, before any data is read (ranges of single
+    options are checked by :func:`resolve_settings`)."""
     if command == "eval" and not s.get("checkpoint"):
         raise UsageError("--checkpoint is required (e.g. --checkpoint runs/train/last.pt)")
-    if s.get("threads", 0) < 0:
-        raise UsageError(f"--threads must be >= 0, got {s['threads']}")
+    if "device" in s:
+        from ..engine.trainer import resolve_device
+
+        try:
+            resolve_device(s["device"])
+        except ValueError as err:
+            raise UsageError(f"--device: {err}") from err
+    if command in ("train", "demo"):  # the demo trains mnist_cnn
+        try:
+            get_preset(s.get("model", "mnist_cnn")).model_config(s)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    limit, batch = s.get("limit_train"), s.get("batch_size")
+    if command in ("train", "demo") and limit is not None and limit < batch:
+        raise UsageError(
+            f"--limit-train {limit} is smaller than one batch (--batch-size {batch}): no "
+            "training step would run; raise --limit-train or lower --batch-size"
+        )
 
 
 def _set_threads(threads: int) -> None:
@@ -133,7 +159,7 @@ def _set_threads(threads: int) -> None:
     ``torchrun`` set up) and gives Numba the same, so the two never fight over cores."""
     import torch
 
-    from .engine.distributed import set_cpu_threads
+    from ..engine.distributed import set_cpu_threads
 
     set_cpu_threads(threads or torch.get_num_threads())
 
@@ -142,11 +168,11 @@ def _set_threads(threads: int) -> None:
 
 
 def _train(s: dict[str, Any]) -> int:
-    from . import engine
-    from .data.distorted_mnist import distorted_mnist
-    from .engine import distributed
-    from .models.mnist_cnn import mnist_cnn
+    from .. import engine
+    from ..data.distorted_mnist import distorted_mnist
+    from ..engine import distributed
 
+    preset = get_preset(s["model"])
     dist = distributed.init_distributed()
     _set_threads(s["threads"])
     try:
@@ -169,21 +195,26 @@ def _train(s: dict[str, Any]) -> int:
         train, tests = distorted_mnist(
             s["data_root"], s["seed"], limit_train=s["limit_train"], limit_test=s["limit_test"]
         )
-        model = mnist_cnn(s["deform"], width=s["width"])
+        model_config = preset.model_config(s)
+        model = preset.build(**model_config)
         run_info = {
-            "model": "mnist_cnn",
-            "model_config": {"deform": s["deform"], "width": s["width"]},
+            "model": s["model"],
+            "model_config": model_config,
             "data": {"protocol": "distorted_mnist", "limit_train": s["limit_train"]},
         }
-        trainer = engine.Trainer(
-            model,
-            train,
-            config,
-            eval_sets=tests,
-            eval_every=s["eval_every"],
-            run_info=run_info,
-            name=f"train {s['deform'] or 'plain'}",
-        )
+        try:
+            trainer = engine.Trainer(
+                model,
+                train,
+                config,
+                eval_sets=tests,
+                eval_every=s["eval_every"],
+                run_info=run_info,
+                name=f"train {s['deform'] or 'plain'}",
+                **preset.trainer_kwargs(),
+            )
+        except ValueError as err:  # batch vs processes or data size, device
+            raise UsageError(str(err)) from err
         result = trainer.fit(resume=resume)
         if dist.is_main:
             summary = {
@@ -204,7 +235,7 @@ def _train(s: dict[str, Any]) -> int:
 
 def _settings_to_train_config(s: dict[str, Any], out: Path):
     """The :class:`~torchdcn.engine.TrainConfig` of the settings (UsageError if rejected)."""
-    from .engine import OptimConfig, ScheduleConfig, TrainConfig
+    from ..engine import OptimConfig, ScheduleConfig, TrainConfig
 
     try:
         return TrainConfig(
@@ -228,29 +259,35 @@ def _settings_to_train_config(s: dict[str, Any], out: Path):
             progress=s["progress"],
             tensorboard=s["tensorboard"],
             device=s["device"],
+            num_workers=s["num_workers"],
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
 
 
 def _eval(s: dict[str, Any]) -> int:
-    from .data.distorted_mnist import distorted_mnist
-    from .engine import distributed, evaluate_accuracy, load_checkpoint
-    from .engine.checkpoint import CheckpointError
-    from .engine.trainer import resolve_device
-    from .models.mnist_cnn import mnist_cnn
+    from ..data.distorted_mnist import distorted_mnist
+    from ..engine import AccuracyEvaluator, distributed, evaluate, load_checkpoint
+    from ..engine.checkpoint import CheckpointError
+    from ..engine.device import resolve_device
+    from .presets import MODELS
 
     dist = distributed.init_distributed()
     _set_threads(s["threads"])
     try:
-        state = load_checkpoint(s["checkpoint"])
+        try:
+            state = load_checkpoint(s["checkpoint"])
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot load the checkpoint to evaluate: {err}") from err
         info = state.get("run_info") or {}
-        if info.get("model") != "mnist_cnn":
+        preset = MODELS.get(info.get("model"))  # type: ignore[arg-type]
+        if preset is None:
             raise CheckpointError(
                 f"{s['checkpoint']} holds model {info.get('model')!r}; 'torchdcn eval' evaluates "
-                "mnist_cnn checkpoints written by 'torchdcn train' or 'torchdcn demo'"
+                f"checkpoints of the presets {', '.join(sorted(MODELS))} written by 'torchdcn "
+                "train' or 'torchdcn demo'"
             )
-        model = mnist_cnn(**info["model_config"])
+        model = preset.build(**info["model_config"])
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:
@@ -260,8 +297,19 @@ def _eval(s: dict[str, Any]) -> int:
         device = resolve_device(s["device"], dist.local_rank)
         model.to(device)
         _, tests = distorted_mnist(s["data_root"], limit_test=s["limit_test"])
+        kwargs = preset.trainer_kwargs()
+        make_evaluator = kwargs.get("evaluator", AccuracyEvaluator)
+        collate = {"collate_fn": kwargs["collate_fn"]} if "collate_fn" in kwargs else {}
         accuracy = {
-            name: evaluate_accuracy(model, source, s["batch_size"], device)
+            name: evaluate(
+                model,
+                source,
+                make_evaluator(),
+                s["batch_size"],
+                device,
+                num_workers=s["num_workers"],
+                **collate,
+            )["accuracy"]
             for name, source in tests.items()
         }
         if dist.is_main:

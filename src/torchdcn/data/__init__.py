@@ -1,8 +1,10 @@
-"""Data: the MNIST sample, seeded geometric distortions, and the demo's train/test protocol.
+"""Data: the MNIST sample, seeded geometric distortions, the demo's train/test protocol, and the
+data-set contract of the training loop (:mod:`.source`) with its collate functions.
 
 Nothing downloads; see :mod:`torchdcn.data.mnist` for where the file is looked for.
 """
 
+from .collate import list_collate, stack_collate
 from .distort import DistortedDigits, Distortion, digit_centre, render
 from .distorted_mnist import CANVAS, TEST_LEVELS, TRAIN_DISTORTION, distorted_mnist
 from .mnist import (
@@ -14,7 +16,7 @@ from .mnist import (
     mnist5k_split,
     split_indices,
 )
-from .source import BatchSource, TensorSource
+from .source import BatchSource, BatchSourceDataset, TensorSource, as_dataset
 
 __all__ = [
     "CANVAS",
@@ -22,16 +24,20 @@ __all__ = [
     "TEST_LEVELS",
     "TRAIN_DISTORTION",
     "BatchSource",
+    "BatchSourceDataset",
     "DataFormatError",
     "DataNotFoundError",
     "DistortedDigits",
     "Distortion",
     "TensorSource",
+    "as_dataset",
     "digit_centre",
     "distorted_mnist",
     "find_mnist5k",
+    "list_collate",
     "load_mnist5k",
     "mnist5k_split",
     "render",
     "split_indices",
+    "stack_collate",
 ]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Dataset
 
 DIGIT_SIZE = 28
 
@@ -101,11 +102,14 @@ def digit_centre(shift: Tensor, canvas: int) -> Tensor:
     return shift + (canvas - 1) / 2
 
 
-class DistortedDigits:
+class DistortedDigits(Dataset):
     """A set of digits, each redrawn with a fresh distortion every epoch.
 
-    ``get_batch(indices, epoch)`` draws the digits ``indices`` as distorted in ``epoch``; the
-    parameters of a whole epoch are drawn at once from a generator seeded with ``(seed, epoch)``.
+    A map-style data set: ``ds[i]`` is ``(image [1, canvas, canvas] float32, label)`` of digit
+    ``i`` as distorted in the current epoch (:meth:`set_epoch`; 0 until set), and a DataLoader
+    reads a whole batch with one :meth:`__getitems__` (one resampling call). ``get_batch(indices,
+    epoch)`` draws the digits ``indices`` as distorted in ``epoch``. The parameters of a whole
+    epoch are drawn at once from a generator seeded with ``(seed, epoch)``.
 
     Args:
         images (Tensor[N, 28, 28]): uint8 digits; labels (Tensor[N]): int64 classes.
@@ -120,10 +124,23 @@ class DistortedDigits:
             raise ValueError(f"labels must be [N] = [{len(images)}], got {tuple(labels.shape)}")
         self.images, self.labels = images, labels
         self.distortion, self.seed = distortion, seed
+        self.epoch = 0
         self._cache: tuple[int, dict[str, Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the distortions of ``epoch`` from now on (``ds[i]``, :meth:`__getitems__`)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, Tensor]]:
+        """Samples ``indices`` of the current epoch, drawn with one :func:`render` call."""
+        images, labels = self.get_batch(torch.as_tensor(indices, dtype=torch.int64), self.epoch)
+        return list(zip(images, labels, strict=True))
 
     def params(self, epoch: int) -> dict[str, Tensor]:
         """Every digit's distortion in ``epoch`` (see :meth:`Distortion.sample`)."""

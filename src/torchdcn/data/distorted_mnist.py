@@ -68,7 +68,11 @@ def distorted_mnist(
 
     Raises:
         DataNotFoundError: the data file is missing (the message says where it was looked for).
+        ValueError: a limit below 1.
     """
+    for name, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"{name} must be None or >= 1, got {limit}")
     (train_x, train_y), (test_x, test_y) = mnist5k_split(root)
     if limit_train is not None:
         train_x, train_y = _spaced(train_x, limit_train), _spaced(train_y, limit_train)

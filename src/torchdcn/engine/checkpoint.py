@@ -122,8 +122,7 @@ def load_checkpoint(
     except Exception as err:  # torch raises many kinds for a damaged file
         raise CheckpointError(
             f"checkpoint {path} is unreadable (truncated or corrupt?): {type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}. Delete it to start over, or resume "
-            "from another one; nothing was restarted."
+            f"{str(err).splitlines()[0] if str(err) else ''}"
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a torchdcn training checkpoint (no '{FORMAT}' tag)")

@@ -45,7 +45,9 @@ class ScheduleConfig:
         name: ``"cosine"`` (from 1 down to ``min_factor`` over the run) or ``"step"`` (times
             ``gamma`` at each milestone).
         warmup_steps: linear warm-up from ``warmup_factor`` to 1 over this many steps, multiplied
-            onto the main schedule.
+            onto the main schedule. A warm-up not shorter than the whole run is kept as given
+            (never clamped: the settings identify the run) and :class:`~torchdcn.engine.Trainer`
+            warns about it, since the rate then never reaches its base value.
         warmup_factor: the factor at step 0 of the warm-up.
         milestones: epochs (may be fractional) where ``"step"`` multiplies the rate by ``gamma``.
         gamma: the step schedule's factor per milestone.
@@ -92,6 +94,9 @@ class TrainConfig:
         tensorboard: also log to TensorBoard under ``output_dir/tb`` (needs ``tensorboard``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``..., or ``"auto"`` (CUDA when available; a
             distributed run uses its local rank's GPU).
+        num_workers: DataLoader worker processes per training process (0: read the data in the
+            training process). Does not change the trained weights, so a run may resume with
+            another count.
     """
 
     epochs: int = 6
@@ -108,6 +113,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     device: str = "auto"
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -118,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"clip_grad_norm must be positive or None, got {self.clip_grad_norm}")
         if self.checkpoint_every < 0 or self.log_every < 1 or self.eval_batch_size < 1:
             raise ValueError("need checkpoint_every >= 0, log_every >= 1, eval_batch_size >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide the trained weights (a resumed run must match them)."""
@@ -130,6 +138,7 @@ class TrainConfig:
             "progress",
             "tensorboard",
             "device",
+            "num_workers",
         ):
             d.pop(key)
         d["optim"]["betas"] = list(d["optim"]["betas"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -92,6 +93,22 @@ def all_reduce_sum(t: Tensor) -> Tensor:
     if info().world_size > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def backend_needs_cuda() -> bool:
+    """True when collectives need CUDA tensors (the ``nccl`` backend)."""
+    return info().world_size > 1 and dist.get_backend() == "nccl"
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]``: a picklable object from every process (``[obj]``
+    when not distributed). For evaluators that keep every prediction (COCO AP)."""
+    world = info().world_size
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def cleanup() -> None:
