@@ -2,7 +2,8 @@
 
 - :mod:`.backbones`: ResNet / ResNeXt with deformable presets, :func:`load_pretrained`.
 - :mod:`.classification`: the MNIST demo CNN.
-- :mod:`.detection`: RPN, Faster R-CNN, R-FCN, Mask R-CNN (to come).
+- :mod:`.detection`: RPN, class-aware RPN detector, Faster R-CNN (:func:`faster_rcnn`,
+  :func:`rpn_detector`); R-FCN, Mask R-CNN to come.
 - :mod:`.segmentation`: DeepLab (to come).
 
 Tasks stand side by side and never import each other; all of them read backbones.
@@ -28,6 +29,7 @@ from .backbones import (
     resnext101_32x8d,
 )
 from .classification import MnistCNN, MnistCNNConfig
+from .detection import FasterRCNN, RPNDetector, faster_rcnn, rpn_detector
 
 __all__ = [
     "DCN_V1",
@@ -35,11 +37,14 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "DeformConfig",
+    "FasterRCNN",
     "FeatureInfo",
     "LoadReport",
     "MnistCNN",
     "MnistCNNConfig",
+    "RPNDetector",
     "ResNet",
+    "faster_rcnn",
     "load_pretrained",
     "resnet18",
     "resnet34",
@@ -49,4 +54,5 @@ __all__ = [
     "resnext50_32x4d",
     "resnext101_32x4d",
     "resnext101_32x8d",
+    "rpn_detector",
 ]
