@@ -4,6 +4,7 @@ data-set contract of the training loop (:mod:`.source`) with its collate functio
 Nothing downloads; see :mod:`torchdcn.data.mnist` for where the file is looked for.
 """
 
+from .coco import CocoDetection, coco128, find_coco128
 from .collate import list_collate, stack_collate
 from .distort import DistortedDigits, Distortion, digit_centre, render
 from .distorted_mnist import CANVAS, TEST_LEVELS, TRAIN_DISTORTION, distorted_mnist
@@ -17,6 +18,13 @@ from .mnist import (
     split_indices,
 )
 from .source import BatchSource, BatchSourceDataset, TensorSource, as_dataset
+from .transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    Resize,
+    ToTensor,
+    detection_transforms,
+)
 
 __all__ = [
     "CANVAS",
@@ -25,14 +33,22 @@ __all__ = [
     "TRAIN_DISTORTION",
     "BatchSource",
     "BatchSourceDataset",
+    "CocoDetection",
+    "Compose",
     "DataFormatError",
     "DataNotFoundError",
     "DistortedDigits",
     "Distortion",
+    "RandomHorizontalFlip",
+    "Resize",
     "TensorSource",
+    "ToTensor",
     "as_dataset",
+    "coco128",
+    "detection_transforms",
     "digit_centre",
     "distorted_mnist",
+    "find_coco128",
     "find_mnist5k",
     "list_collate",
     "load_mnist5k",

@@ -16,6 +16,7 @@ nesting move to the device with :func:`to_device`, and evaluation follows the
 """
 
 from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, save_checkpoint
+from .coco_eval import CocoEvaluator
 from .config import OptimConfig, ScheduleConfig, TrainConfig
 from .device import resolve_device, to_device
 from .distributed import DistInfo, init_distributed
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "ClassificationLoss",
+    "CocoEvaluator",
     "DistInfo",
     "Evaluator",
     "MetricLogger",
