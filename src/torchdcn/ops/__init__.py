@@ -2,6 +2,7 @@
 
 from ._backend import BACKENDS, set_workspace_limit, use_backend, workspace_limit
 from ._checks import pair  # argument normaliser shared with torchdcn.nn (kernel_size, output_size)
+from ._onnx import OnnxExportUnsupported, onnx_translation_table, register_onnx_symbolics
 from ._roi_checks import RoIs  # the RoI argument type: Tensor[R, 5] or list of Tensor[R_i, 4]
 from ._types import IntPair  # a size argument: 3 or (3, 5)
 from .boxes import box_area, box_iou, clip_boxes_to_image, remove_small_boxes
@@ -16,6 +17,7 @@ from .roi_pool import roi_pool
 __all__ = [
     "BACKENDS",
     "IntPair",
+    "OnnxExportUnsupported",
     "RoIs",
     "batched_nms",
     "box_area",
@@ -25,9 +27,11 @@ __all__ = [
     "deform_ps_roi_pool",
     "deform_roi_pool",
     "nms",
+    "onnx_translation_table",
     "pair",
     "ps_roi_align",
     "ps_roi_pool",
+    "register_onnx_symbolics",
     "remove_small_boxes",
     "roi_align",
     "roi_pool",
@@ -35,3 +39,5 @@ __all__ = [
     "use_backend",
     "workspace_limit",
 ]
+
+register_onnx_symbolics()  # TorchScript exporter: DeformConv, RoiAlign, MaxRoiPool (cheap)

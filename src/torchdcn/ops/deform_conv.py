@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _deform_conv_ref
+from . import _deform_conv_ref, _onnx
 from ._checks import (
     autocast_dtype,
     autocast_off,
@@ -168,6 +168,8 @@ def _deform_conv2d_eager(
         if channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
     check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    if _onnx.in_dynamo_onnx_export():  # the standard DeformConv node, no translation table
+        return _onnx.deform_conv_node(input, offset, mask, weight, bias, stride, padding, dilation)
     out_dtype = input.dtype
     # the Triton kernels take float16/bfloat16 as they are (float32 accumulation); others upcast
     if compute_dtype(input.device, out_dtype) != out_dtype:

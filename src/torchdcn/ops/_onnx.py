@@ -1,0 +1,283 @@
+"""ONNX export of the registered ops, with both of ``torch.onnx.export``'s exporters.
+
+* ``torchdcn::deform_conv2d`` becomes the standard ONNX ``DeformConv`` (opset 19; same tensor
+  layouts: offsets ``(dy, dx)`` per kernel point, mask ``[N, G*kh*kw, H_out, W_out]``), so
+  onnxruntime and any ONNX runtime with ``DeformConv`` run the model without plugins.
+* ``torchdcn::roi_aligned_pool`` as called by :func:`torchdcn.ops.roi_align` becomes ONNX
+  ``RoiAlign`` (opset 16, ``mode="avg"``): ``aligned=True`` maps to
+  ``coordinate_transformation_mode="half_pixel"``, ``aligned=False`` to ``"output_half_pixel"``,
+  ``sampling_ratio <= 0`` to 0 (adaptive). Exact except that torchdcn caps the adaptive grid at
+  64 samples per axis (only bins wider than 64 feature cells differ).
+* ``torchdcn::roi_integer_pool`` as called by :func:`torchdcn.ops.roi_pool` with ``mode="max"``
+  (the default, torchvision's) becomes ONNX ``MaxRoiPool`` (opset 1): the same rounding of the
+  RoI corners and the same integer bins, exact.
+* Every other RoI op (``roi_pool(mode="avg")``, ``ps_roi_pool``, ``ps_roi_align``,
+  ``deform_roi_pool``, ``deform_ps_roi_pool``) has no standard ONNX operator: exporting one
+  raises :class:`OnnxExportUnsupported` naming the function.
+
+Deformable convolutions need nothing passed to either exporter:
+
+* dynamo exporter (``dynamo=True``, torch's default; needs ``onnxscript``):
+  :func:`torchdcn.ops.deform_conv2d` returns a ``torch.onnx.ops.symbolic`` ``DeformConv`` node
+  while ``torch.onnx.export`` captures the model (:func:`in_dynamo_onnx_export`), so the captured
+  graph holds the ONNX node itself;
+* TorchScript exporter (``dynamo=False``, deprecated by torch): ``import torchdcn`` registers the
+  symbolics (:func:`register_onnx_symbolics`).
+
+The RoI ops, and ``torch.ops.torchdcn.deform_conv2d`` called directly, reach the dynamo exporter
+as custom ops: pass ``custom_translation_table=torchdcn.ops.onnx_translation_table()`` (torch has
+no public way to register default translations).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor
+
+DEFORM_CONV_OPSET = 19  # ONNX DeformConv was added in opset 19
+ROI_ALIGN_OPSET = 16  # RoiAlign's coordinate_transformation_mode was added in opset 16
+
+
+class OnnxExportUnsupported(RuntimeError):
+    """A torchdcn op with no equivalent in the standard ONNX operator set."""
+
+
+def roi_integer_pool_unsupported(
+    mode: str, position_sensitive: bool
+) -> OnnxExportUnsupported | None:
+    """The error for a ``torchdcn::roi_integer_pool`` call that is not max pooling, naming the
+    public function that made it; None for :func:`torchdcn.ops.roi_pool` with ``mode="max"``
+    (exported as ONNX ``MaxRoiPool``, the same rounding and bins)."""
+    if mode == "max" and not position_sensitive:
+        return None
+    name = "torchdcn.ops.ps_roi_pool" if position_sensitive else (
+        f"torchdcn.ops.roi_pool (mode={mode!r})")  # fmt: skip
+    return OnnxExportUnsupported(
+        f"{name} (op torchdcn::roi_integer_pool, average pooling) has no standard ONNX operator "
+        "and cannot be exported; roi_pool with mode='max' exports to ONNX MaxRoiPool and "
+        "roi_align to RoiAlign"
+    )
+
+
+def roi_aligned_pool_unsupported(
+    has_offset: bool, position_sensitive: bool
+) -> OnnxExportUnsupported | None:
+    """The error for a ``torchdcn::roi_aligned_pool`` call that is not plain RoIAlign, naming the
+    public function that made it; None for plain RoIAlign (exported as ONNX ``RoiAlign``)."""
+    if not has_offset and not position_sensitive:
+        return None
+    if has_offset:
+        name = "torchdcn.ops.deform_ps_roi_pool" if position_sensitive else (
+            "torchdcn.ops.deform_roi_pool")  # fmt: skip
+    else:
+        name = "torchdcn.ops.ps_roi_align (or deform_ps_roi_pool without offsets)"
+    return OnnxExportUnsupported(
+        f"{name} (op torchdcn::roi_aligned_pool with "
+        f"{'offsets' if has_offset else 'position-sensitive bins'}) has no standard ONNX "
+        "operator and cannot be exported; only torchdcn.ops.roi_align maps to ONNX RoiAlign"
+    )
+
+
+def onnx_translation_table() -> dict[Any, Any]:
+    """The translations to pass to the dynamo exporter (``torch.onnx.export(..., dynamo=True)``)
+    for the RoI ops and for ``torch.ops.torchdcn.deform_conv2d`` called directly (models using
+    :func:`torchdcn.ops.deform_conv2d` or the ``torchdcn.nn`` layers export without it).
+
+    Returns:
+        ``{torch.ops.torchdcn.<op>.default: onnxscript function}`` for ``deform_conv2d``
+        (``DeformConv``) and the two RoI ops (``RoiAlign`` for :func:`~torchdcn.ops.roi_align`,
+        ``MaxRoiPool`` for :func:`~torchdcn.ops.roi_pool` with ``mode="max"``, a clear error for
+        the others).
+
+    Raises:
+        ImportError: ``onnxscript`` is not installed (``pip install torchdcn[onnx]``).
+
+    Example:
+        >>> torch.onnx.export(model, (x,), "model.onnx", opset_version=19, dynamo=True,
+        ...                   custom_translation_table=onnx_translation_table())  # doctest: +SKIP
+    """
+    try:
+        from . import _onnx_dynamo
+    except ImportError as e:
+        raise ImportError(
+            "torch.onnx.export(dynamo=True) of torchdcn ops needs onnxscript "
+            "(pip install 'torchdcn[onnx]' or pip install onnxscript); the TorchScript exporter "
+            f"(dynamo=False) does not: {e}"
+        ) from e
+    return _onnx_dynamo.translation_table()
+
+
+# --------------------------------------------------------------------------------------------
+# Dynamo exporter without a translation table: torch.onnx.ops.symbolic nodes
+
+
+def in_dynamo_onnx_export() -> bool:
+    """True while ``torch.onnx.export(dynamo=True)`` captures the model (the TorchScript
+    exporter traces with ``torch.jit``, and its symbolics below handle the op there)."""
+    return _has_symbolic_ops() and torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+
+
+@functools.cache
+def _has_symbolic_ops() -> bool:
+    """``torch.onnx.ops.symbolic`` exists (torch >= 2.8); older torch exports the registered op,
+    which then needs :func:`onnx_translation_table`."""
+    return hasattr(getattr(torch.onnx, "ops", None), "symbolic")
+
+
+def deform_conv_node(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """The ONNX ``DeformConv`` node itself (``torch.onnx.ops.symbolic``), for the dynamo exporter:
+    :func:`torchdcn.ops.deform_conv2d` returns it during ``torch.onnx.export(dynamo=True)``, so
+    no translation table is needed. Arguments as the op's (checked by the caller); returns
+    ``Tensor[N, C_out, H_out, W_out]`` (a placeholder outside export)."""
+    c_out, c_per_group, kh, kw = weight.shape
+    if bias is None and mask is not None:  # DeformConv's inputs are positional: B before mask
+        bias = weight.new_zeros(c_out)
+    inputs = [input, weight, offset, bias, mask]
+    while inputs[-1] is None:  # absent trailing optional inputs are left out
+        inputs.pop()
+    return torch.onnx.ops.symbolic(
+        "DeformConv",
+        inputs,
+        {
+            "kernel_shape": [kh, kw],
+            "strides": list(stride),
+            "pads": [padding[0], padding[1], padding[0], padding[1]],
+            "dilations": list(dilation),
+            "group": input.shape[1] // c_per_group,
+            "offset_group": offset.shape[1] // (2 * kh * kw),
+        },
+        dtype=input.dtype,
+        shape=[input.shape[0], c_out, offset.shape[2], offset.shape[3]],
+        version=DEFORM_CONV_OPSET,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# TorchScript exporter (dynamo=False): symbolics over torch._C.Graph
+
+
+def _static_sizes(value, name: str, dims: tuple[int, ...]) -> list[int]:
+    """Sizes of ``dims`` of a TorchScript graph value, which must be known at export time."""
+    from torch.onnx import symbolic_helper
+
+    sizes = symbolic_helper._get_tensor_sizes(value)
+    if sizes is None or any(d >= len(sizes) or sizes[d] is None for d in dims):
+        raise OnnxExportUnsupported(
+            f"torchdcn.ops.deform_conv2d export needs the static sizes of {name} dims {dims}, "
+            f"got sizes {sizes}"
+        )
+    return [sizes[d] for d in dims]
+
+
+def _deform_conv2d_symbolic(
+    g, input, offset, mask, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
+):
+    """``torchdcn::deform_conv2d`` -> ONNX ``DeformConv`` (inputs X, W, offset, B, mask)."""
+    from torch.onnx import symbolic_helper
+
+    ints = [
+        symbolic_helper._get_const(v, "i", n)
+        for v, n in zip(
+            (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w),
+            ("stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w"),
+        )
+    ]
+    sh, sw, ph, pw, dh, dw = (int(i) for i in ints)
+    (c_in,) = _static_sizes(input, "input", (1,))
+    c_out, c_per_group, kh, kw = _static_sizes(weight, "weight", (0, 1, 2, 3))
+    (offset_channels,) = _static_sizes(offset, "offset", (1,))
+    inputs = [input, weight, offset]
+    if symbolic_helper._is_none(bias):
+        # DeformConv's B is optional, but mask comes after it: an explicit zero bias is exact
+        dtype = weight.type().dtype() if weight.type().dtype() is not None else torch.float32
+        bias = g.op("Constant", value_t=torch.zeros(c_out, dtype=dtype))
+    inputs.append(bias)
+    if not symbolic_helper._is_none(mask):
+        inputs.append(mask)
+    return g.op(
+        "DeformConv",
+        *inputs,
+        kernel_shape_i=[kh, kw],
+        strides_i=[sh, sw],
+        pads_i=[ph, pw, ph, pw],
+        dilations_i=[dh, dw],
+        group_i=c_in // c_per_group,
+        offset_group_i=offset_channels // (2 * kh * kw),
+    )
+
+
+def _roi_aligned_pool_symbolic(
+    g, input, rois, offset, mask, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,
+    gamma, position_sensitive,
+):  # fmt: skip
+    """``torchdcn::roi_aligned_pool`` of :func:`torchdcn.ops.roi_align` -> ONNX ``RoiAlign``."""
+    from torch.onnx import symbolic_helper
+
+    ps = bool(symbolic_helper._get_const(position_sensitive, "b", "position_sensitive"))
+    error = roi_aligned_pool_unsupported(not symbolic_helper._is_none(offset), ps)
+    if error is not None:
+        raise error
+    start = g.op("Constant", value_t=torch.tensor([1], dtype=torch.long))
+    end = g.op("Constant", value_t=torch.tensor([5], dtype=torch.long))
+    axis = g.op("Constant", value_t=torch.tensor([1], dtype=torch.long))
+    boxes = g.op("Slice", rois, start, end, axis)
+    zero = g.op("Constant", value_t=torch.tensor(0, dtype=torch.long))
+    batch = g.op("Cast", g.op("Gather", rois, zero, axis_i=1), to_i=7)  # 7: INT64
+    ratio = int(symbolic_helper._get_const(sampling_ratio, "i", "sampling_ratio"))
+    is_aligned = bool(symbolic_helper._get_const(aligned, "b", "aligned"))
+    return g.op(
+        "RoiAlign",
+        input,
+        boxes,
+        batch,
+        coordinate_transformation_mode_s="half_pixel" if is_aligned else "output_half_pixel",
+        mode_s="avg",
+        output_height_i=int(symbolic_helper._get_const(pooled_h, "i", "pooled_h")),
+        output_width_i=int(symbolic_helper._get_const(pooled_w, "i", "pooled_w")),
+        sampling_ratio_i=max(ratio, 0),
+        spatial_scale_f=float(symbolic_helper._get_const(spatial_scale, "f", "spatial_scale")),
+    )
+
+
+def _roi_integer_pool_symbolic(g, input, rois, pooled_h, pooled_w, spatial_scale, mode, ps):
+    """``torchdcn::roi_integer_pool`` of ``roi_pool(mode="max")`` -> ONNX ``MaxRoiPool``."""
+    from torch.onnx import symbolic_helper
+
+    mode_s = symbolic_helper._get_const(mode, "s", "mode")
+    error = roi_integer_pool_unsupported(mode_s, bool(symbolic_helper._get_const(ps, "b", "ps")))
+    if error is not None:
+        raise error
+    return g.op(
+        "MaxRoiPool",
+        input,
+        rois,
+        pooled_shape_i=[
+            int(symbolic_helper._get_const(pooled_h, "i", "pooled_h")),
+            int(symbolic_helper._get_const(pooled_w, "i", "pooled_w")),
+        ],
+        spatial_scale_f=float(symbolic_helper._get_const(spatial_scale, "f", "spatial_scale")),
+    )
+
+
+def register_onnx_symbolics() -> None:
+    """Register the TorchScript-exporter symbolics of every torchdcn op (idempotent).
+
+    Called by ``import torchdcn``; DeformConv needs ``opset_version >= 19``, RoiAlign >= 16 (an
+    older opset makes the exporter report the op as unsupported at that version).
+    """
+    register = torch.onnx.register_custom_op_symbolic
+    register("torchdcn::deform_conv2d", _deform_conv2d_symbolic, DEFORM_CONV_OPSET)
+    register("torchdcn::roi_aligned_pool", _roi_aligned_pool_symbolic, ROI_ALIGN_OPSET)
+    register("torchdcn::roi_integer_pool", _roi_integer_pool_symbolic, 1)
