@@ -1,7 +1,13 @@
 """The ``torchdcn`` command line: the top layer, which imports from every other one.
 
-- :mod:`.main`: the parser, ``main()`` and one function per command (``train``, ``eval``, ``demo``).
-- :mod:`.options`: each command's options as a table, config-file reading and value checks.
+- :mod:`.main`: the parser, ``main()`` and one function per command (``train``, ``eval``,
+  ``detect``, ``demo``).
+- :mod:`.options`: each command's options as a table (rows: :mod:`.option`); :mod:`.settings`:
+  config-file reading, preset defaults and value checks.
+- :mod:`.presets`: the models ``--model`` names (``mnist_cnn``, ``faster_rcnn``,
+  ``rpn_detector``) and rebuilding one from a checkpoint.
+- :mod:`.detection`: COCO-style data, evaluation and the metrics table of the detectors;
+  :mod:`.detect`: the ``detect`` command (PNGs and COCO results).
 - :mod:`.demo`: the ``make demo`` job (plain / v1 / v2 CNNs on distorted MNIST).
 """
 

@@ -1,4 +1,5 @@
-"""The ``torchdcn`` command: ``train``, ``eval`` and ``demo`` (also ``python -m torchdcn``).
+"""The ``torchdcn`` command: ``train``, ``eval``, ``detect`` and ``demo`` (also ``python -m
+torchdcn``).
 
 Every option of a command can also come from a YAML or TOML file given with ``--config``: a flat
 table whose keys are the option names (``batch_size`` or ``batch-size``). Command-line flags win
@@ -17,14 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .options import (
-    COMMANDS,
-    EPILOG,
-    UsageError,
-    read_config_file,
-    resolve_settings,
-)
+from .option import UsageError
+from .options import COMMANDS, EPILOG
 from .presets import get_preset
+from .settings import read_config_file, resolve_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -47,11 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``torchdcn`` parser; options left off the command line are absent from the result."""
     parser = argparse.ArgumentParser(
         prog="torchdcn",
-        description="Deformable ConvNets v1/v2 in PyTorch: training, evaluation and the demo.",
+        description="Deformable ConvNets v1/v2 in PyTorch: training, evaluation, detection and "
+        "the demo.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     sub.required = True
     for command, (summary, options) in COMMANDS.items():
         p = sub.add_parser(
@@ -72,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
             if isinstance(shown, list):
                 shown = " ".join(str(v) for v in shown) or "none"
             text = f"{opt.help} (default: {shown})"
-            if opt.flag:
+            if opt.positional:
+                p.add_argument(opt.name, nargs=opt.nargs, metavar=opt.metavar, help=opt.help)
+            elif opt.flag:
                 p.add_argument(f"--{opt.name}", action=argparse.BooleanOptionalAction, help=text)
             else:
                 p.add_argument(
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(command)
             settings = resolve_settings(command, args)
             _check(command, settings)
-            runner = {"train": _train, "eval": _eval, "demo": _demo}[command]
+            runner = {"train": _train, "eval": _eval, "detect": _detect, "demo": _demo}[command]
             return runner(settings)
     except UsageError as err:
         print(f"torchdcn {command}: error: {err}", file=sys.stderr)
@@ -132,8 +132,10 @@ def _one_line_warnings(command: str) -> Callable[..., None]:
 def _check(command: str, s: dict[str, Any]) -> None:
     """Checks that need several settings or torch, before any data is read (ranges of single
     options are checked by :func:`resolve_settings`)."""
-    if command == "eval" and not s.get("checkpoint"):
+    if command in ("eval", "detect") and not s.get("checkpoint"):
         raise UsageError("--checkpoint is required (e.g. --checkpoint runs/train/last.pt)")
+    if command == "detect" and not s.get("inputs"):
+        raise UsageError("give at least one image or folder of images (IMAGE_OR_DIR)")
     if "device" in s:
         from ..engine.trainer import resolve_device
 
@@ -146,6 +148,11 @@ def _check(command: str, s: dict[str, Any]) -> None:
             get_preset(s.get("model", "mnist_cnn")).model_config(s)
         except ValueError as err:
             raise UsageError(str(err)) from err
+    if command == "train" and s.get("pretrained_backbone"):
+        if not Path(s["pretrained_backbone"]).is_file():
+            from ..engine.checkpoint import CheckpointError
+
+            raise CheckpointError(f"--pretrained-backbone {s['pretrained_backbone']}: no such file")
     limit, batch = s.get("limit_train"), s.get("batch_size")
     if command in ("train", "demo") and limit is not None and limit < batch:
         raise UsageError(
@@ -190,18 +197,29 @@ def _train(s: dict[str, Any]) -> int:
             for name in (engine.trainer.CHECKPOINT_NAME, "metrics.jsonl", "results.json"):
                 (out / name).unlink(missing_ok=True)
         distributed.barrier()
-        config = _settings_to_train_config(s, out)
+        detection = preset.task == "detection"
+        # detection evaluates a few images per process at a time, the classifier 250 digits
+        eval_batch = max(1, s["batch_size"] // dist.world_size) if detection else 250
+        config = _settings_to_train_config(s, out, eval_batch)
         engine.seed_everything(s["seed"])
-        train, tests = distorted_mnist(
-            s["data_root"], s["seed"], limit_train=s["limit_train"], limit_test=s["limit_test"]
-        )
-        model_config = preset.model_config(s)
-        model = preset.build(**model_config)
-        run_info = {
-            "model": s["model"],
-            "model_config": model_config,
-            "data": {"protocol": "distorted_mnist", "limit_train": s["limit_train"]},
-        }
+        model_config, build_kwargs, extra = preset.model_config(s), {}, {}
+        if detection:
+            from .detection import coco_evaluator, training_data
+
+            train, val, data_info = training_data(s)
+            model_config = preset.model_config({**s, "num_classes": train.num_classes})
+            tests, extra["evaluator"] = {"val": val}, coco_evaluator(val)
+            if s["pretrained_backbone"]:
+                build_kwargs["pretrained_backbone"] = s["pretrained_backbone"]
+        else:
+            train, tests = distorted_mnist(
+                s["data_root"], s["seed"], limit_train=s["limit_train"], limit_test=s["limit_test"]
+            )
+            data_info = {"protocol": "distorted_mnist", "limit_train": s["limit_train"]}
+        model = preset.build(**model_config, **build_kwargs)
+        run_info = {"model": s["model"], "model_config": model_config, "data": data_info}
+        if build_kwargs:
+            run_info["pretrained_backbone"] = str(Path(s["pretrained_backbone"]).resolve())
         try:
             trainer = engine.Trainer(
                 model,
@@ -212,6 +230,7 @@ def _train(s: dict[str, Any]) -> int:
                 run_info=run_info,
                 name=f"train {s['deform'] or 'plain'}",
                 **preset.trainer_kwargs(),
+                **extra,
             )
         except ValueError as err:  # batch vs processes or data size, device
             raise UsageError(str(err)) from err
@@ -225,15 +244,21 @@ def _train(s: dict[str, Any]) -> int:
                 "resumed_from_step": result.resumed_from_step,
                 "checkpoint": str(result.checkpoint),
             }
+            if detection:
+                from .detection import metrics_table
+
+                summary["losses"], summary["metrics"] = result.losses, result.metrics
+                print(metrics_table(result.metrics["val"]))
+            else:
+                print(_accuracy_lines(result.accuracy))
             (out / "results.json").write_text(json.dumps(summary, indent=1))
-            print(_accuracy_lines(result.accuracy))
             print(f"checkpoint: {result.checkpoint}")
     finally:
         distributed.cleanup()
     return EXIT_OK
 
 
-def _settings_to_train_config(s: dict[str, Any], out: Path):
+def _settings_to_train_config(s: dict[str, Any], out: Path, eval_batch_size: int = 250):
     """The :class:`~torchdcn.engine.TrainConfig` of the settings (UsageError if rejected)."""
     from ..engine import OptimConfig, ScheduleConfig, TrainConfig
 
@@ -260,6 +285,7 @@ def _settings_to_train_config(s: dict[str, Any], out: Path):
             tensorboard=s["tensorboard"],
             device=s["device"],
             num_workers=s["num_workers"],
+            eval_batch_size=eval_batch_size,
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
@@ -267,57 +293,68 @@ def _settings_to_train_config(s: dict[str, Any], out: Path):
 
 def _eval(s: dict[str, Any]) -> int:
     from ..data.distorted_mnist import distorted_mnist
-    from ..engine import AccuracyEvaluator, distributed, evaluate, load_checkpoint
-    from ..engine.checkpoint import CheckpointError
+    from ..engine import AccuracyEvaluator, distributed, evaluate
     from ..engine.device import resolve_device
-    from .presets import MODELS
+    from .presets import model_from_checkpoint
 
     dist = distributed.init_distributed()
     _set_threads(s["threads"])
     try:
-        try:
-            state = load_checkpoint(s["checkpoint"])
-        except CheckpointError as err:
-            raise CheckpointError(f"cannot load the checkpoint to evaluate: {err}") from err
-        info = state.get("run_info") or {}
-        preset = MODELS.get(info.get("model"))  # type: ignore[arg-type]
-        if preset is None:
-            raise CheckpointError(
-                f"{s['checkpoint']} holds model {info.get('model')!r}; 'torchdcn eval' evaluates "
-                f"checkpoints of the presets {', '.join(sorted(MODELS))} written by 'torchdcn "
-                "train' or 'torchdcn demo'"
-            )
-        model = preset.build(**info["model_config"])
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise CheckpointError(
-                f"{s['checkpoint']}: weights do not fit the model: {err}"
-            ) from err
+        model, preset, info = model_from_checkpoint(s["checkpoint"])
+        detection = preset.task == "detection"
+        if not detection:
+            given = [f"--{k}" for k in ("ann_file", "image_dir", "min_size", "max_size") if s[k]]
+            if given:
+                raise UsageError(f"{', '.join(given)} apply to detector checkpoints only")
         device = resolve_device(s["device"], dist.local_rank)
         model.to(device)
-        _, tests = distorted_mnist(s["data_root"], limit_test=s["limit_test"])
         kwargs = preset.trainer_kwargs()
-        make_evaluator = kwargs.get("evaluator", AccuracyEvaluator)
         collate = {"collate_fn": kwargs["collate_fn"]} if "collate_fn" in kwargs else {}
-        accuracy = {
-            name: evaluate(
+        if detection:
+            from .detection import check_detection_info, coco_evaluator, evaluation_set
+
+            data = check_detection_info(info, s["checkpoint"])
+            tests = {"val": evaluation_set(s, data)}
+            make_evaluator = coco_evaluator(tests["val"])
+        else:
+            _, tests = distorted_mnist(s["data_root"], limit_test=s["limit_test"])
+            make_evaluator = kwargs.get("evaluator", AccuracyEvaluator)
+        batch_size = s["batch_size"] or (2 if detection else 250)
+        metrics, tables = {}, {}
+        for name, source in tests.items():
+            evaluator = make_evaluator()
+            metrics[name] = evaluate(
                 model,
                 source,
-                make_evaluator(),
-                s["batch_size"],
+                evaluator,
+                batch_size,
                 device,
                 num_workers=s["num_workers"],
                 **collate,
-            )["accuracy"]
-            for name, source in tests.items()
-        }
+            )
+            tables[name] = getattr(evaluator, "table", "")
         if dist.is_main:
-            print(_accuracy_lines(accuracy))
+            if detection:
+                from .detection import metrics_table
+
+                print(tables["val"])
+                print(metrics_table(metrics["val"]))
+                result: dict[str, Any] = {"metrics": metrics["val"]}
+            else:
+                accuracy = {name: m["accuracy"] for name, m in metrics.items()}
+                print(_accuracy_lines(accuracy))
+                result = {"accuracy": accuracy}
             if s["json"]:
-                Path(s["json"]).write_text(json.dumps({"accuracy": accuracy}, indent=1))
+                Path(s["json"]).write_text(json.dumps(result, indent=1))
     finally:
         distributed.cleanup()
+    return EXIT_OK
+
+
+def _detect(s: dict[str, Any]) -> int:
+    from .detect import run_detect
+
+    run_detect(s)
     return EXIT_OK
 
 

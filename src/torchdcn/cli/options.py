@@ -1,24 +1,25 @@
-"""Options of the ``torchdcn`` commands, and how a config file and the flags combine.
+"""Options of the ``torchdcn`` commands.
 
 Each command's options are a table of :class:`Option` rows; the parser
-(:mod:`torchdcn.cli.main`) and the config-file reader both read these tables, so a key in a
-YAML/TOML file is checked and converted exactly as the flag would be. Precedence: built-in
-defaults < config file < flags.
+(:mod:`torchdcn.cli.main`) and the config-file reader (:mod:`torchdcn.cli.settings`) both read
+these tables, so a key in a YAML/TOML file is checked and converted exactly as the flag would be.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import textwrap
 
+from .option import (
+    Option,
+    _deform,
+    _float,
+    _float_or_none,
+    _int_or_none,
+)
 from .presets import MODELS
 
-EPILOG = """\
+EPILOG = (
+    """\
 configuration: every option may also be set in the file given by --config (YAML: .yaml/.yml,
 TOML: .toml), one key per option, e.g. `lr: 0.01` or `batch_size = 128`; flags given on the
 command line override the file, which overrides the defaults shown.
@@ -28,98 +29,31 @@ invalid input (data not found, checkpoint missing, corrupt or from other setting
 interrupted (Ctrl-C).
 
 data: the MNIST sample mnist5k/mnist_5k.csv.gz is read from --data-root, else $TORCHDCN_DATA,
-else ../shared/data next to the current directory or the project checkout.
+else ../shared/data next to the current directory or the project checkout. Detectors (--model
+faster_rcnn or rpn_detector, or --task detection) read a COCO-style folder: --data-root DIR
+holding annotations/instances_<split>.json and the images in <split>/ (or give --ann-file and
+--image-dir); without --data-root, coco128/ under those same places.
+
 """
-
-
-class UsageError(Exception):
-    """Bad arguments or configuration: reported with exit code 2."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One command-line option (and config-file key)."""
-
-    name: str
-    type: Callable[[str], Any] | None
-    default: Any
-    help: str
-    choices: tuple | None = None
-    nargs: str | None = None
-    flag: bool = False  # boolean switch with a --no- form
-    metavar: str | None = None
-    at_least: float | None = None  # smallest allowed value (of each value, for lists)
-    above: float | None = None  # the value must be greater than this
-
-    def shown_metavar(self) -> str:
-        """What the help shows as the value: the choices, ``metavar``, or N / X / TEXT."""
-        if self.choices:
-            return "{" + ",".join(self.choices) + "}"
-        if self.metavar:
-            return self.metavar
-        return {int: "N", float: "X"}.get(self.type, "TEXT")  # type: ignore[call-overload]
-
-    def converted_choices(self) -> tuple | None:
-        """The choices as the parsed values (``"none"`` -> ``None`` for ``--deform``)."""
-        if self.choices is None:
-            return None
-        return tuple(self.type(c) for c in self.choices) if self.type else self.choices
-
-    def parse(self, text: str) -> Any:
-        """A command-line value converted, and checked against the choices: what ``argparse``
-        calls as ``type`` (its own ``choices`` check would list ``None`` for ``none``, its own
-        error would name the converter)."""
-        try:
-            value = self.type(text) if self.type else text
-        except (TypeError, ValueError) as err:
-            kind = _KIND.get(self.type)  # type: ignore[call-overload]
-            wanted = {int: "an integer", float: "a finite number"}.get(kind)  # type: ignore[call-overload]
-            reason = f"expected {wanted}" if wanted else str(err)
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {reason}") from err
-        if self.choices is not None and value not in self.converted_choices():
-            raise argparse.ArgumentTypeError(
-                f"invalid choice: {text!r} (choose from {', '.join(self.choices)})"
-            )
-        return value
-
-    def range_error(self, value: Any) -> str | None:
-        """Why ``value`` is out of this option's range, or ``None`` (``None`` values pass)."""
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            if v is None or isinstance(v, str):
-                continue
-            if self.at_least is not None and v < self.at_least:
-                return f"--{self.name} must be >= {self.at_least:g}, got {v}"
-            if self.above is not None and not v > self.above:
-                return f"--{self.name} must be > {self.above:g}, got {v}"
-        return None
-
-
-def _float(text: str) -> float:
-    """A finite float (``nan`` and ``inf`` are refused: no setting means them)."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _int_or_none(text: str) -> int | None:
-    return None if str(text).lower() in ("none", "") else int(text)
-
-
-def _float_or_none(text: str) -> float | None:
-    return None if str(text).lower() in ("none", "") else _float(text)
-
-
-def _deform(text: str) -> str | None:
-    return None if str(text).lower() in ("none", "plain", "") else str(text)
+    + textwrap.fill(
+        "detector defaults: --model faster_rcnn and rpn_detector train with "
+        + ", ".join(
+            f"--{k.replace('_', '-')} {' '.join(f'{x:g}' for x in v) if isinstance(v, list) else v}"
+            for k, v in MODELS["faster_rcnn"].defaults.items()
+        )
+        + " unless the config file or a flag says otherwise.",
+        100,
+    )
+    + "\n"
+)
 
 
 DATA_ROOT = Option(
     "data-root",
     str,
     None,
-    "folder holding mnist5k/ (none: $TORCHDCN_DATA or ../shared/data)",
+    "folder holding mnist5k/, or a detector's COCO-style folder (none: $TORCHDCN_DATA or "
+    "../shared/data, and coco128/ in it for detectors)",
     metavar="DIR",
 )
 PROGRESS = Option("progress", None, True, "show a progress bar (tqdm)", flag=True)
@@ -141,7 +75,8 @@ LIMIT_TRAIN = Option(
     "limit-train",
     _int_or_none,
     None,
-    "train on N digits spread over the classes (quick checks; at least one batch)",
+    "train on N samples: digits spread over the classes, or the first N images (quick "
+    "checks; at least one batch)",
     metavar="N",
     at_least=1,
 )
@@ -149,7 +84,7 @@ LIMIT_TEST = Option(
     "limit-test",
     _int_or_none,
     None,
-    "test on N digits spread over the classes (quick checks)",
+    "test on N samples: digits spread over the classes, or the first N images (quick checks)",
     metavar="N",
     at_least=1,
 )
@@ -167,14 +102,99 @@ MODEL = Option(
     "model preset (torchdcn.cli.presets.MODELS)",
     tuple(MODELS),
 )
+TASK = Option(
+    "task",
+    str,
+    None,
+    "classification or detection; none: the --model's (--task alone picks mnist_cnn or "
+    "faster_rcnn)",
+    ("classification", "detection"),
+)
+ANN_FILE = Option(
+    "ann-file",
+    str,
+    None,
+    "detectors: the COCO instances JSON (none: the one under <data-root>/annotations)",
+    metavar="FILE",
+)
+IMAGE_DIR = Option(
+    "image-dir",
+    str,
+    None,
+    "detectors: folder of the images (none: <data-root>/<split> of instances_<split>.json)",
+    metavar="DIR",
+)
+
+
+def _size_option(name: str, default: int | None, what: str) -> Option:
+    return Option(name, int, default, f"detectors: {what}", metavar="PIXELS", at_least=1)
+
+
+DETECTION_TRAIN_OPTIONS = (
+    TASK,
+    Option(
+        "backbone",
+        str,
+        "resnet50",
+        "detectors: resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x4d/32x8d",
+        metavar="NAME",
+    ),
+    Option(
+        "roi-pool",
+        str,
+        None,
+        "faster_rcnn: RoI pooling (none: mdeform with --deform v2, else roi_align)",
+        ("roi_pool", "roi_align", "deform", "mdeform"),
+    ),
+    Option(
+        "fpn", None, False, "faster_rcnn: FPN neck (P2-P6) instead of the papers' layout", flag=True
+    ),
+    Option(
+        "pretrained-backbone",
+        str,
+        None,
+        "detectors: ImageNet ResNet weights file (torchvision/timm) for the backbone",
+        metavar="PATH",
+    ),
+    ANN_FILE,
+    IMAGE_DIR,
+    Option(
+        "val-ann-file",
+        str,
+        None,
+        "detectors: instances JSON to evaluate on (none: the training one)",
+        metavar="FILE",
+    ),
+    Option(
+        "val-image-dir",
+        str,
+        None,
+        "detectors: images of --val-ann-file (none: as for --image-dir)",
+        metavar="DIR",
+    ),
+    _size_option("min-size", 600, "shorter image side after resizing"),
+    _size_option("max-size", 1000, "cap on the longer image side"),
+)
+#: train options only the detectors read, and only the classifier reads (giving one for the other
+#: kind of model is an error)
+DETECTION_ONLY = tuple(o.name for o in DETECTION_TRAIN_OPTIONS if o is not TASK)
+CLASSIFICATION_ONLY = ("width",)
 WARMUP_NOTE = " (one not shorter than the run is kept, with a warning)"
 
 TRAIN_OPTIONS = (
     DATA_ROOT,
     MODEL,
-    Option("deform", _deform, None, "body layers: none (plain), v1 or v2", ("none", "v1", "v2")),
+    Option(
+        "deform",
+        _deform,
+        None,
+        "none (plain), v1 or v2: the CNN's body layers; detectors: v1 deformable conv5, v2 "
+        "modulated conv3-conv5 (and mdeform RoI pooling)",
+        ("none", "v1", "v2"),
+    ),
     WIDTH,
-    Option("epochs", int, 6, "passes over the 4000 training digits", at_least=1),
+    *DETECTION_TRAIN_OPTIONS,
+    Option("epochs", int, 6, "passes over the training set (4000 digits)", at_least=1),
     Option("batch-size", int, 64, "global batch size (split over torchrun processes)", at_least=1),
     Option("seed", int, 0, "seed of initialisation, data order and distortions", at_least=0),
     Option("optimizer", str, "adamw", "optimizer", ("sgd", "adamw")),
@@ -259,9 +279,26 @@ EVAL_OPTIONS = (
         metavar="PATH",
     ),
     DATA_ROOT,
-    Option("batch-size", int, 250, "evaluation batch size", at_least=1),
+    ANN_FILE,
+    IMAGE_DIR,
+    _size_option("min-size", None, "shorter image side (none: the checkpoint's)"),
+    _size_option("max-size", None, "longer side cap (none: the checkpoint's)"),
+    Option(
+        "batch-size",
+        _int_or_none,
+        None,
+        "evaluation batch size (none: 250 digits, 2 detection images)",
+        metavar="N",
+        at_least=1,
+    ),
     Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
-    Option("json", str, None, "also write the accuracies to this JSON file", metavar="PATH"),
+    Option(
+        "json",
+        str,
+        None,
+        "also write the accuracies / COCO metrics to this JSON file",
+        metavar="PATH",
+    ),
     LIMIT_TEST,
     NUM_WORKERS,
     THREADS,
@@ -326,123 +363,64 @@ DEMO_OPTIONS = (
     ),
 )
 
+DETECT_OPTIONS = (
+    Option(
+        "inputs",
+        str,
+        [],
+        "images, or folders of images (.jpg, .jpeg, .png, .bmp, .webp)",
+        nargs="*",
+        metavar="IMAGE_OR_DIR",
+        positional=True,
+    ),
+    Option(
+        "checkpoint",
+        str,
+        None,
+        "detector checkpoint written by 'torchdcn train' (e.g. runs/train/last.pt); required",
+        metavar="PATH",
+    ),
+    Option(
+        "out", str, "runs/detect", "folder for one PNG per image and detections.json", metavar="DIR"
+    ),
+    Option(
+        "score-thresh",
+        _float,
+        0.5,
+        "draw and keep detections scoring at least this",
+        at_least=0,
+    ),
+    Option(
+        "ann-file",
+        str,
+        None,
+        "COCO JSON whose image ids the results take (by file name; none: 1, 2, ... in order)",
+        metavar="FILE",
+    ),
+    _size_option("min-size", None, "shorter image side (none: the checkpoint's)"),
+    _size_option("max-size", None, "longer side cap (none: the checkpoint's)"),
+    Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
+    THREADS,
+)
+
 COMMANDS: dict[str, tuple[str, tuple[Option, ...]]] = {
     "train": (
-        "train a model preset (--model; the demo CNN) on distorted MNIST; for DDP run it under "
-        "torchrun, e.g. "
+        "train a model preset (--model: the demo CNN on distorted MNIST, or a detector on "
+        "COCO-style data); for DDP run it under torchrun, e.g. "
         "`torchrun --nproc-per-node 2 -m torchdcn train ...` (gloo on CPU, nccl on GPU)",
         TRAIN_OPTIONS,
     ),
-    "eval": ("evaluate a checkpoint on every test level", EVAL_OPTIONS),
+    "eval": (
+        "evaluate a checkpoint: accuracy per test level, or a detector's COCO table",
+        EVAL_OPTIONS,
+    ),
+    "detect": (
+        "run a detector checkpoint on images: a PNG per image with boxes, labels and scores, "
+        "and the COCO results JSON",
+        DETECT_OPTIONS,
+    ),
     "demo": (
         "plain vs v1 vs v2 over several seeds: accuracy table and sampling figure",
         DEMO_OPTIONS,
     ),
 }
-
-
-def _key(name: str) -> str:
-    return name.replace("-", "_")
-
-
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Option values from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file: a flat mapping.
-    Raises :class:`UsageError` when it is missing, unreadable or not a mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            with path.open("rb") as f:
-                data = tomllib.load(f)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            with path.open() as f:
-                data = yaml.safe_load(f)
-        else:
-            raise UsageError(f"config file {path} must end in .yaml, .yml or .toml")
-    except UsageError:
-        raise
-    except Exception as err:
-        raise UsageError(f"config file {path} could not be parsed: {err}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"config file {path} must hold a mapping of option names to values")
-    return data
-
-
-_KIND = {int: int, _int_or_none: int, float: float, _float: float, _float_or_none: float}
-"""The YAML/TOML scalar type each option type accepts besides text (``str``: text only)."""
-
-
-def _scalar(opt: Option, value: Any) -> Any:
-    """One config-file scalar converted as the command line would convert its text: text goes
-    through the option's type; an integer field takes integers only (not ``true``, not ``1.7``,
-    not ``2.0``: ``--epochs 2.0`` is refused too), a number field integers or floats."""
-    if isinstance(value, str):
-        return opt.type(value) if opt.type else value
-    kind = _KIND.get(opt.type, str)  # type: ignore[call-overload]
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return opt.type(value)
-    wanted = {int: "an integer", float: "a number", str: "text (quote it)"}[kind]
-    raise ValueError(f"expected {wanted}, got {type(value).__name__}")
-
-
-def _coerce(opt: Option, value: Any, source: str) -> Any:
-    """A config-file value checked and converted like the command-line option would be."""
-    try:
-        if opt.flag:
-            if not isinstance(value, bool):
-                raise ValueError("expected true or false")
-            return value
-        if opt.nargs in ("*", "+"):
-            values = value if isinstance(value, list) else [value]
-            if opt.nargs == "+" and not values:
-                raise ValueError("expected at least one value")
-            return [_scalar(opt, v) for v in values]
-        if value is None:
-            return None
-        out = _scalar(opt, value)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"{source}: bad value {value!r} for {opt.name}: {err}") from err
-    if opt.choices is not None and out not in opt.converted_choices():
-        raise UsageError(
-            f"{source}: {opt.name} must be one of {', '.join(opt.choices)}, got {value!r}"
-        )
-    return out
-
-
-def resolve_settings(command: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, overridden by the config file, overridden by the flags given: ``{key: value}``
-    with underscores in the keys."""
-    options = {_key(o.name): o for o in COMMANDS[command][1]}
-    settings = {k: o.default for k, o in options.items()}
-    given = dict(vars(args))
-    given.pop("command", None)
-    config_path = given.pop("config", None)
-    if config_path is not None:
-        for raw_key, value in read_config_file(config_path).items():
-            key = _key(str(raw_key))
-            if key not in options:
-                valid = ", ".join(sorted(o.name for o in options.values()))
-                raise UsageError(
-                    f"config file {config_path}: unknown option {raw_key!r} for "
-                    f"'torchdcn {command}' (valid: {valid})"
-                )
-            settings[key] = _coerce(options[key], value, f"config file {config_path}")
-    settings.update(given)
-    for key, opt in options.items():
-        error = opt.range_error(settings[key])
-        if error:
-            source = "" if key in given or config_path is None else f"config file {config_path}: "
-            raise UsageError(source + error)
-    return settings
