@@ -69,6 +69,8 @@ def test_flipped_byte_in_tensor_data_is_caught_by_checksum(tmp_path):
 def test_missing_and_foreign_files(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="is a folder; name the file in it"):
+        load_checkpoint(tmp_path)
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a torchdcn training checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

@@ -25,6 +25,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Option values from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file: a flat mapping.
     Raises :class:`UsageError` when it is missing, unreadable or not a mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"config file {path} is a folder, not a YAML or TOML file")
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
     suffix = path.suffix.lower()

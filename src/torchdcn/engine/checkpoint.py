@@ -115,6 +115,10 @@ def load_checkpoint(
             every differing setting.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder; name the file in it (e.g. {path / 'last.pt'})"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
