@@ -135,8 +135,12 @@ def test_bad_construction():
         DeformConv2d(4, 6, 3, groups=3)
     with pytest.raises(TypeError, match=r"nn\.Conv2d"):
         DeformConv2dPack.from_conv2d(nn.Linear(3, 3))
-    with pytest.raises(ValueError, match="padding"):
-        DeformConv2dPack.from_conv2d(nn.Conv2d(3, 3, 3, padding="same"))
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        DeformConv2dPack.from_conv2d(nn.Conv2d(3, 3, 3, padding="same", padding_mode="reflect"))
+    with pytest.raises(ValueError, match="needs stride 1"):
+        DeformConv2dPack(4, 4, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="'full'"):
+        DeformConv2d(4, 4, 3, padding="full")
 
 
 def test_repr_shows_what_differs():
@@ -144,6 +148,71 @@ def test_repr_shows_what_differs():
     assert "padding=(1, 1)" in r and "offset_groups=2" in r and "bias=False" in r
     assert "stride" not in r.splitlines()[1] and "dilation" not in r.splitlines()[1]
     assert repr(DeformConv2d(4, 8, 3)) == "DeformConv2d(4, 8, kernel_size=(3, 3))"
+
+
+# (kernel, dilation, padding, what the layer stores): 'same' with an odd total stays 'same'
+STRING_PADDINGS = [
+    (3, 1, "same", (1, 1)),
+    (3, 2, "same", (2, 2)),
+    ((5, 3), 1, "same", (2, 1)),
+    (2, 1, "same", "same"),
+    (4, 1, "same", "same"),
+    ((3, 2), 1, "same", "same"),
+    (2, 3, "same", "same"),
+    (3, 1, "valid", (0, 0)),
+    (2, 1, "valid", (0, 0)),
+]
+
+
+@pytest.mark.parametrize(("kernel", "dilation", "padding", "stored"), STRING_PADDINGS)
+def test_string_padding_matches_conv2d(kernel, dilation, padding, stored):
+    """``'same'``/``'valid'`` in the constructors and ``from_conv2d``: fresh Pack layers (zero
+    offsets; v2 masks 0.5) compute ``nn.Conv2d``'s output with the same padding, and
+    ``DeformConv2d`` with zero offsets of the output's size does too."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(4, 6, kernel, padding=padding, dilation=dilation)
+    x = torch.randn(2, 4, 7, 8)
+    with torch.no_grad():
+        ref = conv(x)
+        bias = conv.bias.view(1, -1, 1, 1)
+        built = DeformConv2dPack(4, 6, kernel, padding=padding, dilation=dilation)
+        built.weight.copy_(conv.weight)
+        built.bias.copy_(conv.bias)
+        layers = [
+            (built, ref),
+            (DeformConv2dPack.from_conv2d(conv), ref),
+            (ModulatedDeformConv2dPack.from_conv2d(conv), 0.5 * (ref - bias) + bias),
+        ]
+        for layer, want in layers:
+            assert layer.padding == stored and layer.conv_offset.padding == stored
+            out = layer(x)
+            assert out.shape == want.shape
+            assert (out - want).abs().max() <= 4e-6 * want.abs().max()
+        external = DeformConv2d(4, 6, kernel, padding=padding, dilation=dilation)
+        external.weight.copy_(conv.weight)
+        external.bias.copy_(conv.bias)
+        kh, kw = external.kernel_size
+        out = external(x, torch.zeros(2, 2 * kh * kw, *ref.shape[2:]))
+        assert (out - ref).abs().max() <= 4e-6 * ref.abs().max()
+    assert f"padding={stored!r}" in repr(built) or stored == (0, 0)
+
+
+@pytest.mark.parametrize(("kernel", "dilation", "padding", "stored"), STRING_PADDINGS[2:6])
+def test_string_padding_scripts(kernel, dilation, padding, stored):
+    """Layers built with ``'same'`` script, resolved to ints or kept as the string, and the
+    scripted layer computes what the eager one does (trained, non-zero offsets)."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 4, 7, 8)
+    layer = ModulatedDeformConv2dPack(4, 3, kernel, padding=padding, dilation=dilation)
+    with torch.no_grad():
+        layer.conv_offset.weight.normal_(0, 0.3)
+    torch.testing.assert_close(torch.jit.script(layer)(x), layer(x), rtol=0, atol=0)
+    external = DeformConv2d(4, 3, kernel, padding=padding, dilation=dilation)
+    kh, kw = external.kernel_size
+    offset = torch.randn(2, 2 * kh * kw, 7, 8)
+    want = external(x, offset)
+    assert want.shape == (2, 3, 7, 8)
+    torch.testing.assert_close(torch.jit.script(external)(x, offset), want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("external", [True, False])

@@ -39,3 +39,14 @@ def test_rejects_wrong_input():
         FrozenBatchNorm2d(6)(torch.randn(2, 5, 3, 3))
     with pytest.raises(TypeError):
         FrozenBatchNorm2d.from_batch_norm(nn.LayerNorm(3))
+
+
+def test_torchscript_matches_eager():
+    """The README says every torchdcn.nn module scripts: same output, same refusal."""
+    frozen = FrozenBatchNorm2d.from_batch_norm(_bn())
+    scripted = torch.jit.script(frozen)
+    x = torch.randn(2, 6, 4, 5)
+    torch.testing.assert_close(scripted(x), frozen(x), rtol=0, atol=0)
+    torch.testing.assert_close(scripted(x), _bn()(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match=r"\[N, 6, H, W\], got \[2, 5, 3, 3\]"):
+        scripted(torch.randn(2, 5, 3, 3))

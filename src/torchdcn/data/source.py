@@ -8,7 +8,10 @@ detection). Optionally:
   calls it before each epoch. For a resumed run to end with the weights of an uninterrupted one,
   sample ``i`` of epoch ``e`` must depend only on ``(seed, e, i)``: not on the worker process
   that reads it, nor on what was read before (:class:`~torchdcn.data.DistortedDigits` draws its
-  distortions from a generator seeded with ``(seed, epoch)``).
+  distortions from a generator seeded with ``(seed, epoch)``). Augmenting with the global RNGs
+  (``torch.rand``, ``random``, ``numpy.random`` in ``__getitem__``) meets this: the trainer
+  seeds them from ``(seed, epoch, i)`` before it reads sample ``i``
+  (:class:`~torchdcn.engine.seeded_data.SeededSamples`).
 - ``__getitems__(indices) -> [sample, ...]``: read a whole batch at once (a DataLoader uses it in
   place of ``ds[i]`` for each ``i``); for sets that are faster batched.
 

@@ -8,6 +8,14 @@ Since nothing else carries over between steps except the model, optimizer and sc
 run resumed from a checkpoint written after step ``t`` continues with exactly the steps an
 uninterrupted run would have taken, and ends with the same weights.
 
+The data set's part of that contract: sample ``i`` of epoch ``e`` must depend only on ``(seed,
+e, i)``. Drawing from the global RNGs is fine: each sample is read with torch's CPU generator,
+``random`` and ``numpy.random`` seeded from ``(seed, e, i)`` (one seed per batch, from its index
+list, for a data set with ``__getitems__``), whether the main process or a worker reads it, and
+their states are put back afterwards (:class:`~.seeded_data.SeededSamples`); so a ``torch.rand``
+augmentation in ``__getitem__`` gives the same weights after a resume and with any
+``num_workers``. What it must not do is keep state from one read to the next.
+
 The loop knows no task: ``compute_losses(model, inputs, targets)`` returns a dict of named losses
 (:mod:`~.losses`), whose sum it minimises and whose terms it logs; batches are moved to the
 device whole (:func:`~.device.to_device`), whatever their structure; evaluation goes through an
@@ -46,6 +54,7 @@ from .losses import ClassificationLoss, LossFunction, check_losses, total_loss
 from .optim import build_optimizer
 from .sampler import TrainBatchSampler, mix_seed, steps_per_epoch
 from .schedule import apply_lr, lr_factor
+from .seeded_data import SeededSamples
 
 __all__ = ["CHECKPOINT_NAME", "DEVICE_PATTERN", "TrainResult", "Trainer", "resolve_device"]
 
@@ -86,7 +95,9 @@ class Trainer:
             ``model(inputs) -> outputs`` for the evaluator.
         train_set: a map-style :class:`~torch.utils.data.Dataset` (see
             :mod:`torchdcn.data.source`; ``set_epoch`` is called before each epoch), or an
-            object with ``get_batch(indices, epoch)``.
+            object with ``get_batch(indices, epoch)``. Its samples are read with the global
+            RNGs seeded per sample (see the module docstring), so random augmentation with
+            them resumes exactly.
         config: the run's settings; ``config.batch_size`` is the global batch,
             ``config.num_workers`` the DataLoader workers.
         eval_sets: named sets to evaluate (every ``eval_every`` epochs and at the end).
@@ -307,7 +318,9 @@ class Trainer:
 
     def train_loader(self, epoch: int, start: int = 0) -> DataLoader:
         """This process's batches of ``epoch`` from batch ``start`` on (``set_epoch`` of the data
-        set is called here). Worker seeds come from ``(seed, epoch)``, not the global RNG."""
+        set is called here). Worker seeds come from ``(seed, epoch)``, not the global RNG, and
+        each sample is read with the global RNGs seeded from ``(seed, epoch, index)``
+        (:class:`~.seeded_data.SeededSamples`)."""
         cfg = self.config
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
@@ -316,7 +329,7 @@ class Trainer:
         )
         sampler.set_epoch(epoch, start)
         return DataLoader(
-            self.train_set,
+            SeededSamples(self.train_set, cfg.seed, epoch),
             batch_sampler=sampler,
             collate_fn=self.collate_fn,
             num_workers=cfg.num_workers,

@@ -23,9 +23,12 @@ def convert_to_deformable(
     Each chosen conv becomes ``DeformConv2dPack.from_conv2d(conv)`` (or
     ``ModulatedDeformConv2dPack``), a layer that predicts its own offsets:
     same weight and bias, same state-dict key for them (``<name>.weight``), plus a zero-initialised
-    offset predictor at ``<name>.conv_offset.*``. A v1 model therefore computes exactly what it did
-    before the conversion; a v2 (modulated) layer starts at half its conv's output plus its bias,
-    since the masks start at 0.5 (SPEC section 3). The offset predictors inside deformable layers
+    offset predictor at ``<name>.conv_offset.*``. A v1 model therefore computes what it did before
+    the conversion up to float rounding (the deformable op sums in another order): within 4e-6 of
+    the output's largest value in float32 (measured 2e-7 to 5e-7, from a small model to a
+    ResNet-18 with every 3x3 conv converted) and 1e-12 in float64 (tests/nn/test_convert.py). A v2
+    (modulated) layer starts at half its conv's output plus its bias, since the masks start at
+    0.5 (SPEC section 3). The offset predictors inside deformable layers
     are never candidates. A conv reached by several names is converted once and shared as before.
 
     Args:

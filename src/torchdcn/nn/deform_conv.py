@@ -30,8 +30,12 @@ class DeformConv2d(nn.Module):
     the offset groups are read from the offset's shape. See :func:`torchdcn.ops.deform_conv2d`.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as
-            ``nn.Conv2d`` (zero padding only).
+        in_channels, out_channels, kernel_size, stride, dilation, groups, bias: as ``nn.Conv2d``.
+        padding: as ``nn.Conv2d`` (zeros): an int, a pair, ``'valid'`` or ``'same'`` (stride 1).
+            ``'valid'`` and a ``'same'`` that pads both sides equally are stored in
+            ``self.padding`` as the pair of ints they mean; a ``'same'`` with an odd total
+            (``dilation * (kernel - 1)`` odd, e.g. an even kernel) stays ``'same'``, and the
+            extra zero row or column goes at the bottom or right, as ``nn.Conv2d`` puts it.
 
     Shape:
         ``input [N, in_channels, H, W]``, ``offset [N, 2 * G * kh * kw, H_out, W_out]``, optional
@@ -50,7 +54,7 @@ class DeformConv2d(nn.Module):
         out_channels: int,
         kernel_size: IntPair,
         stride: IntPair = 1,
-        padding: IntPair = 0,
+        padding: IntPair | str = 0,
         dilation: IntPair = 1,
         groups: int = 1,
         bias: bool = True,
@@ -71,8 +75,8 @@ class DeformConv2d(nn.Module):
         self.out_channels = out_channels
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
-        self.padding = pair(padding, "padding")
         self.dilation = pair(dilation, "dilation")
+        self.padding = _resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.groups = groups
         kh, kw = self.kernel_size
         self.weight = nn.Parameter(
@@ -103,13 +107,15 @@ class DeformConv2d(nn.Module):
         """A deformable twin of a trained ``conv`` with its weights (``kwargs``: the extra
         constructor arguments of the class, e.g. ``offset_groups`` of the Pack layers). With zero
         offsets (a fresh Pack layer) it computes what ``conv`` computes, up to float rounding (v2:
-        masks start at 0.5, so half of ``conv`` without its bias, plus the bias)."""
+        masks start at 0.5, so half of ``conv`` without its bias, plus the bias). Any zero
+        padding converts (ints, ``'same'``, ``'valid'``); another ``padding_mode`` is a
+        ``ValueError``."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
-        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        if conv.padding_mode != "zeros":
             raise ValueError(
-                f"only numeric zero padding converts, got padding={conv.padding!r}, "
-                f"padding_mode={conv.padding_mode!r}"
+                "only zero padding converts (a deformable layer reads zeros outside the map), "
+                f"got padding_mode={conv.padding_mode!r}; want 'zeros'"
             )
         new = cls(
             conv.in_channels,
@@ -134,7 +140,7 @@ class DeformConv2d(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
         s += f", stride={self.stride}" if self.stride != (1, 1) else ""
-        s += f", padding={self.padding}" if self.padding != (0, 0) else ""
+        s += f", padding={self.padding!r}" if self.padding != (0, 0) else ""
         s += f", dilation={self.dilation}" if self.dilation != (1, 1) else ""
         s += f", groups={self.groups}" if self.groups != 1 else ""
         s += ", bias=False" if self.bias is None else ""
@@ -170,7 +176,8 @@ class DeformConv2dPack(DeformConv2d):
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as
-            ``nn.Conv2d`` (zero padding only).
+            :class:`DeformConv2d` (``nn.Conv2d``'s, zero padding; ``'same'`` and ``'valid'``
+            too). The predictor gets the same padding, so its offset map has the output's size.
         offset_groups: number of channel groups ``G`` that share one offset field (divides
             ``in_channels``).
         offset_lr_mult: learning-rate multiplier of the predictor (default: 1.0 for v1, 0.1 v2).
@@ -193,7 +200,7 @@ class DeformConv2dPack(DeformConv2d):
         out_channels: int,
         kernel_size: IntPair,
         stride: IntPair = 1,
-        padding: IntPair = 0,
+        padding: IntPair | str = 0,
         dilation: IntPair = 1,
         groups: int = 1,
         bias: bool = True,
@@ -276,3 +283,27 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
 
     MODULATED = True
     DEFAULT_OFFSET_LR_MULT = 0.1
+
+
+def _resolve_padding(
+    padding: IntPair | str,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int] | str:
+    """``padding`` as the layer stores it: ``(pad_h, pad_w)``, or ``'same'`` when ``'same'`` pads
+    one more row or column at the bottom or right than at the top or left (odd total)."""
+    if not isinstance(padding, str):
+        return pair(padding, "padding")
+    if padding == "valid":
+        return (0, 0)
+    if padding != "same":
+        raise ValueError(
+            f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}"
+        )
+    if stride != (1, 1):
+        raise ValueError(f"padding='same' needs stride 1 (as nn.Conv2d), got stride={stride}")
+    total_h, total_w = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+    if total_h % 2 or total_w % 2:
+        return "same"  # the op pads the extra row/column at the bottom/right, as conv2d does
+    return (total_h // 2, total_w // 2)

@@ -39,7 +39,7 @@ class FrozenBatchNorm2d(nn.Module):
         """Normalise ``x`` of shape ``[N, C, H, W]`` channel by channel."""
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise ValueError(
-                f"input must have shape [N, {self.num_features}, H, W], got {tuple(x.shape)}"
+                f"input must have shape [N, {self.num_features}, H, W], got {list(x.shape)}"
             )
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
