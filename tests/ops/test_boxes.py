@@ -104,6 +104,28 @@ def test_remove_small_boxes():
     assert 5 not in remove_small_boxes(b, 0.0).tolist()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_torchscript_matches_eager():
+    boxes = _random_boxes(30)
+    others = _random_boxes(7, seed=1)
+    cases = [
+        (box_area, (boxes,)),
+        (box_area, (boxes.half(),)),
+        (box_iou, (boxes, others)),
+        (clip_boxes_to_image, (boxes, (50, 70))),
+        (remove_small_boxes, (boxes, 4.0)),
+    ]
+    for fn, args in cases:
+        got = torch.jit.script(fn)(*args)
+        expected = fn(*args)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    # and the eager results are the loops' (so the scripted ones are too)
+    np.testing.assert_array_equal(box_iou(boxes, others).numpy(), _loop_iou(boxes, others))
+    assert remove_small_boxes(boxes, 4.0).tolist() == [
+        i for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()) if x2 - x1 >= 4 and y2 - y1 >= 4
+    ]
+
+
 @pytest.mark.parametrize(
     "call, error, words",
     [

@@ -226,6 +226,19 @@ def test_batched_nms_large_coordinates_exact(kernel):
     assert got.tolist() == per_class_loop(boxes, scores, idxs, 0.5)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_batched_nms_many_categories(kernel):
+    # categories are processed one by one after a stable sort by (category, score): negative,
+    # huge and single-box categories, categories not in sorted order of first appearance
+    boxes, scores = make_boxes(300, seed=12)
+    gen = torch.Generator().manual_seed(12)
+    idxs = torch.tensor([-5, 2**40, 7, 0, -1])[torch.randint(5, (300,), generator=gen)]
+    idxs[::37] = torch.arange(1000, 1000 + len(idxs[::37]))  # one box alone in its category
+    for thr in (0.0, 0.5):
+        got = run(kernel, batched_nms, boxes, scores, idxs, thr)
+        assert got.tolist() == per_class_loop(boxes, scores, idxs, thr), thr
+
+
 def test_batched_nms_empty():
     got = batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
     assert got.shape == (0,) and got.dtype == torch.int64
@@ -266,6 +279,33 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.torchdcn.nms.default, (boxes, scores, idxs, 0.5))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_torchscript_matches_eager():
+    boxes, scores = make_boxes(60, seed=9)
+    idxs = torch.arange(60) % 4
+    scripted_nms, scripted_batched = torch.jit.script(nms), torch.jit.script(batched_nms)
+    for thr in (0.3, 0.5):
+        expected = loop_nms(boxes, scores, thr)
+        assert scripted_nms(boxes, scores, thr).tolist() == expected
+        assert nms(boxes, scores, thr).tolist() == expected
+        expected = per_class_loop(boxes, scores, idxs, thr)
+        assert scripted_batched(boxes, scores, idxs, thr).tolist() == expected
+    half = scripted_nms(boxes.half(), scores, 0.5)  # widened to float32 as in eager
+    assert half.tolist() == loop_nms(boxes.half().float(), scores, 0.5)
+
+
+@pytest.mark.parametrize("threshold", [torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64)])
+def test_threshold_as_tensor_or_int(threshold):
+    boxes, scores = make_boxes(50, seed=10)
+    idxs = torch.arange(50) % 3
+    assert nms(boxes, scores, threshold).tolist() == loop_nms(boxes, scores, 0.5)
+    assert batched_nms(boxes, scores, idxs, threshold).tolist() == per_class_loop(
+        boxes, scores, idxs, 0.5
+    )
+    assert nms(boxes, scores, 0).tolist() == loop_nms(boxes, scores, 0.0)
+    assert nms(boxes, scores, torch.tensor(1)).tolist() == loop_nms(boxes, scores, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 
@@ -286,6 +326,9 @@ _B, _S = torch.zeros(3, 4), torch.zeros(3)
         (lambda: nms(_B, _S, "0.5"), TypeError, ["iou_threshold", "str"]),
         (lambda: nms(_B, _S, True), TypeError, ["iou_threshold", "bool"]),
         (lambda: nms(_B, _S, float("nan")), ValueError, ["iou_threshold", "nan"]),
+        (lambda: nms(_B, _S, torch.tensor([0.5])), TypeError, ["iou_threshold", "0-d", "(1,)"]),
+        (lambda: nms(_B, _S, torch.tensor(True)), TypeError, ["iou_threshold", "torch.bool"]),
+        (lambda: nms(_B, _S, torch.tensor(float("nan"))), ValueError, ["iou_threshold", "nan"]),
         (lambda: batched_nms(_B, _S, torch.zeros(2).long(), 0.5), ValueError, ["idxs", "(2,)"]),
         (lambda: batched_nms(_B, _S, _S, 0.5), TypeError, ["idxs", "integer", "float32"]),
         (lambda: batched_nms(_B, _S, [0, 1, 2], 0.5), TypeError, ["idxs", "list"]),

@@ -67,9 +67,23 @@ def check_idxs(idxs: object, boxes: Tensor, name: str = "idxs") -> Tensor:
 
 
 def check_threshold(value: object, name: str = "iou_threshold") -> float:
-    """``value`` is a real number that is not NaN (a bool is refused: it is surely a mistake)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """``value`` is a real number that is not NaN: a Python int or float, or a 0-d real tensor
+    (read with ``.item()``). A bool is refused: it is surely a mistake.
+
+    While ``torch.compile`` traces, a float argument may be symbolic (a ``SymFloat`` standing for
+    every value of later calls): it is returned unchecked, as there is no value to test; eager
+    calls check it."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(
+                f"{name} must be a float or a 0-d real tensor, got a tensor of shape "
+                f"{tuple(value.shape)} and dtype {value.dtype}"
+            )
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat)):
         raise TypeError(f"{name} must be a float (e.g. 0.5), got {type(value).__name__} {value!r}")
+    if isinstance(value, torch.SymFloat) or torch.compiler.is_compiling():
+        return value
     value = float(value)
     if math.isnan(value):
         raise ValueError(f"{name} must be a number, got nan")

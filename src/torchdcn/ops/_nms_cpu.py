@@ -9,7 +9,10 @@ How it works
 Greedy NMS keeps a box unless an earlier kept box of its category overlaps it with
 ``IoU > threshold``. Visiting the sorted boxes once and asking "does any kept box suppress this
 one?" gives the same answer as the textbook order (each kept box suppressing the ones after it);
-asked this way, only the kept boxes near the candidate need an IoU.
+asked this way, only the kept boxes near the candidate need an IoU. With categories, the
+score-ordered boxes are stably sorted by category and each category runs through the grid on its
+own (a box alone in its category is kept without one), so the work follows the per-category
+counts; the kept flags are gathered back in score order.
 
 For ``threshold >= 0`` an IoU above the threshold needs a positive intersection, and a positive
 intersection contains the point ``(max(x1), max(y1))`` of the two boxes, which lies in both.
@@ -54,18 +57,39 @@ def nms(boxes: Tensor, scores: Tensor, category: Tensor | None, threshold: float
 
 @njit(cache=True)
 def _nms(boxes, scores, cat, use_cat, thr, zero, max_cells):
-    """Indices kept: sort, gather in score order, grid NMS."""
+    """Indices kept: sort, group by category, gather, grid NMS on each category separately."""
     order = descending_order(scores)
     n = boxes.shape[0]
-    b = np.empty((n, 4), boxes.dtype)
-    c = np.empty(n if use_cat else 0, np.int64)
+    if not use_cat:
+        return order[_nms_grid(_gather(boxes, order), thr, zero, max_cells)]
+    c = np.empty(n, np.int64)
     for k in range(n):
-        for t in range(4):
-            b[k, t] = boxes[order[k], t]
-        if use_cat:
-            c[k] = cat[order[k]]
-    keep = _nms_grid(b, c, use_cat, thr, zero, max_cells)
+        c[k] = cat[order[k]]
+    group = np.argsort(c, kind="mergesort")  # stable: score order kept within a category
+    b = _gather(boxes, order[group])
+    keep = np.zeros(n, np.bool_)  # by score rank
+    lo = 0
+    while lo < n:
+        hi = lo + 1
+        while hi < n and c[group[hi]] == c[group[lo]]:
+            hi += 1
+        if hi - lo == 1:
+            keep[group[lo]] = True  # alone in its category
+        else:
+            kept = _nms_grid(b[lo:hi], thr, zero, max_cells)
+            for k in range(lo, hi):
+                keep[group[k]] = kept[k - lo]
+        lo = hi
     return order[keep]
+
+
+@njit(cache=True)
+def _gather(boxes, index):
+    b = np.empty((index.shape[0], 4), boxes.dtype)
+    for k in range(index.shape[0]):
+        for t in range(4):
+            b[k, t] = boxes[index[k], t]
+    return b
 
 
 @njit(cache=True)
@@ -149,7 +173,7 @@ def _over(b, area, i, j, thr, zero, finite):
 
 
 @njit(cache=True, error_model="numpy")
-def _nms_grid(b, cat, use_cat, thr, zero, max_cells):
+def _nms_grid(b, thr, zero, max_cells):
     n = b.shape[0]
     keep = np.zeros(n, np.bool_)
     area = np.empty(n, b.dtype)
@@ -206,7 +230,7 @@ def _nms_grid(b, cat, use_cat, thr, zero, max_cells):
         if in_grid:
             for t in range(n_loose):
                 i = loose[t]
-                if (not use_cat or cat[i] == cat[j]) and _over(b, area, i, j, thr, zero, use_grid):
+                if _over(b, area, i, j, thr, zero, use_grid):
                     suppressed = True
                     break
             cy = cy0
@@ -216,9 +240,7 @@ def _nms_grid(b, cat, use_cat, thr, zero, max_cells):
                     e = head[cy * nx + cx]
                     while e >= 0:
                         i = entry_box[e]
-                        if (not use_cat or cat[i] == cat[j]) and _over(
-                            b, area, i, j, thr, zero, use_grid
-                        ):
+                        if _over(b, area, i, j, thr, zero, use_grid):
                             suppressed = True
                             break
                         e = entry_next[e]
@@ -227,7 +249,7 @@ def _nms_grid(b, cat, use_cat, thr, zero, max_cells):
         else:
             for t in range(n_kept):
                 i = kept[t]
-                if (not use_cat or cat[i] == cat[j]) and _over(b, area, i, j, thr, zero, use_grid):
+                if _over(b, area, i, j, thr, zero, use_grid):
                     suppressed = True
                     break
         if suppressed:

@@ -10,7 +10,9 @@ Kernel interface (shared with ``_nms_cpu``)::
 Arguments arrive checked: ``boxes`` ``[N, 4]`` float32 or float64, N > 0; ``scores`` ``[N]``
 floating; ``category`` ``[N]`` integer or None; ``threshold`` is already rounded down to the
 boxes' dtype, so ``iou > threshold`` computed in that dtype is the exact comparison with the
-user's threshold. The result: indices kept, by decreasing score, ties by index.
+user's threshold. With categories, the boxes are grouped by category (each group in score
+order) before the blocks are cut, and a block meets only the kept boxes of its own categories.
+The result: indices kept, by decreasing score, ties by index.
 
 How it works
 ============
@@ -41,8 +43,16 @@ BLOCK = 512
 
 def nms(boxes: Tensor, scores: Tensor, category: Tensor | None, threshold: float) -> Tensor:
     order = torch.sort(scores.detach(), descending=True, stable=True).indices
-    category = None if category is None else category[order]
-    return order[_keep_sorted(boxes.detach()[order].contiguous(), category, threshold)]
+    if category is None:
+        return order[_keep_sorted(boxes.detach()[order].contiguous(), None, threshold)]
+    # group the boxes by category (a stable sort keeps each category in score order), so a block
+    # only meets the kept boxes of its own categories: work grows with the per-category counts
+    group = torch.sort(category[order], stable=True).indices
+    ranked = order[group]
+    grouped = _keep_sorted(boxes.detach()[ranked].contiguous(), category[ranked], threshold)
+    keep = torch.empty_like(grouped)
+    keep[group] = grouped  # back to score rank
+    return order[keep]
 
 
 def _keep_sorted(boxes: Tensor, category: Tensor | None, threshold: float) -> Tensor:
@@ -58,8 +68,12 @@ def _keep_sorted(boxes: Tensor, category: Tensor | None, threshold: float) -> Te
         block = boxes[start:stop]
         block_cat = None if category is None else category[start:stop]
         alive = torch.ones(stop - start, dtype=torch.bool, device=boxes.device)
-        for c in range(0, kept.shape[0], chunk):
-            k = kept[c : c + chunk]
+        earlier = kept
+        if category is not None:  # sorted by category: skip the kept boxes of lower categories
+            first = torch.searchsorted(category[kept], category[start : start + 1])
+            earlier = kept[int(first) :]
+        for c in range(0, earlier.shape[0], chunk):
+            k = earlier[c : c + chunk]
             over = _over(boxes[k], block, threshold, category, k, block_cat)
             alive &= ~over.any(0)
         m = stop - start

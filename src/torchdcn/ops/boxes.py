@@ -33,6 +33,8 @@ def box_area(boxes: Tensor) -> Tensor:
         >>> box_area(torch.tensor([[0.0, 0.0, 4.0, 2.0], [1.0, 1.0, 1.0, 5.0]]))
         tensor([8., 0.])
     """
+    if torch.jit.is_scripting():  # TorchScript: no argument checks
+        return _area(_upcast(boxes))
     boxes = _upcast(check_boxes(boxes))
     return _area(boxes)
 
@@ -57,6 +59,8 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         >>> box_iou(a, b)
         tensor([[0.3333, 0.0000]])
     """
+    if torch.jit.is_scripting():  # TorchScript: no argument checks
+        return pairwise_iou(_upcast(boxes1), _upcast(boxes2))
     check_boxes(boxes1, "boxes1")
     check_boxes(boxes2, "boxes2")
     if boxes1.device != boxes2.device:
@@ -67,7 +71,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return pairwise_iou(_upcast(boxes1), _upcast(boxes2))
 
 
-def clip_boxes_to_image(boxes: Tensor, size: Sequence[int]) -> Tensor:
+def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     """Clamp boxes to an image: ``x`` into ``[0, width]``, ``y`` into ``[0, height]``.
 
     Args:
@@ -81,6 +85,12 @@ def clip_boxes_to_image(boxes: Tensor, size: Sequence[int]) -> Tensor:
         >>> clip_boxes_to_image(torch.tensor([[-5.0, 2.0, 30.0, 12.0]]), (10, 20))
         tensor([[ 0.,  2., 20., 10.]])
     """
+    if not torch.jit.is_scripting():  # TorchScript: no argument checks
+        _check_clip(boxes, size)
+    return _clip(boxes, size[0], size[1])
+
+
+def _check_clip(boxes: Tensor, size: Sequence[int]) -> None:
     if not isinstance(boxes, Tensor):
         raise TypeError(f"boxes must be a Tensor of shape [..., 4], got {type(boxes).__name__}")
     if boxes.dim() < 1 or boxes.shape[-1] != 4:
@@ -92,12 +102,8 @@ def clip_boxes_to_image(boxes: Tensor, size: Sequence[int]) -> Tensor:
         or not all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in size)
     ):
         raise TypeError(f"size must be a pair (height, width), got {size!r}")
-    height, width = size
-    if height < 0 or width < 0:
+    if size[0] < 0 or size[1] < 0:
         raise ValueError(f"size (height, width) must be non-negative, got {tuple(size)}")
-    x = boxes[..., 0::2].clamp(min=0, max=width)
-    y = boxes[..., 1::2].clamp(min=0, max=height)
-    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
@@ -115,16 +121,27 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
         >>> remove_small_boxes(boxes, 1.0)
         tensor([0])
     """
-    check_boxes(boxes)
-    if isinstance(min_size, bool) or not isinstance(min_size, numbers.Real):
-        raise TypeError(f"min_size must be a number, got {type(min_size).__name__} {min_size!r}")
+    if not torch.jit.is_scripting():
+        _check_min_size(boxes, min_size)
     ws = boxes[:, 2] - boxes[:, 0]
     hs = boxes[:, 3] - boxes[:, 1]
     return torch.where((ws >= min_size) & (hs >= min_size))[0]
 
 
+def _check_min_size(boxes: Tensor, min_size: float) -> None:
+    check_boxes(boxes)
+    if isinstance(min_size, bool) or not isinstance(min_size, numbers.Real):
+        raise TypeError(f"min_size must be a number, got {type(min_size).__name__} {min_size!r}")
+
+
 # ---------------------------------------------------------------------------------------------
 # The formulas, once (the NMS reference and its blocked torch route call these on checked input).
+
+
+def _clip(boxes: Tensor, height: int, width: int) -> Tensor:
+    x = boxes[..., 0::2].clamp(min=0, max=width)
+    y = boxes[..., 1::2].clamp(min=0, max=height)
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
 def _area(boxes: Tensor) -> Tensor:
@@ -148,5 +165,9 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 def _upcast(t: Tensor) -> Tensor:
     if t.is_floating_point():
-        return t if t.dtype in (torch.float32, torch.float64) else t.float()
-    return t if t.dtype in (torch.int32, torch.int64) else t.int()
+        if t.dtype == torch.float32 or t.dtype == torch.float64:
+            return t
+        return t.float()
+    if t.dtype == torch.int32 or t.dtype == torch.int64:
+        return t
+    return t.int()

@@ -32,7 +32,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         boxes (Tensor[N, 4]): boxes as ``(x1, y1, x2, y2)``, floating point. float16/bfloat16
             boxes are compared in float32.
         scores (Tensor[N]): score of each box, floating point, on ``boxes``' device.
-        iou_threshold (float): boxes overlapping a kept box with a larger IoU are discarded.
+        iou_threshold (float): boxes overlapping a kept box with a larger IoU are discarded
+            (an int or a 0-d tensor is read as a float).
 
     Returns:
         Tensor[K] (int64): indices of the kept boxes, by decreasing score; equal scores keep
@@ -42,7 +43,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     box, so for ``iou_threshold >= 0`` it is kept and suppresses nothing. A NaN coordinate makes
     every IoU of its box NaN, never greater than the threshold: the box is kept and suppresses
     nothing. A NaN score sorts above every number (:func:`torch.sort`'s order). A NaN
-    ``iou_threshold`` is a ``ValueError``. ``N = 0`` returns an empty tensor.
+    ``iou_threshold`` is a ``ValueError`` (in eager mode: while ``torch.compile`` traces, the
+    threshold may be symbolic and is not checked). ``N = 0`` returns an empty tensor.
 
     Example:
         >>> boxes = torch.tensor([[0.0, 0.0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]])
@@ -50,6 +52,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         >>> nms(boxes, scores, 0.5)
         tensor([0, 2])
     """
+    if torch.jit.is_scripting():  # TorchScript: no argument checks
+        return torch.ops.torchdcn.nms(_upcast(boxes), scores, None, float(iou_threshold))
     check_boxes(boxes, floating=True)
     check_scores(scores, boxes)
     iou_threshold = check_threshold(iou_threshold)
@@ -61,17 +65,20 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     suppress each other.
 
     The same result as running :func:`nms` on each category separately and merging the kept
-    indices by decreasing score (ties: lower index first). It is computed in one pass in which a
-    box only suppresses boxes of its own category; neither of torchvision's two routes is needed:
-    the per-category loop (one kernel call per category) and the coordinate-offset trick (shifting
-    each category's boxes by ``idx * (max_coordinate + 1)``, which rounds float32 coordinates of
-    the far categories, changes their IoUs, and can flip decisions near the threshold).
+    indices by decreasing score (ties: lower index first). One kernel call: the boxes are sorted
+    by score, then stably by category, and each category is suppressed on its own (the CPU kernel
+    builds one grid per category; the blocked torch route compares a block only with kept boxes
+    of its own categories), so the cost grows with the per-category counts, not the square of
+    the total. Neither of torchvision's two routes is needed: the per-category loop (one kernel
+    call per category) and the coordinate-offset trick (shifting each category's boxes by
+    ``idx * (max_coordinate + 1)``, which rounds float32 coordinates of the far categories,
+    changes their IoUs, and can flip decisions near the threshold).
 
     Args:
         boxes (Tensor[N, 4]): boxes as ``(x1, y1, x2, y2)``, floating point.
         scores (Tensor[N]): score of each box, floating point.
         idxs (Tensor[N]): integer category (class, or image of a batch) of each box.
-        iou_threshold (float): as for :func:`nms`.
+        iou_threshold (float): as for :func:`nms` (an int or a 0-d tensor is read as a float).
 
     Returns:
         Tensor[K] (int64): indices of the kept boxes, by decreasing score (ties: lower index).
@@ -82,6 +89,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         >>> batched_nms(boxes, scores, torch.tensor([0, 0, 1]), 0.5)
         tensor([0, 2])
     """
+    if torch.jit.is_scripting():  # TorchScript: no argument checks
+        return torch.ops.torchdcn.nms(_upcast(boxes), scores, idxs, float(iou_threshold))
     check_boxes(boxes, floating=True)
     check_scores(scores, boxes)
     check_idxs(idxs, boxes)
@@ -90,7 +99,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
 
 def _upcast(boxes: Tensor) -> Tensor:
-    return boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes
+    if boxes.dtype == torch.float16 or boxes.dtype == torch.bfloat16:
+        return boxes.float()
+    return boxes
 
 
 # --------------------------------------------------------------------------------------------
