@@ -338,6 +338,48 @@ def test_deform_conv2d(backend, dtype, case):
     _compare(call(tv.deform_conv2d), call(dcn.deform_conv2d), tensors, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offsets", ["zero", "integer", "to_last_rows"])
+@pytest.mark.parametrize("case", [0, 1, 2, 3])
+def test_deform_conv2d_offsets_on_the_border(backend, dtype, offsets, case):
+    """Sampling points exactly on the lines -1, H - 1 and H (zero offsets of a padded layer put
+    the border taps on -1 and H; integer offsets reach every line): outputs and the offset
+    gradient, torchvision's right derivative there, agree."""
+    x, offset, weight, bias, mask, (s, p, d) = _conv_tensors(CONV_CASES[case], dtype, case + 50)
+    gen = torch.Generator().manual_seed(case)
+    if offsets == "zero":
+        offset = torch.zeros_like(offset)
+    elif offsets == "integer":
+        offset = torch.randint(-3, 4, offset.shape, generator=gen).to(dtype)
+    else:  # every dy / dx moves its tap onto the last row / column (H - 1, W - 1) or onto H, W
+        h, w = x.shape[2:]
+        kh, kw = weight.shape[2:]
+        ho, wo = offset.shape[2:]
+        k = torch.arange(kh * kw)
+        base_y = (torch.arange(ho) * s[0] - p[0])[None, :, None] + (k // kw * d[0])[:, None, None]
+        base_x = (torch.arange(wo) * s[1] - p[1])[None, None, :] + (k % kw * d[1])[:, None, None]
+        extra = torch.randint(0, 2, offset.shape, generator=gen)
+        target = torch.stack(
+            [(h - 1 - base_y).expand(-1, -1, wo), (w - 1 - base_x).expand(-1, ho, -1)], 1
+        )
+        offset = (
+            target.reshape(-1, ho, wo).repeat(offset.shape[1] // (2 * kh * kw), 1, 1) + extra
+        ).to(dtype)
+    tensors = [t for t in (x, offset, weight, bias, mask) if t is not None]
+    has_bias, has_mask = bias is not None, mask is not None
+
+    def call(op):
+        def fn(x, offset, weight, *rest):
+            it = iter(rest)
+            b = next(it) if has_bias else None
+            m = next(it) if has_mask else None
+            return op(x, offset, weight, b, stride=s, padding=p, dilation=d, mask=m)
+
+        return fn
+
+    _compare(call(tv.deform_conv2d), call(dcn.deform_conv2d), tensors, dtype)
+
+
 def test_deform_conv2d_defaults(backend):
     x, offset, weight, _, _, _ = _conv_tensors(CONV_CASES[5], torch.float64, 3)
     _compare(tv.deform_conv2d, dcn.deform_conv2d, [x, offset, weight], torch.float64)

@@ -143,7 +143,7 @@ def test_gradcheck_integer_and_outside_positions(kernel):
     offset = torch.randint(-2, 3, offset.shape).double()
     offset[0, 0, 0, 0] = -7.0  # beyond the top border
     offset[0, 3, 2, 2] = 9.0  # beyond the right border
-    offset[0, 4, 1, 1] = -2.0  # exactly y = -1 at output (1, 1), kernel point 2 -> reads 0
+    offset[0, 4, 1, 1] = -2.0  # y = -2 at output (1, 1), kernel point 2: all corners off the map
     x, weight, bias, mask = (t.requires_grad_() for t in (x, weight, bias, mask))
 
     def f(x, weight, bias, mask):

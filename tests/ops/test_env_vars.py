@@ -86,14 +86,42 @@ def _close(a: list[float], b: list[float], tol: float) -> bool:
     return all(abs(p - q) <= tol * (1 + abs(q)) for p, q in zip(a, b, strict=True))
 
 
-def test_torchdcn_mlas_env_turns_mlas_off():
+@pytest.mark.parametrize("value", ["0", "off"])
+def test_torchdcn_mlas_env_turns_mlas_off(value):
     if not _gemm.AVAILABLE:
         pytest.skip("onnxruntime/onnx not installed: TORCHDCN_MLAS has nothing to turn off")
     on = _default()
-    off = _probe(TORCHDCN_MLAS="0")
+    off = _probe(TORCHDCN_MLAS=value)
     assert on["mlas_enabled"] and on["calls"]["gemm"] > 0
     assert not off["mlas_enabled"] and off["calls"]["gemm"] == 0
     assert _close(off["y"], on["y"], 1e-4) and _close(off["grad"], on["grad"], 1e-4)
+
+
+# Whether the MLAS route is on in a fresh process with TORCHDCN_MLAS set (stdout "True"/"False").
+MLAS_FLAG = "from torchdcn.ops import _gemm\nprint(_gemm.ENABLED)"
+
+
+@pytest.mark.parametrize(
+    "value, enabled",
+    [("false", False), ("OFF", False), ("No", False), ("TRUE", True), (" yes ", True), ("", True)],
+)
+def test_torchdcn_mlas_env_accepts_on_off_words(value, enabled):
+    if not _gemm.AVAILABLE:
+        pytest.skip("onnxruntime/onnx not installed: MLAS is off whatever TORCHDCN_MLAS says")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TORCHDCN_")}
+    done = subprocess.run(
+        [sys.executable, "-c", MLAS_FLAG], env={**base, "TORCHDCN_MLAS": value},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(enabled)
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "disable"])
+def test_torchdcn_mlas_env_rejects_other_values(value):
+    err = _fails("import torchdcn.ops", TORCHDCN_MLAS=value)
+    assert "ValueError: TORCHDCN_MLAS must be one of 1/true/on/yes/0/false/off/no" in err
+    assert repr(value) in err
 
 
 def test_torchdcn_backend_env_forces_reference():

@@ -175,6 +175,35 @@ def test_bad_dtypes_devices_and_values():
         deform_roi_pool(x, ROIS, None, 2, gamma=float("inf"))
 
 
+@pytest.mark.parametrize(
+    "op", [roi_align, ps_roi_align, deform_roi_pool, deform_ps_roi_pool], ids=lambda f: f.__name__
+)
+def test_sampling_ratio_above_the_grid_cap_is_refused(op):
+    """An explicit grid is capped like the adaptive one (MAX_ADAPTIVE_GRID = 64 per axis): 100000
+    used to run for minutes and saturate a float32 sum; 64 itself still equals a loop over 64^2
+    samples (a 4 x 4 box as one bin on a linear map: the mean of the samples is the centre)."""
+    x = _x(op, k=1)
+    box = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    off = torch.zeros(1, 2, 1, 1)
+
+    def run(ratio):
+        if op in (deform_roi_pool, deform_ps_roi_pool):
+            return op(x, box, off, 1, 1.0, ratio)
+        return op(x, box, 1, 1.0, ratio)
+
+    for ratio in (65, 100_000):
+        with pytest.raises(ValueError, match=rf"sampling_ratio must be at most 64 .*got {ratio}"):
+            run(ratio)
+    with pytest.raises(ValueError, match="sampling_ratio must be at most 64"):  # the op itself
+        torch.ops.torchdcn.roi_aligned_pool(x, box, None, None, 1, 1, 1.0, 65, True, 0.0, False)
+    ramp = torch.arange(7.0).view(1, 1, 1, 7).expand(2, x.shape[1], 6, 7).contiguous()
+    x = ramp  # value = column index: the mean over any grid of a box is its centre column
+    got = run(64)
+    aligned = op is not roi_align  # roi_align defaults to aligned=False
+    centre = 3.0 - 0.5 * aligned
+    torch.testing.assert_close(got, torch.full_like(got, centre))
+
+
 # ---------------------------------------------------------------------------------------------
 # The registered ops: schema, fake (meta) implementation and autograd registration.
 

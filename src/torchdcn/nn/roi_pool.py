@@ -134,7 +134,8 @@ class DeformRoIPool(nn.Module):
         in_channels: channels ``C`` of the feature map.
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI.
         spatial_scale: feature cells per image pixel (1/16 for a stride-16 map).
-        sampling_ratio: samples per bin along each axis; ``<= 0`` adaptive.
+        sampling_ratio: samples per bin along each axis; ``<= 0`` adaptive; at most 64
+            (``MAX_ADAPTIVE_GRID``), a ValueError above.
         gamma: offset scale (0.1).
         aligned: shift RoIs by -0.5 cell (see :func:`torchdcn.ops.roi_align`).
         offset_lr_mult: learning-rate multiplier of the offset branch (default 0.01).
@@ -321,7 +322,8 @@ class DeformPSRoIPool(nn.Module):
             ``C_out * ph * pw`` channels.
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI (7 in R-FCN).
         spatial_scale: feature cells per image pixel.
-        sampling_ratio: samples per bin along each axis; ``<= 0`` adaptive.
+        sampling_ratio: samples per bin along each axis; ``<= 0`` adaptive; at most 64
+            (``MAX_ADAPTIVE_GRID``), a ValueError above.
         gamma: offset scale (0.1).
         aligned: shift RoIs by -0.5 cell (see :func:`torchdcn.ops.roi_align`).
         class_agnostic: one offset field pair shared by all classes.

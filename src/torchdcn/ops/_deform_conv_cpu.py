@@ -61,13 +61,15 @@ def _pieces(channels: int, groups: int, offset_groups: int, k: int) -> np.ndarra
 @njit(cache=True, inline="always")
 def _point(offset, n, g, kk, oy, ox, geom, height, width):
     """Top-left corner (row, col) in the padded map and the fractions (ly, lx) of one sampling
-    point; ``ok`` is False for a point outside (-1, H) x (-1, W) or with a NaN/inf offset."""
+    point; ``ok`` is False for a point outside [-1, H) x [-1, W) or with a NaN/inf offset. A point
+    exactly on -1 is kept: it reads 0 (its only in-map corners have weight 0) but its gradient is
+    the right derivative, as in torchvision (SPEC 1; :mod:`._bilinear`)."""
     kh, kw, sh, sw, ph, pw, dh, dw = geom
     i = kk // kw
     j = kk - i * kw
     y = oy * sh - ph + i * dh + offset[n, 2 * (g * kh * kw + kk), oy, ox]
     x = ox * sw - pw + j * dw + offset[n, 2 * (g * kh * kw + kk) + 1, oy, ox]
-    if y > -1 and y < height and x > -1 and x < width:
+    if y >= -1 and y < height and x >= -1 and x < width:
         y0 = math.floor(y)
         x0 = math.floor(x)
         return int(y0) + 1, int(x0) + 1, y - y0, x - x0, True

@@ -26,8 +26,9 @@ def _sample_point(
     dx = tl.load(off_ptr + base + P, mask=row_ok, other=0.0).to(tl.float32)
     y = (oy * sh - ph + i * dh).to(tl.float32) + dy
     x = (ox * sw - pw + j * dw).to(tl.float32) + dx
-    # NaN compares False, so NaN/inf offsets are invalid and never reach an address
-    ok = row_ok & (y > -1.0) & (y < H) & (x > -1.0) & (x < W)
+    # NaN compares False, so NaN/inf offsets are invalid and never reach an address; y = -1 is
+    # kept (it reads 0 but has the right derivative, as in torchvision: SPEC 1)
+    ok = row_ok & (y >= -1.0) & (y < H) & (x >= -1.0) & (x < W)
     y = tl.where(ok, y, 0.0)
     x = tl.where(ok, x, 0.0)
     yf = tl.floor(y)

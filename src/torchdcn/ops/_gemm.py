@@ -6,7 +6,8 @@ PyTorch's CPU matrix product is MKL's, which picks slow code paths on AMD proces
 oneDNN's 1x1 convolution (benchmarks/bench_deform_conv.py, with and without TORCHDCN_MLAS=0;
 benchmarks/RESULTS.md). When onnxruntime is installed, :func:`gemm` runs ONNX ``Gemm`` through
 it, reading and writing the tensors' memory in place (IO binding, no copies of dense tensors);
-callers fall back to oneDNN otherwise. Set ``TORCHDCN_MLAS=0`` to turn it off, or
+callers fall back to oneDNN otherwise. Set ``TORCHDCN_MLAS=0`` (or ``false``/``off``/``no``; a
+value other than these and ``1``/``true``/``on``/``yes`` is a ValueError) to turn it off, or
 :func:`use_mlas` for a block of code (the tests run both routes this way).
 
 IO binding hands onnxruntime a bare pointer and the logical shape, so :func:`gemm` accepts any
@@ -20,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._backend import MLAS_FROM_ENV
 
 #: onnxruntime and onnx are installed, so the MLAS route can run at all
 AVAILABLE = (
@@ -33,7 +35,7 @@ AVAILABLE = (
     and importlib.util.find_spec("onnx") is not None
 )
 #: the MLAS route is taken (read at every call; ``TORCHDCN_MLAS=0`` or :func:`use_mlas` clear it)
-ENABLED = AVAILABLE and os.environ.get("TORCHDCN_MLAS", "1") != "0"
+ENABLED = AVAILABLE and MLAS_FROM_ENV
 
 
 def usable(*tensors: Tensor) -> bool:

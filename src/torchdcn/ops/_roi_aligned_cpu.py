@@ -27,11 +27,12 @@ from ._roi_common import aligned_tables, as_planes, from_planes
 @njit(cache=True, inline="always")
 def _corner(y, x, height, width):
     """RoIAlign border (SPEC 1): ``ok`` False where the sample reads 0 (also for NaN); else the
-    top-left corner, the fractions, and whether y and x are free (not clamped: gradient flows)."""
+    top-left corner, the fractions, and whether y and x are free (not clamped: gradient flows).
+    Free on ``[0, H - 1)``: at 0 itself the gradient is the right derivative (:mod:`._bilinear`)."""
     if not (y >= -1.0 and y <= height and x >= -1.0 and x <= width):
         return False, 0, 0, 0.0, 0.0, False, False
-    free_y = y > 0.0 and y < height - 1
-    free_x = x > 0.0 and x < width - 1
+    free_y = y >= 0.0 and y < height - 1
+    free_x = x >= 0.0 and x < width - 1
     if y <= 0.0:
         y = 0.0
     elif y >= height - 1:

@@ -53,10 +53,11 @@ def _align_samples(geo_ptr, int_ptr, off_ptr, r, g, bins, b_ok, PW, B, G, HAS_OF
 @triton.jit
 def _clamp_point(y, x, H, W):
     """RoIAlign border: ``ok`` False where the sample reads 0 (also NaN), top-left corner,
-    fractions, and whether y / x are free (not clamped, so their gradient flows)."""
+    fractions, and whether y / x are free (not clamped, so their gradient flows): on ``[0, H - 1)``,
+    so at 0 itself the gradient is the right derivative (:mod:`._bilinear`)."""
     ok = (y >= -1.0) & (y <= H) & (x >= -1.0) & (x <= W)
-    free_y = ok & (y > 0.0) & (y < H - 1)
-    free_x = ok & (x > 0.0) & (x < W - 1)
+    free_y = ok & (y >= 0.0) & (y < H - 1)
+    free_x = ok & (x >= 0.0) & (x < W - 1)
     y = tl.minimum(tl.maximum(tl.where(ok, y, 0.0), 0.0), H - 1.0)
     x = tl.minimum(tl.maximum(tl.where(ok, x, 0.0), 0.0), W - 1.0)
     yf = tl.floor(y)

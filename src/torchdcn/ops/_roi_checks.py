@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ._checks import autocast_dtype, check_same, check_shape, check_tensor, pair
 from ._dispatch import compute_dtype
+from ._roi_common import check_sampling_ratio
 
 # Tensor[R, 5] or one Tensor[R_i, 4] per image (any sequence in eager mode; a list when scripted)
 RoIs = Tensor | list[Tensor]
@@ -79,8 +80,10 @@ def script_rois(rois: RoIs) -> Tensor:
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymFloat)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if isinstance(value, torch.SymFloat) or torch.compiler.is_compiling():
+        return value  # symbolic while torch.compile traces: no value to check (eager checks it)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return float(value)
@@ -103,7 +106,8 @@ def check_roi_args(
     ``rois`` becomes ``[R, 5]``; ``output_size`` a pair ``(ph, pw)``. Under ``torch.autocast`` every
     tensor is cast to float32 (RoI coordinates need it); float16/bfloat16 are computed in float32
     except by the Triton kernels. ``offset`` is ``[R, 2, ph, pw]``, or ``[R, 2 * C', ph, pw]`` with
-    ``C'`` dividing ``C_out`` for the PS op; ``mask`` is ``[R, 1, ph, pw]``. The batch indices must
+    ``C'`` dividing ``C_out`` for the PS op; ``mask`` is ``[R, 1, ph, pw]``; ``sampling_ratio`` is
+    at most :data:`._roi_common.MAX_ADAPTIVE_GRID` (64). The batch indices must
     be integers in ``[0, N)`` and the coordinates finite: a data-dependent check, skipped while
     ``torch.compile`` traces and for meta tensors (shape inference only).
     """
@@ -115,6 +119,7 @@ def check_roi_args(
         raise ValueError(f"spatial_scale must be positive, got {spatial_scale}")
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
         raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    check_sampling_ratio(sampling_ratio)
     _number(gamma, "gamma")
     rois = roi_tensor(rois, input, rois_name)
     if offset is not None:

@@ -45,6 +45,17 @@ def _round_half_away(v: Tensor) -> Tensor:
 MAX_ADAPTIVE_GRID = 64
 
 
+def check_sampling_ratio(sampling_ratio: int) -> None:
+    """An explicit grid (``sampling_ratio > 0``) is bounded by the same cap as the adaptive one:
+    ``sampling_ratio`` above :data:`MAX_ADAPTIVE_GRID` is a ValueError (a grid of 100000 x 100000
+    samples per bin would run for minutes and overflow a float32 sum)."""
+    if sampling_ratio > MAX_ADAPTIVE_GRID:
+        raise ValueError(
+            f"sampling_ratio must be at most {MAX_ADAPTIVE_GRID} samples per bin along each axis "
+            f"(MAX_ADAPTIVE_GRID, the adaptive grid's cap; <= 0 for adaptive), got {sampling_ratio}"
+        )
+
+
 def integer_bins(
     rois: Tensor,
     spatial_scale: float,
@@ -102,11 +113,14 @@ def aligned_geometry(
     first corner) and unclamped when ``aligned`` (an inverted RoI steps backwards). The grid has
     ``sampling_ratio`` rows per bin, or ``ceil(roi_h / ph)`` when ``sampling_ratio <= 0``: 0 for a
     zero-size or inverted aligned RoI (no samples: the bin is 0, as in torchvision), at most
-    :data:`MAX_ADAPTIVE_GRID`. Kernels divide a bin's sum by ``max(grid_h * grid_w, 1)``.
+    :data:`MAX_ADAPTIVE_GRID`. Kernels divide a bin's sum by ``max(grid_h * grid_w, 1)``. An
+    explicit ``sampling_ratio`` above :data:`MAX_ADAPTIVE_GRID` is a ValueError
+    (:func:`check_sampling_ratio`; checked here too for calls of the registered op itself).
 
     Returns:
         ``y1, x1, roi_h, roi_w, grid_h, grid_w``.
     """
+    check_sampling_ratio(sampling_ratio)
     shift = 0.5 if aligned else 0.0
     box = rois[:, 1:] * spatial_scale - shift
     x1, y1, x2, y2 = box.unbind(1)

@@ -60,10 +60,12 @@ def deform_conv2d(
         channels-last in memory when ``input`` or ``weight`` is (as ``conv2d`` on CPU).
 
     Differentiable in ``input``, ``offset``, ``mask``, ``weight`` and ``bias``. A sampling point
-    outside ``(-1, H) x (-1, W)`` reads 0 and its offset gets zero gradient; a NaN or infinite
-    offset is treated the same way (the point reads 0, nothing out of bounds is touched), so the
-    output stays finite. float16 and bfloat16 compute in float32 and return the input's dtype;
-    under ``torch.autocast`` every tensor is cast to the autocast dtype first, as for ``conv2d``.
+    outside ``[-1, H) x [-1, W)`` reads 0 and its offset gets zero gradient; a point exactly on
+    -1 reads 0 but its offset gets the right-hand derivative, as in torchvision (the border taps
+    of a fresh padded layer sit there). A NaN or infinite offset reads 0 with zero gradient
+    (nothing out of bounds is touched), so the output stays finite. float16 and bfloat16
+    compute in float32 and return the input's dtype; under ``torch.autocast`` every tensor is
+    cast to the autocast dtype first, as for ``conv2d``.
     Tensors of any strides are accepted (they are made dense before any kernel sees them).
 
     ``torch.jit.script`` compiles callers of this function; the scripted path takes ``int``

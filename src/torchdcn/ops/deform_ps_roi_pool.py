@@ -39,7 +39,8 @@ def deform_ps_roi_pool(
             per offset class, ``C'`` dividing ``C_out``. None: no shift.
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI (7 x 7 in R-FCN).
         spatial_scale (float): feature cells per image pixel.
-        sampling_ratio (int): samples per bin along each axis; ``<= 0`` adaptive.
+        sampling_ratio (int): samples per bin along each axis; ``<= 0`` adaptive; at most
+            64 (``MAX_ADAPTIVE_GRID``), a ValueError above.
         gamma (float): offset scale (0.1 in v1).
         aligned (bool): shift the scaled RoI by -0.5 cell, as :func:`roi_align`.
 

@@ -43,7 +43,8 @@ def deform_roi_pool(
             shift.
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI.
         spatial_scale (float): feature cells per image pixel (1/16 for a stride-16 map).
-        sampling_ratio (int): samples per bin along each axis (2 in v2); ``<= 0`` adaptive.
+        sampling_ratio (int): samples per bin along each axis (2 in v2); ``<= 0`` adaptive; at most
+            64 (``MAX_ADAPTIVE_GRID``), a ValueError above.
         gamma (float): offset scale (0.1 in v1 and v2).
         mask (Tensor[R, 1, ph, pw], optional): modulation of each bin (v2), usually in [0, 1].
         aligned (bool): shift the scaled RoI by -0.5 cell, as :func:`roi_align` (whose default is

@@ -82,7 +82,8 @@ def ps_roi_align(
             pixels, or one ``(x1, y1, x2, y2)`` tensor per image.
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI.
         spatial_scale (float): feature cells per image pixel.
-        sampling_ratio (int): samples per bin along each axis; ``<= 0`` adaptive.
+        sampling_ratio (int): samples per bin along each axis; ``<= 0`` adaptive; at most
+            64 (``MAX_ADAPTIVE_GRID``), a ValueError above.
         aligned (bool): shift the scaled RoI by -0.5 cell (default, as torchvision).
 
     Returns:

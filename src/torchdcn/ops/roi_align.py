@@ -42,7 +42,8 @@ def roi_align(
             pixels, or one ``(x1, y1, x2, y2)`` tensor per image (its position is the batch index).
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI.
         spatial_scale (float): feature cells per image pixel (1/16 for a stride-16 map).
-        sampling_ratio (int): samples per bin along each axis; ``<= 0`` adaptive.
+        sampling_ratio (int): samples per bin along each axis; ``<= 0`` adaptive; at most
+            64 (``MAX_ADAPTIVE_GRID``), a ValueError above.
         aligned (bool): shift the scaled RoI by -0.5 cell (True, the correct alignment, v2 and
             Detectron2) or not (False, torchvision's default and the original Mask R-CNN).
 

@@ -93,7 +93,8 @@ class RoIPooler(nn.Module):
             maps they must be consecutive powers of two.
         channels: channels ``C`` of the maps (the deformable offset branches read ``C * ph * pw``).
         output_size (int or (int, int)): bins ``(ph, pw)`` per RoI (7).
-        sampling_ratio: bilinear samples per bin along each axis (2, as v2); ``<= 0`` adaptive.
+        sampling_ratio: bilinear samples per bin along each axis (2, as v2); ``<= 0`` adaptive;
+            at most 64 (``MAX_ADAPTIVE_GRID``), larger values are refused by the ops.
             Unused by ``"roi_pool"``.
         aligned: shift RoIs by -0.5 cell (pixel-centre convention; ``"roi_pool"`` ignores it).
         canonical_scale, canonical_level: FPN level assignment, see :func:`assign_levels`.
