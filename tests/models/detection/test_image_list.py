@@ -49,3 +49,22 @@ def test_bad_input_raises_with_the_argument_name():
         ImageList(torch.zeros(1, 3, 4, 4), [(5, 4)])
     with pytest.raises(ValueError, match="one \\(height, width\\) per image"):
         ImageList(torch.zeros(2, 3, 4, 4), [(4, 4)])
+
+
+def test_normalize_and_batch_normalises_pads_and_names_bad_images():
+    from torchdcn.models.detection.image_list import normalize_and_batch
+
+    mean = torch.tensor([0.5, 0.25, 0.0]).view(3, 1, 1)
+    std = torch.tensor([0.5, 0.25, 1.0]).view(3, 1, 1)
+    a, b = torch.rand(3, 5, 7), torch.rand(3, 9, 4)
+    batch = normalize_and_batch([a, b], mean, std, 4)
+    assert batch.tensors.shape == (2, 3, 12, 8) and batch.image_sizes == [(5, 7), (9, 4)]
+    torch.testing.assert_close(batch.tensors[0, :, :5, :7], (a - mean) / std)
+    torch.testing.assert_close(batch.tensors[1, :, :9, :4], (b - mean) / std)
+    assert batch.tensors[0, :, 5:, :].abs().sum() == 0
+    with pytest.raises(TypeError, match="non-empty list"):
+        normalize_and_batch(torch.rand(1, 3, 4, 4), mean, std, 1)
+    with pytest.raises(
+        ValueError, match=r"images\[1\] must be a Tensor\[3, H, W\], got \(1, 4, 4\)"
+    ):
+        normalize_and_batch([a, torch.rand(1, 4, 4)], mean, std, 1)

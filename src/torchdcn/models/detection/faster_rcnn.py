@@ -27,10 +27,10 @@ from .anchors import AnchorGenerator
 from .box_head import FastRCNNPredictor, RoIHeads, TwoFCHead
 from .conv_reduce import ConvReduce
 from .fpn import FPN
-from .image_list import ImageList, batch_images
+from .image_list import IMAGENET_MEAN, IMAGENET_STD, ImageList, normalize_and_batch
 from .poolers import POOLER_KINDS, RoIPooler
 from .rpn import RegionProposalNetwork, RPNHead
-from .rpn_detector import IMAGENET_MEAN, IMAGENET_STD, RPNDetector
+from .rpn_detector import RPNDetector
 
 Targets = Sequence[Mapping[str, Tensor]]
 
@@ -109,19 +109,7 @@ class FasterRCNN(nn.Module):
     def preprocess(self, images: Sequence[Tensor]) -> ImageList:
         """Normalise ``[0, 1]`` images ``[3, H_i, W_i]`` and pad them into an :class:`ImageList`
         ``[N, 3, H, W]`` (multiples of ``size_divisibility``)."""
-        if isinstance(images, Tensor) or not isinstance(images, Sequence) or not images:
-            raise TypeError(
-                f"images must be a non-empty list of Tensor[3, H, W], got {type(images).__name__}"
-            )
-        normed = []
-        for i, image in enumerate(images):
-            if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
-                got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-                raise ValueError(f"images[{i}] must be a Tensor[3, H, W], got {got}")
-            mean = self.pixel_mean.to(image.device, image.dtype)
-            std = self.pixel_std.to(image.device, image.dtype)
-            normed.append((image - mean) / std)
-        return batch_images(normed, self.size_divisibility)
+        return normalize_and_batch(images, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def features(self, batch: ImageList) -> Mapping[str, Tensor]:
         """Backbone (+ neck) maps of a padded batch."""

@@ -134,3 +134,28 @@ def _check_size(size: object, index: int) -> tuple[int, int]:
 
 
 __all__ = ["ImageList", "batch_images"]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_and_batch(
+    images: Sequence[Tensor], mean: Tensor, std: Tensor, size_divisibility: int
+) -> ImageList:
+    """Normalise ``[0, 1]`` images ``[3, H_i, W_i]`` by ``(image - mean) / std`` (``mean``, ``std``:
+    ``[3, 1, 1]``) and pad them into an :class:`ImageList` ``[N, 3, H, W]`` whose sizes are
+    multiples of ``size_divisibility``. ``TypeError``/``ValueError`` name a bad ``images[i]``."""
+    if isinstance(images, Tensor) or not isinstance(images, Sequence) or not images:
+        raise TypeError(
+            f"images must be a non-empty list of Tensor[3, H, W], got {type(images).__name__}"
+        )
+    normed = []
+    for i, image in enumerate(images):
+        if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"images[{i}] must be a Tensor[3, H, W], got {got}")
+        normed.append(
+            (image - mean.to(image.device, image.dtype)) / std.to(image.device, image.dtype)
+        )
+    return batch_images(normed, size_divisibility)

@@ -15,12 +15,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .image_list import ImageList, batch_images
+from .image_list import IMAGENET_MEAN, IMAGENET_STD, ImageList, normalize_and_batch
 from .postprocess import select_detections
 from .rpn import RegionProposalNetwork
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def class_aware_detections(
@@ -132,19 +129,7 @@ class RPNDetector(nn.Module):
 
     def preprocess(self, images: Sequence[Tensor]) -> ImageList:
         """Normalise ``[0, 1]`` images ``[3, H_i, W_i]`` and pad them into an :class:`ImageList`."""
-        if isinstance(images, Tensor) or not isinstance(images, Sequence) or not images:
-            raise TypeError(
-                f"images must be a non-empty list of Tensor[3, H, W], got {type(images).__name__}"
-            )
-        normed = []
-        for i, image in enumerate(images):
-            if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
-                got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-                raise ValueError(f"images[{i}] must be a Tensor[3, H, W], got {got}")
-            mean = self.pixel_mean.to(image.device, image.dtype)
-            std = self.pixel_std.to(image.device, image.dtype)
-            normed.append((image - mean) / std)
-        return batch_images(normed, self.size_divisibility)
+        return normalize_and_batch(images, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def forward(
         self,
