@@ -36,6 +36,13 @@ class DeformConv2d(nn.Module):
             ``self.padding`` as the pair of ints they mean; a ``'same'`` with an odd total
             (``dilation * (kernel - 1)`` odd, e.g. an even kernel) stays ``'same'``, and the
             extra zero row or column goes at the bottom or right, as ``nn.Conv2d`` puts it.
+        offset_groups (keyword only; mmcv's ``deform_groups``, the older ``deformable_groups``
+            also accepted): the offset groups ``G`` the offsets must have; ``forward`` then
+            checks the offset's ``2 * G * kh * kw`` channels. Default: read from the offset.
+
+    mmcv's positional order differs after ``groups`` (mmcv: ``deform_groups, bias``; here, as
+    torchvision: ``bias``): a non-boolean ``bias`` is refused, so an mmcv-ordered call cannot
+    silently take its offset groups for a bias.
 
     Shape:
         ``input [N, in_channels, H, W]``, ``offset [N, 2 * G * kh * kw, H_out, W_out]``, optional
@@ -60,8 +67,18 @@ class DeformConv2d(nn.Module):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        offset_groups: int | None = None,
+        deform_groups: int | None = None,
+        deformable_groups: int | None = None,
     ) -> None:
         super().__init__()
+        _check_bias(bias)
+        groups_given = _offset_groups(offset_groups, deform_groups, deformable_groups)
+        if groups_given is not None and (groups_given <= 0 or in_channels % groups_given):
+            raise ValueError(f"offset_groups={groups_given} must divide in_channels={in_channels}")
+        # 0: read from the offset (an int, not None, so torch.jit.script types it)
+        self.offset_groups: int = 0 if groups_given is None else groups_given
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -96,8 +113,21 @@ class DeformConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _check_offset_groups(self, offset: Tensor) -> None:
+        if self.offset_groups > 0:
+            want = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
+            if offset.dim() != 4 or offset.shape[1] != want:
+                raise ValueError(
+                    "offset must have 2 * offset_groups * kh * kw = " + str(want) + " channels "
+                    "(offset_groups="
+                    + str(self.offset_groups)
+                    + "), got shape "
+                    + str(list(offset.shape))
+                )
+
     def forward(self, input: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
         """Deformable convolution of ``input`` at ``offset`` (v2 with ``mask``)."""
+        self._check_offset_groups(offset)
         return deform_conv2d(
             input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
         )
@@ -158,6 +188,7 @@ class ModulatedDeformConv2d(DeformConv2d):
                 "ModulatedDeformConv2d needs a mask [N, G * kh * kw, H_out, W_out]; use "
                 "DeformConv2d for v1"
             )
+        self._check_offset_groups(offset)
         return deform_conv2d(
             input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
         )
@@ -179,7 +210,8 @@ class DeformConv2dPack(DeformConv2d):
             :class:`DeformConv2d` (``nn.Conv2d``'s, zero padding; ``'same'`` and ``'valid'``
             too). The predictor gets the same padding, so its offset map has the output's size.
         offset_groups: number of channel groups ``G`` that share one offset field (divides
-            ``in_channels``).
+            ``in_channels``); mmcv's ``deform_groups`` and the older ``deformable_groups`` are
+            accepted as keywords for it.
         offset_lr_mult: learning-rate multiplier of the predictor (default: 1.0 for v1, 0.1 v2).
 
     Shape:
@@ -208,7 +240,14 @@ class DeformConv2dPack(DeformConv2d):
         offset_lr_mult: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        deform_groups: int | None = None,
+        deformable_groups: int | None = None,
     ) -> None:
+        _check_bias(bias)
+        if deform_groups is not None or deformable_groups is not None:
+            given = None if offset_groups == 1 else offset_groups
+            offset_groups = _offset_groups(given, deform_groups, deformable_groups) or 1
         if offset_groups <= 0 or in_channels % offset_groups:
             raise ValueError(f"offset_groups={offset_groups} must divide in_channels={in_channels}")
         super().__init__(
@@ -283,6 +322,27 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
 
     MODULATED = True
     DEFAULT_OFFSET_LR_MULT = 0.1
+
+
+def _offset_groups(*values: int | None) -> int | None:
+    """The offset groups given under any of ``offset_groups``, ``deform_groups`` (mmcv),
+    ``deformable_groups`` (older mmcv, detectron2), or None; different values are refused."""
+    given = {v for v in values if v is not None}
+    if len(given) > 1:
+        raise ValueError(
+            "offset_groups, deform_groups and deformable_groups name the same thing; got "
+            f"different values {sorted(given)}"
+        )
+    return given.pop() if given else None
+
+
+def _check_bias(bias: object) -> None:
+    if not isinstance(bias, bool) and type(bias).__name__ != "bool_":
+        raise TypeError(
+            f"bias must be True or False, got {bias!r}; in mmcv's positional order the 8th "
+            "argument is deform_groups, here (torchvision's order) it is bias: pass "
+            "deform_groups=... (or offset_groups=...) by keyword"
+        )
 
 
 def _resolve_padding(

@@ -9,6 +9,8 @@ it, masks start at 0.5), and ``offset_parameters()`` with ``offset_lr_mult`` tel
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 
@@ -23,6 +25,7 @@ from ..ops import (
     roi_align,
     roi_pool,
 )
+from ._roi_module_checks import channels_alias, check_branch_size, check_roi_module_args
 
 
 class _Pool(nn.Module):
@@ -139,6 +142,12 @@ class DeformRoIPool(nn.Module):
         gamma: offset scale (0.1).
         aligned: shift RoIs by -0.5 cell (see :func:`torchdcn.ops.roi_align`).
         offset_lr_mult: learning-rate multiplier of the offset branch (default 0.01).
+        output_channels (keyword only): mmcv's name for ``in_channels``.
+
+    The order is ``(in_channels, output_size, ...)``; a call in mmcv's order
+    (``DeformRoIPool((7, 7), 1 / 16)``, ``DeformRoIPoolPack(7, 256)``) raises a ``TypeError`` or
+    ``ValueError`` that says so (at most 64 bins per side; the offset branch at most 2**30
+    parameters), see :mod:`torchdcn.nn._roi_module_checks`.
 
     Shape:
         ``input [N, C, H, W]``, ``rois [R, 5]`` (or a list of per-image ``[R_i, 4]``) in image
@@ -155,8 +164,8 @@ class DeformRoIPool(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        output_size: IntPair,
+        in_channels: int | None = None,
+        output_size: IntPair | None = None,
         spatial_scale: float = 1.0,
         sampling_ratio: int = -1,
         gamma: float = 0.1,
@@ -164,14 +173,17 @@ class DeformRoIPool(nn.Module):
         offset_lr_mult: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        output_channels: int | None = None,
     ) -> None:
         super().__init__()
-        if in_channels <= 0:
-            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        in_channels = channels_alias(in_channels, output_channels, type(self).__name__)
         self.in_channels = in_channels
         # an instance attribute (not a class one) so torch.jit.script sees a plain typed attribute
         self.modulated: bool = self.MODULATED
-        self.output_size = pair(output_size, "output_size")
+        self.output_size = check_roi_module_args(
+            type(self).__name__, "in_channels", in_channels, output_size, spatial_scale
+        )
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = sampling_ratio
         self.gamma = float(gamma)
@@ -179,12 +191,16 @@ class DeformRoIPool(nn.Module):
         self.offset_lr_mult = (
             self.default_offset_lr_mult if offset_lr_mult is None else float(offset_lr_mult)
         )
+        check_branch_size(type(self).__name__, self._branch_parameters(), self.output_size)
         self.offset_fc = self._make_offset_branch(device, dtype)
         self.reset_parameters()
 
     @property
     def _bins(self) -> int:
         return self.output_size[0] * self.output_size[1]
+
+    def _branch_parameters(self) -> int:
+        return (self.in_channels * self._bins + 1) * 2 * self._bins
 
     def _make_offset_branch(self, device, dtype) -> nn.Module:
         return nn.Linear(self.in_channels * self._bins, 2 * self._bins, device=device, dtype=dtype)
@@ -248,7 +264,8 @@ class ModulatedDeformRoIPool(DeformRoIPool):
     Args:
         in_channels, output_size, spatial_scale, sampling_ratio, gamma, aligned, offset_lr_mult:
             as :class:`DeformRoIPool` (``offset_lr_mult`` default 1.0; ``sampling_ratio=2`` in v2).
-        hidden_channels: width of the two hidden fcs (1024).
+        hidden_channels: width of the two hidden fcs (1024); mmcv's keyword
+            ``deform_fc_channels`` too.
 
     Shape:
         ``input [N, C, H, W]``, ``rois [R, 5]`` (or a list of per-image ``[R_i, 4]``) ->
@@ -260,8 +277,8 @@ class ModulatedDeformRoIPool(DeformRoIPool):
 
     def __init__(
         self,
-        in_channels: int,
-        output_size: IntPair,
+        in_channels: int | None = None,
+        output_size: IntPair | None = None,
         spatial_scale: float = 1.0,
         sampling_ratio: int = -1,
         gamma: float = 0.1,
@@ -270,14 +287,30 @@ class ModulatedDeformRoIPool(DeformRoIPool):
         hidden_channels: int = 1024,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        output_channels: int | None = None,
+        deform_fc_channels: int | None = None,
     ) -> None:
+        if deform_fc_channels is not None:  # mmcv's name
+            if hidden_channels not in (1024, deform_fc_channels):
+                raise ValueError(
+                    f"hidden_channels={hidden_channels} and deform_fc_channels="
+                    f"{deform_fc_channels} (mmcv's name for it) differ"
+                )
+            hidden_channels = deform_fc_channels
+        if isinstance(hidden_channels, bool) or not isinstance(hidden_channels, numbers.Integral):
+            raise TypeError(f"hidden_channels must be an int, got {hidden_channels!r}")
         if hidden_channels <= 0:
             raise ValueError(f"hidden_channels must be positive, got {hidden_channels}")
         self.hidden_channels = hidden_channels
         super().__init__(
             in_channels, output_size, spatial_scale, sampling_ratio, gamma, aligned,
-            offset_lr_mult, device, dtype,
+            offset_lr_mult, device, dtype, output_channels=output_channels,
         )  # fmt: skip
+
+    def _branch_parameters(self) -> int:
+        h = self.hidden_channels
+        return (self.in_channels * self._bins + 1) * h + (h + 1) * h + (h + 1) * 3 * self._bins
 
     def _make_offset_branch(self, device, dtype) -> nn.Module:
         factory = {"device": device, "dtype": dtype}
@@ -353,10 +386,10 @@ class DeformPSRoIPool(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if out_channels <= 0:
-            raise ValueError(f"out_channels must be positive, got {out_channels}")
+        self.output_size = check_roi_module_args(
+            type(self).__name__, "out_channels", out_channels, output_size, spatial_scale
+        )
         self.out_channels = out_channels
-        self.output_size = pair(output_size, "output_size")
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = sampling_ratio
         self.gamma = float(gamma)
@@ -369,6 +402,9 @@ class DeformPSRoIPool(nn.Module):
             self.default_offset_lr_mult if offset_lr_mult is None else float(offset_lr_mult)
         )
         pairs = 1 if class_agnostic else out_channels
+        check_branch_size(
+            type(self).__name__, (self.offset_in_channels + 1) * 2 * pairs * bins, self.output_size
+        )
         self.conv_offset = nn.Conv2d(
             self.offset_in_channels, 2 * pairs * bins, 1, device=device, dtype=dtype
         )

@@ -24,9 +24,13 @@ Deformable convolutions need nothing passed to either exporter:
 * TorchScript exporter (``dynamo=False``, deprecated by torch): ``import torchdcn`` registers the
   symbolics (:func:`register_onnx_symbolics`).
 
-The RoI ops, and ``torch.ops.torchdcn.deform_conv2d`` called directly, reach the dynamo exporter
-as custom ops: pass ``custom_translation_table=torchdcn.ops.onnx_translation_table()`` (torch has
-no public way to register default translations).
+The RoI functions do the same: during ``torch.onnx.export(dynamo=True)``
+:func:`torchdcn.ops.roi_align` returns a ``RoiAlign`` node (:func:`roi_align_node`),
+``roi_pool(mode="max")`` a ``MaxRoiPool`` node (:func:`max_roi_pool_node`), and the others raise
+:class:`OnnxExportUnsupported` naming themselves. Only ``torch.ops.torchdcn.*`` called directly
+(bypassing the public functions) reach the dynamo exporter as custom ops: pass
+``custom_translation_table=torchdcn.ops.onnx_translation_table()`` then (torch has no public
+way to register default translations).
 """
 
 from __future__ import annotations
@@ -114,6 +118,15 @@ def onnx_translation_table() -> dict[Any, Any]:
 # Dynamo exporter without a translation table: torch.onnx.ops.symbolic nodes
 
 
+# Evaluated for real when Dynamo traces them (torch.onnx.export's strict capture), which would
+# otherwise fold torch.onnx.is_in_onnx_export() to False and capture the raw op.
+@torch.compiler.assume_constant_result
+def in_onnx_export() -> bool:
+    """True during ``torch.onnx.export`` with either exporter, also under its Dynamo capture."""
+    return torch.onnx.is_in_onnx_export()
+
+
+@torch.compiler.assume_constant_result
 def in_dynamo_onnx_export() -> bool:
     """True while ``torch.onnx.export(dynamo=True)`` captures the model (the TorchScript
     exporter traces with ``torch.jit``, and its symbolics below handle the op there)."""
@@ -161,6 +174,52 @@ def deform_conv_node(
         dtype=input.dtype,
         shape=[input.shape[0], c_out, offset.shape[2], offset.shape[3]],
         version=DEFORM_CONV_OPSET,
+    )
+
+
+def roi_align_node(
+    input: Tensor,
+    rois: Tensor,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """The ONNX ``RoiAlign`` node of :func:`torchdcn.ops.roi_align` for the dynamo exporter
+    (``torch.onnx.ops.symbolic``; semantics in the module docstring): ``input [N, C, H, W]``,
+    ``rois [K, 5]`` -> ``[K, C, pooled_h, pooled_w]``."""
+    boxes = rois[:, 1:5]
+    batch = rois[:, 0].to(torch.int64)
+    return torch.onnx.ops.symbolic(
+        "RoiAlign",
+        [input, boxes, batch],
+        {
+            "coordinate_transformation_mode": "half_pixel" if aligned else "output_half_pixel",
+            "mode": "avg",
+            "output_height": int(pooled_h),
+            "output_width": int(pooled_w),
+            "sampling_ratio": max(int(sampling_ratio), 0),
+            "spatial_scale": float(spatial_scale),
+        },
+        dtype=input.dtype,
+        shape=[rois.shape[0], input.shape[1], pooled_h, pooled_w],
+        version=ROI_ALIGN_OPSET,
+    )
+
+
+def max_roi_pool_node(
+    input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
+) -> Tensor:
+    """The ONNX ``MaxRoiPool`` node of ``torchdcn.ops.roi_pool(mode="max")`` for the dynamo
+    exporter: ``input [N, C, H, W]``, ``rois [K, 5]`` -> ``[K, C, pooled_h, pooled_w]``."""
+    return torch.onnx.ops.symbolic(
+        "MaxRoiPool",
+        [input, rois],
+        {"pooled_shape": [int(pooled_h), int(pooled_w)], "spatial_scale": float(spatial_scale)},
+        dtype=input.dtype,
+        shape=[rois.shape[0], input.shape[1], pooled_h, pooled_w],
+        version=1,
     )
 
 

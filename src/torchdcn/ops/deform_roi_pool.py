@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _roi_ops  # noqa: F401  (registers torch.ops.torchdcn.roi_*_pool)
+from . import _onnx, _roi_ops  # noqa: F401  (_roi_ops registers the torchdcn::roi_* ops)
 from ._checks import autocast_off, script_pair
 from ._roi_checks import RoIs, check_roi_args, script_rois
 
@@ -74,6 +74,8 @@ def deform_roi_pool(
     a = check_roi_args(
         input, rois, output_size, spatial_scale, sampling_ratio, gamma, offset=offset, mask=mask
     )
+    if _onnx.in_onnx_export():  # no standard ONNX operator (either exporter)
+        raise _onnx.roi_aligned_pool_unsupported(True, False)
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_aligned_pool(
             a.input, a.rois, a.offset, a.mask, *a.pooled, float(spatial_scale), sampling_ratio,

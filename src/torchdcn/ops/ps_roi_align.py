@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _roi_ops  # noqa: F401  (registers torch.ops.torchdcn.roi_*_pool)
+from . import _onnx, _roi_ops  # noqa: F401  (_roi_ops registers the torchdcn::roi_* ops)
 from ._checks import autocast_off, script_pair
 from ._roi_checks import RoIs, check_roi_args, script_rois
 
@@ -51,6 +51,8 @@ def ps_roi_pool(
     a = check_roi_args(
         input, boxes, output_size, spatial_scale, position_sensitive=True, rois_name="boxes"
     )
+    if _onnx.in_onnx_export():  # no standard ONNX operator (either exporter)
+        raise _onnx.roi_integer_pool_unsupported("avg", True)
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_integer_pool(
             a.input, a.rois, *a.pooled, float(spatial_scale), "avg", True
@@ -107,6 +109,8 @@ def ps_roi_align(
         input, boxes, output_size, spatial_scale, sampling_ratio, position_sensitive=True,
         rois_name="boxes",
     )  # fmt: skip
+    if _onnx.in_onnx_export():  # no standard ONNX operator (either exporter)
+        raise _onnx.roi_aligned_pool_unsupported(False, True)
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_aligned_pool(
             a.input, a.rois, None, None, *a.pooled, float(spatial_scale), sampling_ratio,

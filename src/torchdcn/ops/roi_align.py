@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _roi_ops  # noqa: F401  (registers torch.ops.torchdcn.roi_*_pool)
+from . import _onnx, _roi_ops  # noqa: F401  (_roi_ops registers the torchdcn::roi_* ops)
 from ._checks import autocast_off, script_pair
 from ._roi_checks import RoIs, check_roi_args, script_rois
 
@@ -66,6 +66,10 @@ def roi_align(
             0.0, False,
         )  # fmt: skip
     a = check_roi_args(input, boxes, output_size, spatial_scale, sampling_ratio, rois_name="boxes")
+    if _onnx.in_dynamo_onnx_export():  # the standard RoiAlign node, no translation table
+        return _onnx.roi_align_node(
+            a.input, a.rois, *a.pooled, float(spatial_scale), sampling_ratio, bool(aligned)
+        )
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_aligned_pool(
             a.input, a.rois, None, None, *a.pooled, float(spatial_scale), sampling_ratio,

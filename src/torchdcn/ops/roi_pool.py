@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _roi_ops  # noqa: F401  (registers torch.ops.torchdcn.roi_*_pool)
+from . import _onnx, _roi_ops  # noqa: F401  (_roi_ops registers the torchdcn::roi_* ops)
 from ._checks import autocast_off, script_pair
 from ._roi_checks import RoIs, check_roi_args, script_rois
 
@@ -60,6 +60,12 @@ def roi_pool(
     if mode not in ("max", "avg"):
         raise ValueError(f'mode must be "max" (torchvision) or "avg" (v1 Eq. 5), got "{mode}"')
     a = check_roi_args(input, boxes, output_size, spatial_scale, rois_name="boxes")
+    if _onnx.in_onnx_export():  # MaxRoiPool, or an error naming roi_pool(mode="avg")
+        error = _onnx.roi_integer_pool_unsupported(mode, False)
+        if error is not None:
+            raise error
+        if _onnx.in_dynamo_onnx_export():  # the standard node, no translation table
+            return _onnx.max_roi_pool_node(a.input, a.rois, *a.pooled, float(spatial_scale))
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_integer_pool(
             a.input, a.rois, *a.pooled, float(spatial_scale), mode, False

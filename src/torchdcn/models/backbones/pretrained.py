@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .checkpoint_sources import convert_state_dict
+from .detectron2_weights import read_pickled_arrays
+
 OFFSET_KEY = ".conv_offset."
 _WRAPPER_KEYS = ("state_dict", "model")
 
@@ -83,7 +86,7 @@ class LoadReport:
 
 
 def load_pretrained(
-    model: nn.Module, path: str | os.PathLike[str], strict: bool = True
+    model: nn.Module, path: str | os.PathLike[str], strict: bool = True, source: str = "torchdcn"
 ) -> LoadReport:
     """Copy the tensors of a ResNet checkpoint file into ``model`` (in place); never downloads.
 
@@ -102,8 +105,20 @@ def load_pretrained(
             the checkpoint, any tensor of the checkpoint has no place in the model, or shapes
             differ; the model is left untouched then. With ``strict=False`` whatever matches is
             loaded and the rest is only reported.
+        source: the toolkit whose key layout the file has (see
+            :mod:`~torchdcn.models.backbones.checkpoint_sources`): ``"torchdcn"``,
+            ``"torchvision"`` or ``"timm"`` (the same keys); ``"mmdet"`` (mmdetection / mmcv,
+            ``ResNet`` with ``dcn=``/``stage_with_dcn``); ``"detectron2"`` (``res2``-``res5``,
+            ``conv2_offset``, a ``.pth`` or a model-zoo ``.pkl``). Their DCN offsets and masks
+            load unchanged (same channel layout, SPEC section 1). Build ``model`` with the
+            checkpoint's deformable layers (:func:`deform_from_checkpoint`), and, for
+            stride-in-1x1 weights (detectron2's default, mmdetection's ``style='caffe'``), apply
+            :func:`stride_in_1x1`.
 
-    The checkpoint's ``fc.*`` is ignored when the model has no classifier (``model.fc`` is
+    Offset predictors (``*.conv_offset.*``) absent from the checkpoint keep their values, unless
+    the checkpoint has offset predictors of its own (a DCN checkpoint): then each model layer
+    must find its predictor there (listed as missing otherwise). The checkpoint's ``fc.*`` is
+    ignored when the model has no classifier (``model.fc`` is
     ``None`` or absent); ``num_batches_tracked`` counters are optional on both sides, so a
     checkpoint loads into a model with :class:`~torchdcn.nn.FrozenBatchNorm2d` too.
 
@@ -120,7 +135,7 @@ def load_pretrained(
         >>> print(load_pretrained(model, "resnet50-0676ba61.pth"))  # torchvision's file
         loaded 320 tensors; 6 offset-predictor tensors are not in the checkpoint and kept ...
     """
-    state = read_state_dict(path)
+    state = convert_state_dict(read_state_dict(path), source)
     target = model.state_dict()
     has_head = getattr(model, "fc", None) is not None
     report = LoadReport()
@@ -139,10 +154,11 @@ def load_pretrained(
         else:
             to_load[key] = value
             report.loaded.append(key)
+    dcn_checkpoint = any(OFFSET_KEY in k for k in state)
     for key in target:
         if key in state:
             continue
-        if OFFSET_KEY in key:
+        if OFFSET_KEY in key and not dcn_checkpoint:
             report.offsets_kept.append(key)
         elif not key.endswith("num_batches_tracked"):
             report.missing.append(key)
@@ -188,6 +204,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         )
     if path.suffix == ".safetensors":
         obj: object = _read_safetensors(path)
+    elif path.suffix == ".pkl":  # detectron2's model zoo: a pickled dict of NumPy arrays
+        obj = read_pickled_arrays(path)
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
