@@ -207,6 +207,24 @@ def test_gradcheck_deform_roi_pool(backend, args):
     assert torch.autograd.gradcheck(fn, present)
 
 
+@pytest.mark.parametrize("args", ["offset, mask", "mask"])
+def test_one_roi_backward_returns_separate_gradients(backend, args):
+    # one RoI, one group: the offset and mask gradients are slices of one buffer that happen to
+    # be contiguous; returned as views they tripped the custom op's aliasing check
+    x, rois, offset, mask = _inputs(2, (2, 3), seed=7, few=True)
+    rois, offset, mask = rois[:1], offset[:1].clone(), mask[:1].clone()
+    offset = offset.requires_grad_(True) if "offset" in args else None
+    mask.requires_grad_(True)
+    x.requires_grad_(True)
+
+    def fn(x, *rest):
+        o = rest[0] if offset is not None else None
+        return deform_roi_pool(x, rois, o, (2, 3), SCALE, -1, 0.1, rest[-1])
+
+    present = tuple(t for t in (x, offset, mask) if t is not None)
+    assert torch.autograd.gradcheck(fn, present)
+
+
 @pytest.mark.parametrize("classes", [1, 2])
 def test_gradcheck_deform_ps_roi_pool(backend, classes):
     x, rois, offset, _ = _inputs(2, 2, ps=True, classes=classes, seed=6, few=True)

@@ -251,9 +251,10 @@ class AlignedBins:
         geo = torch.from_numpy(part.sum(0)).to(grad.dtype)
         if not need_geo:
             return g_input, geo, geo
-        # copies (not views of one buffer): outputs of a custom op may not alias
-        g_offset = geo[:, :, :2].contiguous().view(n_roi, 2 * self.groups, ph, pw)
-        return g_input, g_offset, geo[:, :, 2].contiguous()
+        # copies (not views of one buffer): outputs of a custom op may not alias. ``clone``, not
+        # ``contiguous``: with one RoI and one group both slices are already contiguous views
+        g_offset = geo[:, :, :2].clone().view(n_roi, 2 * self.groups, ph, pw)
+        return g_input, g_offset, geo[:, :, 2].clone()
 
 
 def aligned_pool(input, rois, offset, mask, pooled, spatial_scale, sampling_ratio, aligned, gamma,
