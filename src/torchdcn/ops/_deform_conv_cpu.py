@@ -43,6 +43,7 @@ from torch import Tensor
 
 from . import _gemm
 from ._backend import batch_chunks
+from ._numba_threads import thread_budget
 
 BLOCK_BYTES = 16 << 20
 
@@ -292,6 +293,7 @@ def _item_bytes(input: Tensor, grad: Tensor | None = None) -> int:
     return (1 + numba.get_num_threads()) * padded + grad[0].numel() * grad.element_size()
 
 
+@thread_budget
 def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Tensor:
     """Deformable convolution on CPU float32/float64 tensors (arguments as the reference).
 
@@ -322,6 +324,7 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
     return out.permute(0, 3, 1, 2)
 
 
+@thread_budget
 def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation):
     """Gradients ``(input, offset, mask, weight, bias)``; ``mask``'s is None without a mask.
 
