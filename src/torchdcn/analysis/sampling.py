@@ -22,22 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class LayerGeometry:
-    """Kernel, stride, padding and dilation of one layer, each ``(h, w)``."""
-
-    kernel_size: tuple[int, int] = (3, 3)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (1, 1)
-    dilation: tuple[int, int] = (1, 1)
-
-    @classmethod
-    def of(cls, layer: nn.Module) -> LayerGeometry:
-        """The geometry of an ``nn.Conv2d`` or a ``torchdcn.nn`` deformable conv."""
-        return cls(
-            *(tuple(getattr(layer, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
-        )
+from .probe import LayerGeometry
 
 
 def _sample_field(field: Tensor, points: Tensor) -> Tensor:

@@ -113,8 +113,8 @@ def batch_images(
     width = math.ceil(width / size_divisibility) * size_divisibility
     first = images[0]
     batch = first.new_full((len(images), first.shape[0], height, width), pad_value)
-    for slot, image in zip(batch, images):
-        slot[:, : image.shape[1], : image.shape[2]].copy_(image)
+    for i, image in enumerate(images):  # indexing, not unbind: images may require grad
+        batch[i, :, : image.shape[1], : image.shape[2]].copy_(image)
     return ImageList(batch, [(int(im.shape[1]), int(im.shape[2])) for im in images])
 
 

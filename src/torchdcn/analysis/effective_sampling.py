@@ -1,0 +1,130 @@
+"""Effective sampling locations (v2 paper, section 2, Fig. 1-2).
+
+The sampling locations of a deformable layer (:func:`~torchdcn.analysis.effective_dilation.
+sampling_grid`: every output position's ``kh x kw`` points, in cells of the layer's input) each
+get a weight: the gradient of a node's response (:mod:`~torchdcn.analysis.erf`) with respect to
+that location, ``|d response / d p|`` (2-norm over ``(y, x)``). A location moves by its offset, so
+this is the gradient with respect to the offset, taken from the recorded offset tensor (hooks,
+:mod:`~torchdcn.analysis.probe`). The node may sit on the layer itself (then only its own ``K``
+points have a weight) or on any layer above it (then every position of its receptive field
+contributes). For modulated (v2) layers the gradient with respect to each mask is returned too.
+Points map to image pixels as ``cell * s`` (``s``: the stride of the layer's input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .effective_dilation import sampling_grid
+from .erf import node_response
+from .probe import (
+    Forward,
+    check_images,
+    default_forward,
+    evaluating,
+    feature_stride,
+    layer_output,
+    record_offsets,
+    require_deformable,
+)
+
+
+@dataclass
+class EffectiveSampling:
+    """Result of :func:`effective_sampling_locations` for a batch.
+
+    Attributes:
+        points: ``Tensor[N, P, 2]`` ``(y, x)`` image pixels of the ``P = G * kh * kw * H_out *
+            W_out`` sampling locations (order of :func:`sampling_grid`).
+        cells: the same in cells of the deformable layer's input.
+        weights: ``Tensor[N, P]``: ``|d response / d location|``.
+        offset_grad: ``Tensor[N, 2 * G * kh * kw, H_out, W_out]``: the gradient per offset.
+        mask_grad: ``Tensor[N, G * kh * kw, H_out, W_out]`` (v2) or ``None``.
+        stride: image pixels per cell of the layer's input.
+        layer: name of the deformable layer.
+    """
+
+    points: Tensor
+    cells: Tensor
+    weights: Tensor
+    offset_grad: Tensor
+    mask_grad: Tensor | None
+    stride: int
+    layer: str
+
+
+def effective_sampling_locations(
+    model: nn.Module,
+    images: Tensor,
+    layer: str,
+    node: tuple[int, int] | None = None,
+    below: str | None = None,
+    channel: int | None = None,
+    forward: Forward = default_forward,
+) -> EffectiveSampling:
+    """Weighted sampling locations of deformable layer ``below`` for a node of ``layer``.
+
+    Args:
+        model: a model with deformable layers (eval mode inside; left as it was).
+        images: ``Tensor[N, C, H, W]`` as ``forward`` takes them.
+        layer: qualified name of the module whose output holds the node.
+        node: ``(y, x)`` in that output (default its centre).
+        below: the deformable layer whose locations are weighted (default ``layer`` itself when it
+            is deformable, else the last deformable layer that ran before ``layer``'s output).
+        channel: one channel, or ``None`` for the sum over channels.
+        forward: how the model is run.
+
+    Returns:
+        :class:`EffectiveSampling`. ``ValueError`` for a model without deformable layers.
+    """
+    check_images(images)
+    require_deformable(model, "effective_sampling_locations")
+    with torch.enable_grad(), evaluating(model), record_offsets(model, track=True) as rec:
+        feats = layer_output(model, images.detach(), layer, forward)
+        if below is None:
+            below = layer if layer in rec else (list(rec)[-1] if rec else None)
+        if below not in rec:
+            raise ValueError(
+                f"below must name a deformable layer that runs before {layer!r}'s output, got "
+                f"{below!r} (ran: {', '.join(rec) or 'none'})"
+            )
+        r = rec[below]
+        response = node_response(feats, node, channel).sum()
+        # gradients with respect to the tensors the layer consumed (a slice taken here would be
+        # a new view outside the graph): the predictor's raw output, or the offset/mask arguments
+        wanted = [r.raw] + ([r.raw_mask] if r.raw_mask is not None else [])
+        grads = [
+            torch.zeros_like(t) if g is None else g
+            for t, g in zip(wanted, torch.autograd.grad(response, wanted, allow_unused=True))
+        ]
+    n_off = r.offset.shape[1]
+    off_grad = grads[0][:, :n_off]
+    mask_grad = None
+    if r.mask is not None:
+        if r.raw_mask is not None:
+            mask_grad = grads[1]
+        else:  # d/d mask = d/d logit / sigmoid'(logit)
+            m = r.mask.detach()
+            mask_grad = grads[0][:, n_off:] / (m * (1 - m)).clamp_min(1e-12)
+    geo = r.geometry
+    cells = sampling_grid(r.offset.detach().float(), geo)  # [N, G, kh, kw, H, W, 2]
+    n = cells.shape[0]
+    kh, kw = geo.kernel_size
+    g = cells.shape[1]
+    h, w = off_grad.shape[-2:]
+    gy_gx = off_grad.detach().float().reshape(n, g, kh, kw, 2, h, w).movedim(4, -1)
+    weights = gy_gx.norm(dim=-1).reshape(n, -1)
+    stride = feature_stride(images.shape[-2], r.input_size[0])
+    cells = cells.reshape(n, -1, 2)
+    return EffectiveSampling(
+        cells * stride,
+        cells,
+        weights,
+        off_grad.detach(),
+        None if mask_grad is None else mask_grad.detach(),
+        stride,
+        below,
+    )

@@ -1,0 +1,111 @@
+"""Effective dilation (v1 Table 2) against hand-built layers whose answer is known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchdcn.analysis.effective_dilation import (
+    DilationTable,
+    effective_dilation,
+    filter_centres,
+    filter_dilation,
+    position_classes,
+    sampling_grid,
+)
+from torchdcn.analysis.probe import LayerGeometry
+from torchdcn.nn import DeformConv2d, DeformConv2dPack
+
+
+def dilation_offsets(d: int, size: int, n: int = 1, k: int = 3) -> torch.Tensor:
+    """Offsets that turn a dilation-1 ``k x k`` filter into a dilation-``d`` one."""
+    ky, kx = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
+    c = (k - 1) / 2
+    off = torch.stack([(ky - c) * (d - 1), (kx - c) * (d - 1)], -1).reshape(-1).float()
+    return off.view(1, -1, 1, 1).expand(n, -1, size, size).clone()
+
+
+class FixedOffsets(nn.Module):
+    """A DeformConv2d fed constant offsets (a hand-built deformable layer)."""
+
+    def __init__(self, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.conv = DeformConv2d(1, 2, 3, padding=1)
+        self.register_buffer("offset", offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, self.offset.expand(len(x), -1, -1, -1))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_offsets_of_a_dilation_pattern_give_that_dilation(d):
+    model = FixedOffsets(dilation_offsets(d, 8))
+    table = effective_dilation(model, torch.rand(2, 1, 8, 8), [torch.zeros(0, 4)] * 2)
+    ((layer, cells),) = table.rows()
+    mean, std, count = cells["background"]
+    assert layer == "conv" and count == 2 * 64
+    assert mean == pytest.approx(d, abs=1e-6) and std == pytest.approx(0, abs=1e-5)
+
+
+def test_plain_dilation_and_pack_offsets_are_read_by_hooks():
+    geo = LayerGeometry((3, 3), (1, 1), (2, 2), (2, 2))
+    assert torch.allclose(
+        filter_dilation(torch.zeros(1, 18, 5, 5), geo), torch.full((1, 5, 5), 2.0)
+    )
+    layer = DeformConv2dPack(1, 1, 3, padding=1)
+    with torch.no_grad():
+        layer.conv_offset.bias.copy_(dilation_offsets(4, 1).flatten())
+    table = effective_dilation(nn.Sequential(layer), torch.rand(1, 1, 6, 6), [torch.zeros(0, 4)])
+    assert table.rows()[0][1]["background"][0] == pytest.approx(4.0, abs=1e-5)
+
+
+def test_sampling_grid_is_regular_without_offsets():
+    geo = LayerGeometry((3, 3), (2, 2), (1, 1), (1, 1))
+    grid = sampling_grid(torch.zeros(1, 18, 4, 4), geo)  # [1, 1, 3, 3, 4, 4, 2]
+    # output (i, j), kernel (a, b) reads (2 i - 1 + a, 2 j - 1 + b)
+    assert grid[0, 0, 2, 0, 3, 1].tolist() == [2 * 3 - 1 + 2, 2 * 1 - 1 + 0]
+    centres = filter_centres(geo, (4, 4))
+    assert centres[3, 1].tolist() == [6.0, 2.0]
+
+
+def test_position_classes_by_smallest_box_and_coco_areas():
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 100.0], [10.0, 10.0, 20.0, 20.0], [0, 0, 40, 40]])
+    centres = torch.tensor([[15.0, 15.0], [30.0, 30.0], [90.0, 90.0], [150.0, 5.0]])
+    assert position_classes(centres, boxes).tolist() == [0, 1, 2, 3]
+    # given areas replace the box areas
+    areas = torch.tensor([100.0, 100.0, 100.0])
+    assert position_classes(centres, boxes, areas).tolist() == [0, 0, 0, 3]
+
+
+def test_table_accumulates_mean_and_std():
+    table = DilationTable()
+    table.add("l", torch.tensor([1.0, 3.0]), torch.tensor([3, 3]))
+    table.add("l", torch.tensor([2.0]), torch.tensor([0]))
+    cells = dict(table.rows()[0][1])
+    assert cells["background"] == (2.0, 1.0, 2)
+    assert cells["small"][0] == 2.0 and cells["medium"][2] == 0
+    assert "2.00 ± 1.00 (2)" in table.markdown()
+
+
+def test_plain_model_is_refused():
+    with pytest.raises(ValueError, match="effective_dilation needs a model with deformable"):
+        effective_dilation(nn.Conv2d(1, 1, 3), torch.rand(1, 1, 5, 5), [torch.zeros(0, 4)])
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_padding_same_with_an_even_kernel():
+    for layer in (nn.Conv2d(1, 1, 4, padding="same"), DeformConv2d(1, 1, 4, padding="same")):
+        assert LayerGeometry.of(layer) == LayerGeometry((4, 4), (1, 1), (1, 1), (1, 1))
+    conv = nn.Conv2d(1, 1, (2, 5), padding="same", dilation=(1, 2))
+    assert LayerGeometry.of(conv).padding == (0, 4)
+    assert LayerGeometry.of(nn.Conv2d(1, 1, 3, padding="valid")).padding == (0, 0)
+    # the geometry agrees with what nn.Conv2d computes: a one-hot weight at kernel point (0, 0)
+    # reads input (y - pad_top, x - pad_left)
+    conv = nn.Conv2d(1, 1, 4, padding="same", bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1
+    x = torch.rand(1, 1, 7, 7)
+    pad = LayerGeometry.of(conv).padding
+    assert torch.equal(conv(x)[0, 0, pad[0] :, pad[1] :], x[0, 0, : 7 - pad[0], : 7 - pad[1]])

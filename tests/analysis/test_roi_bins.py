@@ -1,0 +1,74 @@
+"""Deformed RoI bins (v1 Fig. 7) and effective bin weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchdcn.analysis.roi_bins import bin_boxes, deformed_bins, record_roi_inputs
+from torchdcn.nn import DeformPSRoIPool, DeformRoIPool, ModulatedDeformRoIPool
+from torchdcn.ops import deform_roi_pool
+
+
+def test_regular_bins_partition_the_roi_and_offsets_move_them():
+    rois = torch.tensor([[0.0, 0.0, 8.0, 4.0]])
+    regular, deformed = bin_boxes(rois, None, (2, 2), spatial_scale=0.5)
+    want = [[[0, 0, 4, 2], [4, 0, 8, 2]], [[0, 2, 4, 4], [4, 2, 8, 4]]]
+    assert torch.allclose(regular[0], torch.tensor(want, dtype=torch.float32))
+    assert torch.equal(regular, deformed)
+    offset = torch.zeros(1, 2, 2, 2)
+    offset[0, 0, 1, 0] = 1.0  # bin (1, 0) right by gamma * roi_w = 0.1 * 8 pixels
+    offset[0, 1, 0, 1] = -2.0  # bin (0, 1) up by 2 * 0.1 * roi_h = 0.8 pixels
+    _, moved = bin_boxes(rois, offset, (2, 2), 0.5)
+    shift = moved - regular
+    assert torch.allclose(shift[0, 1, 0], torch.tensor([0.8, 0, 0.8, 0]))
+    assert torch.allclose(shift[0, 0, 1], torch.tensor([0, -0.8, 0, -0.8]))
+    assert shift[0, 0, 0].abs().max() == 0 and shift[0, 1, 1].abs().max() == 0
+
+
+def test_module_bins_and_effective_weights():
+    torch.manual_seed(0)
+    pool = DeformRoIPool(3, 2, spatial_scale=0.25, sampling_ratio=2).double()
+    with torch.no_grad():
+        pool.offset_fc.bias.uniform_(-1, 1)
+    feats = torch.rand(1, 3, 10, 10, dtype=torch.float64)
+    box = torch.tensor([[4.0, 6.0, 30.0, 34.0]], dtype=torch.float64)
+    bins = deformed_bins(pool, feats, box, score_fn=lambda p: p[:, 1].sum((1, 2)))
+    rois = torch.cat([torch.zeros(1, 1, dtype=torch.float64), box], 1)
+    offset, _ = pool.predict(feats, rois)
+    _, want = bin_boxes(box, offset, (2, 2), 0.25)
+    assert torch.allclose(bins.deformed, want.float()) and bins.mask is None
+    # effective weight of bin (1, 0): |d score / d offset| by central differences
+    eps, grad = 1e-6, []
+    for c in (0, 1):
+        plus, minus = offset.clone(), offset.clone()
+        plus[0, c, 1, 0] += eps
+        minus[0, c, 1, 0] -= eps
+        diff = deform_roi_pool(feats, rois, plus, 2, 0.25, 2) - deform_roi_pool(
+            feats, rois, minus, 2, 0.25, 2
+        )
+        grad.append(diff[0, 1].sum().item() / (2 * eps))
+    assert bins.weights[0, 1, 0].item() == pytest.approx(torch.tensor(grad).norm().item(), rel=1e-4)
+
+
+def test_modulated_and_position_sensitive_modules():
+    feats = torch.rand(1, 4, 8, 8)
+    box = torch.tensor([[0.0, 0.0, 16.0, 16.0]])
+    bins = deformed_bins(ModulatedDeformRoIPool(4, 2, 0.5), feats, box)
+    assert torch.equal(bins.deformed, bins.regular) and torch.allclose(
+        bins.mask, torch.full((1, 2, 2), 0.5)
+    )
+    ps = DeformPSRoIPool(1, 2, 0.5)
+    with torch.no_grad():
+        ps.conv_offset.bias.fill_(1.0)
+    bins = deformed_bins(ps, feats, box)
+    assert torch.allclose(bins.deformed - bins.regular, torch.tensor([1.6, 1.6, 1.6, 1.6]))
+
+
+def test_models_without_deformable_pooling_are_refused():
+    with pytest.raises(ValueError, match="need a model with deformable RoI pooling"):
+        with record_roi_inputs(nn.Conv2d(1, 1, 1)):
+            pass
+    with pytest.raises(TypeError, match="deformable RoI pooling module"):
+        deformed_bins(nn.Conv2d(1, 1, 1), torch.rand(1, 1, 4, 4), torch.zeros(1, 4))
