@@ -18,6 +18,11 @@ same boxes (the anchors, as many as ``post_nms_top_n`` keeps after NMS) and none
 detection: the times compare the networks, not the post-processing of random detections.
 
     .venv/bin/python benchmarks/bench_detection_cost.py [--size 600 1000] [--repeats 3]
+
+``--model rfcn`` measures R-FCN instead (1x1 reduction to 1024, 7 x 7 x 81 class and 7 x 7 x 4
+box score maps): ``plain`` PS RoI pooling, ``v1`` deformable conv5 + deformable PS RoI pooling,
+``v2`` modulated conv3-conv5 + deformable PS RoI pooling; its score convs are zeroed instead of
+the box predictor.
 """
 
 from __future__ import annotations
@@ -37,12 +42,18 @@ from torch import Tensor, nn
 
 from torchdcn.analysis.complexity import count_parameters
 from torchdcn.models.detection.faster_rcnn import faster_rcnn
+from torchdcn.models.detection.rfcn import rfcn
 from torchdcn.nn import DeformConv2d
 
 VARIANTS = {
     "plain": {"deform": None, "roi_pool": "roi_align"},
     "v1": {"deform": "v1", "roi_pool": "deform"},
     "v2": {"deform": "v2", "roi_pool": "mdeform"},
+}
+RFCN_VARIANTS = {
+    "plain": {"deform": None, "ps_pool": "ps"},
+    "v1": {"deform": "v1", "ps_pool": "deform"},
+    "v2": {"deform": "v2", "ps_pool": "deform"},
 }
 KINDS = ("conv", "linear", "deform_conv", "offset_predictor", "sampling")
 
@@ -104,13 +115,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--repeats", type=int, default=3, help="timed inferences per model")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", choices=("faster_rcnn", "rfcn"), default="faster_rcnn")
     args = parser.parse_args(argv)
+    variants = RFCN_VARIANTS if args.model == "rfcn" else VARIANTS
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images = [torch.rand(3, *args.size)]
     models = {}
-    for name, kw in VARIANTS.items():
-        model = faster_rcnn(args.backbone, num_classes=80, **kw).eval()
+    for name, kw in variants.items():
+        build = rfcn if args.model == "rfcn" else faster_rcnn
+        model = build(args.backbone, num_classes=80, **kw).eval()
         # random weights make random proposals (degenerate boxes that NMS merges, a different
         # count per model) and random detections (post-processing work that differs by model):
         # zero the predictors so that every model proposes the same anchors (equal scores, zero
@@ -118,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         predictor = model.roi_heads.predictor
         for layer in (model.rpn.head.cls_logits, model.rpn.head.bbox_pred):
             nn.init.zeros_(layer.weight)
-        for layer in (predictor.cls_score, predictor.bbox_pred):
+        head = model.roi_heads.pooler  # R-FCN: the score maps are its predictor
+        layers = (head.cls_conv, head.box_conv) if args.model == "rfcn" else ()
+        for layer in layers or (predictor.cls_score, predictor.bbox_pred):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         models[name] = model
@@ -139,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     when = datetime.date.today().isoformat()
     print(
-        f"# Faster R-CNN {args.backbone} inference, 1 image 3 x {args.size[0]} x {args.size[1]}, "
+        f"# {args.model} {args.backbone} inference, 1 image 3 x {args.size[0]} x {args.size[1]}, "
         f"float32, {torch.get_num_threads()} threads, medians of {args.repeats}; {when}, "
         f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}"
     )
@@ -154,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         total = sum(row["macs"][k] for k in KINDS)
         base_total = sum(base["macs"][k] for k in KINDS)
         print(
-            f"| {name} | {VARIANTS[name]['deform']} | {VARIANTS[name]['roi_pool']} "
+            f"| {name} | {variants[name]['deform']} | {list(variants[name].values())[1]} "
             f"| {row['params'] / 1e6:.3f} | {row['params'] / base['params']:.3f} "
             f"| {total / 1e9:.2f} | {total / base_total:.3f} "
             f"| {row['macs']['roi_heads'] / 1e9:.2f} ({row['macs']['rois']}) "

@@ -6,6 +6,7 @@ Nothing downloads; see :mod:`torchdcn.data.mnist` for where the file is looked f
 
 from .coco import CocoDetection, coco128, find_coco128
 from .collate import list_collate, stack_collate
+from .digit_scenes import SceneConfig, generate_digit_scenes
 from .distort import DistortedDigits, Distortion, digit_centre, render
 from .distorted_mnist import CANVAS, TEST_LEVELS, TRAIN_DISTORTION, distorted_mnist
 from .mnist import (
@@ -17,6 +18,7 @@ from .mnist import (
     mnist5k_split,
     split_indices,
 )
+from .segmentation import CocoSegmentation, FolderSegmentation, segmentation_transforms
 from .source import BatchSource, BatchSourceDataset, TensorSource, as_dataset
 from .transforms import (
     Compose,
@@ -34,13 +36,16 @@ __all__ = [
     "BatchSource",
     "BatchSourceDataset",
     "CocoDetection",
+    "CocoSegmentation",
     "Compose",
     "DataFormatError",
     "DataNotFoundError",
     "DistortedDigits",
     "Distortion",
+    "FolderSegmentation",
     "RandomHorizontalFlip",
     "Resize",
+    "SceneConfig",
     "TensorSource",
     "ToTensor",
     "as_dataset",
@@ -50,10 +55,12 @@ __all__ = [
     "distorted_mnist",
     "find_coco128",
     "find_mnist5k",
+    "generate_digit_scenes",
     "list_collate",
     "load_mnist5k",
     "mnist5k_split",
     "render",
+    "segmentation_transforms",
     "split_indices",
     "stack_collate",
 ]

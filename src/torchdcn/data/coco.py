@@ -7,7 +7,8 @@ transforms), and ``target`` a dict:
 - ``"labels"``: int64 Tensor[K], contiguous labels 1..C (0 is the background and never occurs);
   :attr:`CocoDetection.label_to_category_id` maps them back to the file's category ids;
 - ``"masks"`` (only with ``masks=True``): uint8 Tensor[K, H, W], one 0/1 mask per box, decoded
-  from polygons or RLE by pycocotools;
+  from polygons or RLE by pycocotools (an annotation without ``segmentation`` gets its box, as
+  a rectangle polygon);
 - ``"crowd_boxes"``: float32 Tensor[Kc, 4], the crowd regions (``iscrowd=1``). They are **kept
   out of** ``boxes`` / ``labels`` / ``masks``, so a loss never trains on them; a matcher that wants
   to ignore anchors inside crowds (as Detectron does) can read them here;
@@ -316,7 +317,7 @@ class CocoDetection(Dataset):
                     # pycocotools' decoder trips a NumPy 2 DeprecationWarning ("__array__ ...
                     # copy keyword") on every mask; the masks are right
                     warnings.filterwarnings("ignore", "__array__", DeprecationWarning)
-                    masks = np.stack([self.coco.annToMask(a) for a in record["anns"]])
+                    masks = np.stack([self.coco.annToMask(_with_mask(a)) for a in record["anns"]])
             else:
                 masks = np.zeros((0, height, width), dtype=np.uint8)
             target["masks"] = torch.from_numpy(masks.astype(np.uint8, copy=False))
@@ -354,3 +355,11 @@ def coco128(root: str | os.PathLike | None = None, **kwargs: Any) -> CocoDetecti
     return CocoDetection(
         base / "annotations" / "instances_train2017.json", base / "train2017", **kwargs
     )
+
+
+def _with_mask(ann: dict[str, Any]) -> dict[str, Any]:
+    """``ann``, or a copy whose ``segmentation`` is its box as a polygon when it has none."""
+    if ann.get("segmentation"):
+        return ann
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    return {**ann, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}

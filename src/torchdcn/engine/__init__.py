@@ -24,6 +24,7 @@ from .evaluate import evaluate, evaluate_accuracy
 from .evaluator import AccuracyEvaluator, Evaluator
 from .logger import MetricLogger, read_metrics
 from .losses import ClassificationLoss, check_losses, model_losses, total_loss
+from .miou import MIoUEvaluator
 from .optim import build_optimizer
 from .sampler import ShardSampler, TrainBatchSampler, epoch_batches, rank_slice
 from .schedule import apply_lr, lr_factor
@@ -38,6 +39,7 @@ __all__ = [
     "CocoEvaluator",
     "DistInfo",
     "Evaluator",
+    "MIoUEvaluator",
     "MetricLogger",
     "OptimConfig",
     "ScheduleConfig",

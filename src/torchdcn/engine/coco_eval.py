@@ -77,7 +77,9 @@ class CocoEvaluator:
             image the model saw, as ``model(images)`` returns them: mapped back with the
             targets' ``"size"``, ``"orig_size"`` and ``"flipped"``) or ``"original"`` (already in
             the file's pixels, as ``model(images, orig_sizes=...)`` returns them).
-        mask_threshold: a float mask is the set of pixels with probability above this.
+        mask_threshold: a float mask is the set of pixels with probability at least this
+            (0.5); masks given at the input size are first resized bilinearly (and unflipped)
+            to the original image, then binarised and RLE-encoded with pycocotools.
     """
 
     def __init__(
@@ -211,7 +213,7 @@ class CocoEvaluator:
             raise ValueError(
                 f"output masks are {tuple(masks.shape[-2:])} but the image is {orig_size} (h, w)"
             )
-        binary = (masks > self.mask_threshold).numpy().astype(np.uint8)
+        binary = (masks >= self.mask_threshold).numpy().astype(np.uint8)
         rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
         for rle in rles:
             rle["counts"] = rle["counts"].decode("ascii")  # JSON- and pickle-friendly
@@ -251,6 +253,27 @@ class CocoEvaluator:
         self.table = "\n".join(tables)
         return metrics
 
+    def _segm_gt(self) -> Any:
+        """The ground truth for ``segm``: ``coco_gt`` itself, or (when some annotations have no
+        ``segmentation``) a copy in which those get their box as a rectangle polygon, the mask
+        :class:`~torchdcn.data.CocoDetection` trains them with."""
+        anns = self.coco_gt.dataset.get("annotations", [])
+        if all(a.get("segmentation") for a in anns):
+            return self.coco_gt
+        from pycocotools.coco import COCO
+
+        filled = []
+        for a in anns:
+            if not a.get("segmentation"):
+                x, y, w, h = (float(v) for v in a["bbox"])
+                a = {**a, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+            filled.append(a)
+        gt = COCO()
+        gt.dataset = {**self.coco_gt.dataset, "annotations": filled}
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+        return gt
+
     def _score(
         self, kind: str, image_ids: list[int], results: list[dict[str, Any]]
     ) -> tuple[dict[str, float], str]:
@@ -273,7 +296,8 @@ class CocoEvaluator:
                     "annotations": [],
                 }
                 coco_dt.createIndex()
-            coco_eval = COCOeval(self.coco_gt, coco_dt, kind)
+            coco_gt = self._segm_gt() if kind == "segm" else self.coco_gt
+            coco_eval = COCOeval(coco_gt, coco_dt, kind)
             coco_eval.params.imgIds = image_ids
             coco_eval.evaluate()
             coco_eval.accumulate()

@@ -2,9 +2,10 @@
 
 - :mod:`.backbones`: ResNet / ResNeXt with deformable presets, :func:`load_pretrained`.
 - :mod:`.classification`: the MNIST demo CNN.
-- :mod:`.detection`: RPN, class-aware RPN detector, Faster R-CNN (:func:`faster_rcnn`,
-  :func:`rpn_detector`); R-FCN, Mask R-CNN to come.
-- :mod:`.segmentation`: DeepLab (to come).
+- :mod:`.detection`: RPN, class-aware RPN detector, Faster R-CNN, R-FCN, Mask R-CNN
+  (:func:`faster_rcnn`, :func:`rpn_detector`, :func:`rfcn`, :func:`mask_rcnn`), R-CNN feature
+  mimicking.
+- :mod:`.segmentation`: DeepLab (:func:`deeplab`, paper head or ASPP).
 
 Tasks stand side by side and never import each other; all of them read backbones.
 """
@@ -30,12 +31,14 @@ from .backbones import (
 )
 from .classification import MnistCNN, MnistCNNConfig
 from .detection import FasterRCNN, RPNDetector, faster_rcnn, rpn_detector
+from .segmentation import DeepLab, deeplab
 
 __all__ = [
     "DCN_V1",
     "DCN_V2",
     "BasicBlock",
     "Bottleneck",
+    "DeepLab",
     "DeformConfig",
     "FasterRCNN",
     "FeatureInfo",
@@ -44,6 +47,7 @@ __all__ = [
     "MnistCNNConfig",
     "RPNDetector",
     "ResNet",
+    "deeplab",
     "faster_rcnn",
     "load_pretrained",
     "resnet18",

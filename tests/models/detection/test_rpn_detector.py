@@ -10,9 +10,15 @@ from torch import nn
 
 from torchdcn.models import FeatureInfo, resnet18
 from torchdcn.models.detection.anchors import AnchorGenerator
+from torchdcn.models.detection.faster_rcnn import rpn_detector
 from torchdcn.models.detection.image_list import batch_images
+from torchdcn.models.detection.matcher import Matcher
 from torchdcn.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchdcn.models.detection.rpn_detector import RPNDetector, class_aware_detections
+from torchdcn.models.detection.rpn_detector import (
+    RPNDetector,
+    class_aware_detections,
+    detector_matcher,
+)
 from torchdcn.ops import box_iou
 
 
@@ -147,3 +153,38 @@ def test_bad_configuration():
         RPNDetector(TinyBackbone(), aware)
     with pytest.raises(ValueError, match=r"images\[0\] must be a Tensor\[3, H, W\]"):
         _detector().eval()([torch.rand(1, 16, 16)])
+
+
+def test_preset_matches_anchors_as_a_detector_leaving_none_out():
+    # Every anchor is scored at test time, so every anchor must get a training label: class of
+    # its best ground truth at IoU >= 0.5 (or as some ground truth's best anchor), else
+    # background. The RPN's proposal matcher (0.7 / 0.3) would leave the anchors in between out.
+    rpn = rpn_detector("resnet18", num_classes=3, anchor_sizes=(16, 32, 64)).rpn
+    anchors = rpn.anchor_generator([(6, 8)], "cpu", torch.float32)[0]
+    gt = torch.tensor([[10.0, 12.0, 50.0, 44.0], [70.0, 40.0, 84.0, 62.0], [0.0, 60.0, 9.0, 70.0]])
+    gt_labels = torch.tensor([3, 1, 2])
+    labels, matched = rpn._anchor_labels(anchors, {"boxes": gt, "labels": gt_labels}, 0)
+
+    iou = box_iou(gt, anchors)  # independent reference
+    best_iou, best_gt = iou.max(dim=0)
+    is_best = (iou == iou.max(dim=1, keepdim=True).values).any(dim=0)
+    expected = torch.where((best_iou >= 0.5) | is_best, gt_labels[best_gt], 0)
+    assert (labels >= 0).all()
+    assert torch.equal(labels, expected)
+    pos = labels > 0
+    torch.testing.assert_close(matched[pos], gt[best_gt[pos]])
+    # the three boxes have positives, and the middle band (0.3 <= IoU < 0.5) is background
+    assert set(labels[pos].tolist()) == {1, 2, 3}
+    band = (best_iou >= 0.3) & (best_iou < 0.5) & ~is_best
+    assert band.any() and (labels[band] == 0).all()
+    # an explicit matcher still wins
+    proposal_like = rpn_detector(
+        "resnet18", num_classes=3, rpn_kwargs={"matcher": Matcher(0.7, 0.3, True)}
+    ).rpn
+    assert proposal_like.matcher.high_threshold == 0.7
+
+
+def test_detector_matcher_thresholds():
+    iou = torch.tensor([[0.8, 0.5, 0.49, 0.1, 0.0], [0.0, 0.0, 0.2, 0.3, 0.0]])
+    assert detector_matcher()(iou).tolist() == [0, 0, -1, 1, -1]
+    assert detector_matcher(0.6)(iou).tolist() == [0, -1, -1, 1, -1]

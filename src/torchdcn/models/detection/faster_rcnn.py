@@ -28,9 +28,10 @@ from .box_head import FastRCNNPredictor, RoIHeads, TwoFCHead
 from .conv_reduce import ConvReduce
 from .fpn import FPN
 from .image_list import IMAGENET_MEAN, IMAGENET_STD, ImageList, normalize_and_batch
+from .mimic import MimicBranch
 from .poolers import POOLER_KINDS, RoIPooler
 from .rpn import RegionProposalNetwork, RPNHead
-from .rpn_detector import RPNDetector
+from .rpn_detector import RPNDetector, detector_matcher
 
 Targets = Sequence[Mapping[str, Tensor]]
 
@@ -47,6 +48,8 @@ class FasterRCNN(nn.Module):
         neck: optional ``dict -> dict`` module between backbone and heads (:class:`~.fpn.FPN`,
             :class:`~.conv_reduce.ConvReduce`).
         pixel_mean, pixel_std: normalisation of ``[0, 1]`` RGB inputs (ImageNet's).
+        mimic: optional R-CNN feature-mimicking branch (:class:`~.mimic.MimicBranch`, v2 section
+            3.3): training only, it adds ``"loss_mimic"`` (and ``"loss_mimic_cls"``).
 
     ``forward(images, targets=None, orig_sizes=None)``:
 
@@ -69,6 +72,7 @@ class FasterRCNN(nn.Module):
         neck: nn.Module | None = None,
         pixel_mean: Sequence[float] = IMAGENET_MEAN,
         pixel_std: Sequence[float] = IMAGENET_STD,
+        mimic: MimicBranch | None = None,
     ) -> None:
         super().__init__()
         if rpn.class_aware:
@@ -92,6 +96,7 @@ class FasterRCNN(nn.Module):
         self.neck = neck
         self.rpn = rpn
         self.roi_heads = roi_heads
+        self.mimic = mimic  # training-only branch; never called in eval
         self.size_divisibility = int(getattr(backbone, "size_divisibility", 1))
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
@@ -140,7 +145,10 @@ class FasterRCNN(nn.Module):
             features, proposals, batch.image_sizes, targets if self.training else None, orig_sizes
         )
         if self.training:
-            return {**rpn_losses, **head_losses}
+            losses = {**rpn_losses, **head_losses}
+            if self.mimic is not None:
+                losses.update(self.mimic(self, batch, features, proposals, targets))
+            return losses
         return detections
 
 
@@ -215,6 +223,7 @@ def faster_rcnn(
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     rpn_kwargs: Mapping[str, Any] | None = None,
     roi_heads_kwargs: Mapping[str, Any] | None = None,
+    mimic: bool | Mapping[str, Any] = False,
 ) -> FasterRCNN:
     """Faster R-CNN in the papers' layout (or with FPN), plain or deformable.
 
@@ -239,6 +248,9 @@ def faster_rcnn(
         rpn_kwargs, roi_heads_kwargs: more arguments of :class:`~.rpn.RegionProposalNetwork`
             (``pre_nms_top_n``, ``post_nms_top_n``, ``sampler``...) and :class:`~.RoIHeads`
             (``sampler``, ``score_thresh``, ``detections_per_img``...).
+        mimic: R-CNN feature mimicking in training (v2 section 3.3): ``True`` for the paper's
+            settings (32 positive RoIs per image, 224 px patches, weights 0.1), or a dict of
+            :class:`~.mimic.MimicBranch` options (``rois="all"``, ``patch_size=64``...).
 
     The offset predictors of deformable convs and RoI pooling keep their learning-rate
     multipliers: use ``torchdcn.nn.param_groups(model, lr)`` for the optimizer.
@@ -291,7 +303,13 @@ def faster_rcnn(
         FastRCNNPredictor(representation_size, num_classes + 1),
         **dict(roi_heads_kwargs or {}),
     )
-    return FasterRCNN(body, rpn, roi_heads, neck)
+    if not isinstance(mimic, bool | Mapping):
+        raise TypeError(f"mimic must be a bool or a dict of MimicBranch options, got {mimic!r}")
+    branch = None
+    if mimic is not False:
+        options = {} if mimic is True else dict(mimic)
+        branch = MimicBranch(num_classes + 1, representation_size, **options)
+    return FasterRCNN(body, rpn, roi_heads, neck, mimic=branch)
 
 
 def rpn_detector(
@@ -313,7 +331,9 @@ def rpn_detector(
 
     Args:
         backbone, deform, num_classes, pretrained_backbone, frozen_bn, freeze_at, anchor_sizes,
-            aspect_ratios, rpn_kwargs: as :func:`faster_rcnn`.
+            aspect_ratios, rpn_kwargs: as :func:`faster_rcnn`; the anchors are matched by
+            :func:`~.rpn_detector.detector_matcher` (IoU 0.5, no ignored band) unless
+            ``rpn_kwargs`` gives a ``matcher``.
         class_aware: must be ``True`` (a plain RPN proposes, it does not detect; use
             :func:`faster_rcnn`).
         detector_kwargs: ``score_thresh``, ``nms_thresh``, ``detections_per_img`` of
@@ -331,6 +351,6 @@ def rpn_detector(
     body = _backbone(backbone, deform, 16, frozen_bn, freeze_at, pretrained_backbone)
     rpn = _rpn(
         body.feature_info, ["conv4"], (tuple(anchor_sizes),), aspect_ratios, num_classes, True,
-        **dict(rpn_kwargs or {}),
+        **{"matcher": detector_matcher(), **dict(rpn_kwargs or {})},
     )  # fmt: skip
     return RPNDetector(body, rpn, **detector_kwargs)
