@@ -268,6 +268,12 @@ def test_coco_folder_resolution(tmp_path):
     (ann / "instances_val.json").write_text((ann / "instances_train.json").read_text())
     (root / "val").mkdir()
     assert coco_paths(str(root), None, None, "val") == (ann / "instances_val.json", root / "val")
+    # an exact split name wins over a longer one sharing its prefix (digit scenes' val_heldout)
+    (ann / "instances_val_heldout.json").write_text("{}")
+    assert coco_paths(str(root), None, None, "val")[0] == ann / "instances_val.json"
+    (ann / "instances_val.json").unlink()
+    assert coco_paths(str(root), None, None, "val")[0] == ann / "instances_val_heldout.json"
+    (ann / "instances_val.json").write_text((ann / "instances_train.json").read_text())
     (ann / "instances_extra.json").write_text("{}")
     with pytest.raises(cli.UsageError, match="choose one with --ann-file"):
         coco_paths(str(root), None, None, "test")

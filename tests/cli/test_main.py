@@ -312,14 +312,15 @@ def test_model_presets_are_a_registry_with_a_clear_error(tmp_path, capsys):
     from torchdcn.models.classification.mnist_cnn import mnist_cnn
 
     assert cli.main(["train", "--model", "faster_rcnn_r50"]) == cli.EXIT_USAGE
-    choices = "mnist_cnn, faster_rcnn, rpn_detector"
+    choices = ", ".join(MODELS)  # every preset, in registration order
     assert f"invalid choice: 'faster_rcnn_r50' (choose from {choices})" in capsys.readouterr().err
     cfg = tmp_path / "m.yaml"
     cfg.write_text("model: resnet9000\n")
     argv = ["train", "--config", str(cfg), "--data-root", str(tmp_path / "nodata")]
     assert cli.main(argv) == cli.EXIT_USAGE
     assert f"model must be one of {choices}, got 'resnet9000'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown model 'x'; choose from faster_rcnn, mnist_cnn"):
+    names = ", ".join(sorted(MODELS))
+    with pytest.raises(ValueError, match=f"unknown model 'x'; choose from {names}"):
         get_preset("x")
     preset = MODELS["mnist_cnn"]
     config = preset.model_config({"deform": "v2", "width": 16, "lr": 0.1})

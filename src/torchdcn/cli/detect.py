@@ -6,10 +6,12 @@ checkpoint sees the image resized as in training (shorter side ``min_size``, lon
 ``--out``:
 
 - ``<stem>.png`` per image: the detections scoring at least ``--score-thresh`` drawn with
-  :func:`torchdcn.analysis.draw.draw_detections`, named by the checkpoint's COCO categories;
+  :func:`torchdcn.analysis.draw.draw_detections`, named by the checkpoint's COCO categories (a
+  Mask R-CNN's masks painted under the boxes);
 - ``detections.json``: those detections as COCO results, ``[{"image_id", "category_id",
   "bbox": [x, y, w, h], "score"}, ...]`` (category ids of the training file, as
-  ``COCO.loadRes`` takes them);
+  ``COCO.loadRes`` takes them); a Mask R-CNN's also carry ``"segmentation"``, the mask
+  binarised at ``>= 0.5`` as COCO RLE (``{"size": [h, w], "counts": str}``, pycocotools);
 - ``images.json``: ``{"images": [{"id", "file_name", "path", "height", "width", "png"}],
   "categories": [{"id", "name"}]}``, which maps the files to the ids of the results. Ids are
   those of ``--ann-file`` (matched by file name), else 1, 2, ... in the order processed.
@@ -97,6 +99,18 @@ def _png_names(files: list[Path]) -> list[str]:
     return names
 
 
+def _rle(masks: Any) -> list[dict[str, Any]]:
+    """COCO RLEs (``counts`` as text) of ``[K, 1, H, W]`` probability masks binarised at 0.5."""
+    import numpy as np
+    from pycocotools import mask as mask_util
+
+    binary = (masks.reshape(len(masks), *masks.shape[-2:]) >= 0.5).numpy().astype(np.uint8)
+    if len(binary) == 0:
+        return []
+    rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    return [{"size": list(r["size"]), "counts": r["counts"].decode("ascii")} for r in rles]
+
+
 def run_detect(s: dict[str, Any]) -> list[dict[str, Any]]:
     """The ``detect`` command with its settings; returns the COCO results written."""
     from ..analysis.draw import draw_detections
@@ -112,7 +126,7 @@ def run_detect(s: dict[str, Any]) -> list[dict[str, Any]]:
     if preset.task != "detection":
         raise UsageError(
             f"{s['checkpoint']} is a {preset.task} checkpoint ({info.get('model')}); detect "
-            "needs a detector's (faster_rcnn, rpn_detector)"
+            "needs a detector's (faster_rcnn, mask_rcnn, rpn_detector)"
         )
     data = check_detection_info(info, s["checkpoint"])
     categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in data["categories"]]
@@ -135,9 +149,11 @@ def run_detect(s: dict[str, Any]) -> list[dict[str, Any]]:
             (found,) = model([image.to(device)], orig_sizes=[size])
         keep = found["scores"] >= s["score_thresh"]
         boxes, labels, scores = (found[k][keep].cpu() for k in ("boxes", "labels", "scores"))
-        draw_detections(picture, boxes, labels, scores, names).save(out / png)
+        masks = found["masks"][keep].cpu() if "masks" in found else None
+        draw_detections(picture, boxes, labels, scores, names, masks=masks).save(out / png)
         image_id = ids[index] if ids is not None else index + 1
-        for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
+        rles = _rle(masks) if masks is not None else [None] * len(boxes)
+        for box, label, score, rle in zip(boxes.tolist(), labels.tolist(), scores.tolist(), rles):
             x1, y1, x2, y2 = box
             results.append(
                 {
@@ -145,6 +161,7 @@ def run_detect(s: dict[str, Any]) -> list[dict[str, Any]]:
                     "category_id": categories[int(label) - 1]["id"],
                     "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)],
                     "score": round(float(score), 4),
+                    **({"segmentation": rle} if rle is not None else {}),
                 }
             )
         images.append(

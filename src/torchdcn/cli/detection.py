@@ -60,7 +60,10 @@ def coco_paths(
                 f"no annotations/instances_*.json under {base}: give a COCO-style folder "
                 "(annotations/instances_<split>.json and <split>/ of images) or --ann-file"
             )
-        preferred = [f for f in found if _split(f).startswith(prefer)]
+        # an exact split name wins (``val`` beside ``val_heldout``), then a prefix (``val2017``)
+        preferred = [f for f in found if _split(f) == prefer] or [
+            f for f in found if _split(f).startswith(prefer)
+        ]
         if len(preferred) == 1 or len(found) == 1:
             ann = (preferred or found)[0]
         else:
@@ -108,10 +111,16 @@ class FirstImages(Dataset):
 
 
 def coco_dataset(
-    ann: Path, images: Path, train: bool, min_size: int, max_size: int, seed: int = 0
+    ann: Path,
+    images: Path,
+    train: bool,
+    min_size: int,
+    max_size: int,
+    seed: int = 0,
+    masks: bool = False,
 ) -> Any:
     """A :class:`~torchdcn.data.CocoDetection` with the papers' transforms (flips in training;
-    training leaves out images without boxes)."""
+    training leaves out images without boxes); ``masks``: with instance masks (Mask R-CNN)."""
     from ..data.coco import CocoDetection
     from ..data.transforms import detection_transforms
 
@@ -121,6 +130,7 @@ def coco_dataset(
         transforms=detection_transforms(train, min_size, max_size),
         seed=seed,
         drop_empty=train,
+        masks=masks,
     )
 
 
@@ -131,15 +141,18 @@ def limited(dataset: Any, count: int | None) -> Any:
 
 def training_data(s: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     """``(train set, evaluation set, run_info["data"])`` of ``train``'s settings."""
+    from .presets import get_preset
+
     ann, images = coco_paths(s["data_root"], s["ann_file"], s["image_dir"], "train")
-    train = coco_dataset(ann, images, True, s["min_size"], s["max_size"], s["seed"])
+    masks = get_preset(s["model"]).masks if s.get("model") else False
+    train = coco_dataset(ann, images, True, s["min_size"], s["max_size"], s["seed"], masks)
     if s["val_ann_file"] is None and s["val_image_dir"] is None:
         val_ann, val_images = ann, images
     else:
         val_ann, val_images = coco_paths(
             s["data_root"], s["val_ann_file"] or str(ann), s["val_image_dir"], "val"
         )
-    val = coco_dataset(val_ann, val_images, False, s["min_size"], s["max_size"])
+    val = coco_dataset(val_ann, val_images, False, s["min_size"], s["max_size"], masks=masks)
     if val.category_ids != train.category_ids:
         raise UsageError(
             f"{val_ann} has category ids {val.category_ids}, {ann} {train.category_ids}: the "
@@ -156,16 +169,20 @@ def training_data(s: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
         "max_size": s["max_size"],
         "limit_train": s["limit_train"],
         "categories": [{"id": c, "name": str(cats[c].get("name", c))} for c in train.category_ids],
+        "masks": masks,
     }
     return limited(train, s["limit_train"]), limited(val, s["limit_test"]), info
 
 
 def coco_evaluator(dataset: Any) -> Any:
-    """``() -> CocoEvaluator`` of ``dataset`` (boxes as ``model(images)`` returns them)."""
+    """``() -> CocoEvaluator`` of ``dataset`` (boxes as ``model(images)`` returns them); it
+    scores ``segm`` too when the set has masks (a Mask R-CNN's data)."""
     from ..engine.coco_eval import CocoEvaluator
 
+    iou_types = ("bbox", "segm") if getattr(dataset, "masks", False) else ("bbox",)
+
     def make() -> Any:
-        return CocoEvaluator.from_dataset(dataset, boxes_in="input")
+        return CocoEvaluator.from_dataset(dataset, boxes_in="input", iou_types=iou_types)
 
     return make
 
@@ -175,7 +192,7 @@ def metrics_table(metrics: dict[str, float]) -> str:
     score)."""
     from ..engine.coco_eval import metric_names
 
-    names = [n for n in metric_names() if n in metrics]
+    names = [n for n in metric_names(("bbox", "segm")) if n in metrics]
     width = max(len(n) for n in names)
     lines = [f"{'metric':<{width}}  {'%':>6}"]
     for name in names:
@@ -207,8 +224,9 @@ def evaluation_set(s: dict[str, Any], data: dict[str, Any]) -> Any:
     else:
         ann, images = coco_paths(s["data_root"], s["ann_file"], s["image_dir"], "val")
     dataset = coco_dataset(
-        ann, images, False, s["min_size"] or data["min_size"], s["max_size"] or data["max_size"]
-    )
+        ann, images, False, s["min_size"] or data["min_size"], s["max_size"] or data["max_size"],
+        masks=bool(data.get("masks", False)),
+    )  # fmt: skip
     wanted = [int(c["id"]) for c in data["categories"]]
     if dataset.category_ids != wanted:
         raise UsageError(

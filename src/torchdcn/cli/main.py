@@ -1,5 +1,5 @@
-"""The ``torchdcn`` command: ``train``, ``eval``, ``detect`` and ``demo`` (also ``python -m
-torchdcn``).
+"""The ``torchdcn`` command: ``train``, ``eval``, ``detect``, ``segment`` and ``demo`` (also
+``python -m torchdcn``).
 
 Every option of a command can also come from a YAML or TOML file given with ``--config``: a flat
 table whose keys are the option names (``batch_size`` or ``batch-size``). Command-line flags win
@@ -98,7 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(command)
             settings = resolve_settings(command, args)
             _check(command, settings)
-            runner = {"train": _train, "eval": _eval, "detect": _detect, "demo": _demo}[command]
+            runner = {
+                "train": _train,
+                "eval": _eval,
+                "detect": _detect,
+                "segment": _segment,
+                "demo": _demo,
+                "analyze": _analyze,
+                "data": _data,
+            }[command]
             return runner(settings)
     except UsageError as err:
         print(f"torchdcn {command}: error: {err}", file=sys.stderr)
@@ -132,9 +140,9 @@ def _one_line_warnings(command: str) -> Callable[..., None]:
 def _check(command: str, s: dict[str, Any]) -> None:
     """Checks that need several settings or torch, before any data is read (ranges of single
     options are checked by :func:`resolve_settings`)."""
-    if command in ("eval", "detect") and not s.get("checkpoint"):
+    if command in ("eval", "detect", "segment") and not s.get("checkpoint"):
         raise UsageError("--checkpoint is required (e.g. --checkpoint runs/train/last.pt)")
-    if command == "detect" and not s.get("inputs"):
+    if command in ("detect", "segment") and not s.get("inputs"):
         raise UsageError("give at least one image or folder of images (IMAGE_OR_DIR)")
     if "device" in s:
         from ..engine.trainer import resolve_device
@@ -198,8 +206,10 @@ def _train(s: dict[str, Any]) -> int:
                 (out / name).unlink(missing_ok=True)
         distributed.barrier()
         detection = preset.task == "detection"
+        segmentation = preset.task == "segmentation"
         # detection evaluates a few images per process at a time, the classifier 250 digits
-        eval_batch = max(1, s["batch_size"] // dist.world_size) if detection else 250
+        few = detection or segmentation
+        eval_batch = max(1, s["batch_size"] // dist.world_size) if few else 250
         config = _settings_to_train_config(s, out, eval_batch)
         engine.seed_everything(s["seed"])
         model_config, build_kwargs, extra = preset.model_config(s), {}, {}
@@ -209,6 +219,15 @@ def _train(s: dict[str, Any]) -> int:
             train, val, data_info = training_data(s)
             model_config = preset.model_config({**s, "num_classes": train.num_classes})
             tests, extra["evaluator"] = {"val": val}, coco_evaluator(val)
+            if s["pretrained_backbone"]:
+                build_kwargs["pretrained_backbone"] = s["pretrained_backbone"]
+        elif segmentation:
+            from .segmentation import miou_evaluator
+            from .segmentation import training_data as segmentation_data
+
+            train, val, data_info = segmentation_data(s)
+            model_config = preset.model_config({**s, "num_classes": train.num_classes})
+            tests, extra["evaluator"] = {"val": val}, miou_evaluator(data_info["class_names"])
             if s["pretrained_backbone"]:
                 build_kwargs["pretrained_backbone"] = s["pretrained_backbone"]
         else:
@@ -249,6 +268,11 @@ def _train(s: dict[str, Any]) -> int:
 
                 summary["losses"], summary["metrics"] = result.losses, result.metrics
                 print(metrics_table(result.metrics["val"]))
+            elif segmentation:
+                from .segmentation import miou_lines
+
+                summary["losses"], summary["metrics"] = result.losses, result.metrics
+                print(miou_lines(result.metrics["val"]))
             else:
                 print(_accuracy_lines(result.accuracy))
             (out / "results.json").write_text(json.dumps(summary, indent=1))
@@ -302,10 +326,13 @@ def _eval(s: dict[str, Any]) -> int:
     try:
         model, preset, info = model_from_checkpoint(s["checkpoint"])
         detection = preset.task == "detection"
-        if not detection:
+        segmentation = preset.task == "segmentation"
+        if not detection and not segmentation:
             given = [f"--{k}" for k in ("ann_file", "image_dir", "min_size", "max_size") if s[k]]
             if given:
-                raise UsageError(f"{', '.join(given)} apply to detector checkpoints only")
+                raise UsageError(
+                    f"{', '.join(given)} apply to detector and segmenter checkpoints only"
+                )
         device = resolve_device(s["device"], dist.local_rank)
         model.to(device)
         kwargs = preset.trainer_kwargs()
@@ -316,10 +343,16 @@ def _eval(s: dict[str, Any]) -> int:
             data = check_detection_info(info, s["checkpoint"])
             tests = {"val": evaluation_set(s, data)}
             make_evaluator = coco_evaluator(tests["val"])
+        elif segmentation:
+            from . import segmentation as seg
+
+            data = seg.check_segmentation_info(info, s["checkpoint"])
+            tests = {"val": seg.evaluation_set(s, data)}
+            make_evaluator = seg.miou_evaluator(data["class_names"])
         else:
             _, tests = distorted_mnist(s["data_root"], limit_test=s["limit_test"])
             make_evaluator = kwargs.get("evaluator", AccuracyEvaluator)
-        batch_size = s["batch_size"] or (2 if detection else 250)
+        batch_size = s["batch_size"] or (2 if detection or segmentation else 250)
         metrics, tables = {}, {}
         for name, source in tests.items():
             evaluator = make_evaluator()
@@ -340,6 +373,12 @@ def _eval(s: dict[str, Any]) -> int:
                 print(tables["val"])
                 print(metrics_table(metrics["val"]))
                 result: dict[str, Any] = {"metrics": metrics["val"]}
+            elif segmentation:
+                from .segmentation import miou_lines
+
+                print(tables["val"])
+                print(miou_lines(metrics["val"]))
+                result = {"metrics": metrics["val"]}
             else:
                 accuracy = {name: m["accuracy"] for name, m in metrics.items()}
                 print(_accuracy_lines(accuracy))
@@ -355,6 +394,28 @@ def _detect(s: dict[str, Any]) -> int:
     from .detect import run_detect
 
     run_detect(s)
+    return EXIT_OK
+
+
+def _data(s: dict[str, Any]) -> int:
+    from .data import run_data
+
+    run_data(s)
+    return EXIT_OK
+
+
+def _analyze(s: dict[str, Any]) -> int:
+    from .analyze import run_analyze
+
+    _set_threads(s["threads"])
+    print(f"report: {run_analyze(s)}")
+    return EXIT_OK
+
+
+def _segment(s: dict[str, Any]) -> int:
+    from .segment import run_segment
+
+    run_segment(s)
     return EXIT_OK
 
 

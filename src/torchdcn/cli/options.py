@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import textwrap
 
+from .analyze_options import ANALYZE_OPTIONS
+from .data import DATA_OPTIONS
 from .option import (
     Option,
     _deform,
@@ -32,7 +34,10 @@ data: the MNIST sample mnist5k/mnist_5k.csv.gz is read from --data-root, else $T
 else ../shared/data next to the current directory or the project checkout. Detectors (--model
 faster_rcnn or rpn_detector, or --task detection) read a COCO-style folder: --data-root DIR
 holding annotations/instances_<split>.json and the images in <split>/ (or give --ann-file and
---image-dir); without --data-root, coco128/ under those same places.
+--image-dir); without --data-root, coco128/ under those same places. Segmenters (--task
+segmentation, --model deeplab) read the same COCO-style folders (label maps rendered from the
+instance masks) or a VOC-layout one (JPEGImages/, SegmentationClass/ label PNGs,
+ImageSets/Segmentation/train.txt and val.txt).
 
 """
     + textwrap.fill(
@@ -106,9 +111,9 @@ TASK = Option(
     "task",
     str,
     None,
-    "classification or detection; none: the --model's (--task alone picks mnist_cnn or "
-    "faster_rcnn)",
-    ("classification", "detection"),
+    "classification, detection or segmentation; none: the --model's (--task alone picks "
+    "mnist_cnn, faster_rcnn or deeplab)",
+    ("classification", "detection", "segmentation"),
 )
 ANN_FILE = Option(
     "ann-file",
@@ -150,6 +155,13 @@ DETECTION_TRAIN_OPTIONS = (
         "fpn", None, False, "faster_rcnn: FPN neck (P2-P6) instead of the papers' layout", flag=True
     ),
     Option(
+        "ps-pool",
+        str,
+        None,
+        "rfcn: position-sensitive RoI pooling (none: ps)",
+        ("ps", "ps_align", "deform"),
+    ),
+    Option(
         "pretrained-backbone",
         str,
         None,
@@ -175,9 +187,26 @@ DETECTION_TRAIN_OPTIONS = (
     _size_option("min-size", 600, "shorter image side after resizing"),
     _size_option("max-size", 1000, "cap on the longer image side"),
 )
+SEGMENTATION_TRAIN_OPTIONS = (
+    Option(
+        "output-stride",
+        int,
+        None,
+        "deeplab: stride of conv5, 16 or 8 (none: 16)",
+        ("16", "8"),
+    ),
+    Option(
+        "head",
+        str,
+        None,
+        "deeplab: 1x1 conv to 1024 (deeplab, the v1 paper's) or ASPP (none: deeplab)",
+        ("deeplab", "aspp"),
+    ),
+)
 #: train options only the detectors read, and only the classifier reads (giving one for the other
-#: kind of model is an error)
+#: kind of model is an error); segmenters read the detectors' data and backbone options too
 DETECTION_ONLY = tuple(o.name for o in DETECTION_TRAIN_OPTIONS if o is not TASK)
+SEGMENTATION_ONLY = tuple(o.name for o in SEGMENTATION_TRAIN_OPTIONS)
 CLASSIFICATION_ONLY = ("width",)
 WARMUP_NOTE = " (one not shorter than the run is kept, with a warning)"
 
@@ -194,6 +223,7 @@ TRAIN_OPTIONS = (
     ),
     WIDTH,
     *DETECTION_TRAIN_OPTIONS,
+    *SEGMENTATION_TRAIN_OPTIONS,
     Option("epochs", int, 6, "passes over the training set (4000 digits)", at_least=1),
     Option("batch-size", int, 64, "global batch size (split over torchrun processes)", at_least=1),
     Option("seed", int, 0, "seed of initialisation, data order and distortions", at_least=0),
@@ -403,6 +433,51 @@ DETECT_OPTIONS = (
     THREADS,
 )
 
+SEGMENT_OPTIONS = (
+    Option(
+        "inputs",
+        str,
+        [],
+        "images, or folders of images (.jpg, .jpeg, .png, .bmp, .webp)",
+        nargs="*",
+        metavar="IMAGE_OR_DIR",
+        positional=True,
+    ),
+    Option(
+        "checkpoint",
+        str,
+        None,
+        "segmenter checkpoint written by 'torchdcn train --task segmentation'; required",
+        metavar="PATH",
+    ),
+    Option(
+        "out",
+        str,
+        "runs/segment",
+        "folder for a colour-coded overlay PNG and a label PNG per image, and segments.json",
+        metavar="DIR",
+    ),
+    Option("alpha", _float, 0.5, "opacity of the class colours over the image, 0 to 1", at_least=0),
+    Option(
+        "min-size",
+        int,
+        None,
+        "shorter image side (none: the checkpoint's)",
+        metavar="PIXELS",
+        at_least=1,
+    ),
+    Option(
+        "max-size",
+        int,
+        None,
+        "longer side cap (none: the checkpoint's)",
+        metavar="PIXELS",
+        at_least=1,
+    ),
+    Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
+    THREADS,
+)
+
 COMMANDS: dict[str, tuple[str, tuple[Option, ...]]] = {
     "train": (
         "train a model preset (--model: the demo CNN on distorted MNIST, or a detector on "
@@ -419,8 +494,23 @@ COMMANDS: dict[str, tuple[str, tuple[Option, ...]]] = {
         "and the COCO results JSON",
         DETECT_OPTIONS,
     ),
+    "segment": (
+        "run a segmenter checkpoint on images: a colour-coded overlay PNG and a label PNG per "
+        "image, and segments.json",
+        SEGMENT_OPTIONS,
+    ),
     "demo": (
         "plain vs v1 vs v2 over several seeds: accuracy table and sampling figure",
         DEMO_OPTIONS,
+    ),
+    "analyze": (
+        "the papers' analysis tools on checkpoints: effective dilation, receptive fields, "
+        "sampling locations, saliency regions, RoI bins (PNG figures and report.md)",
+        ANALYZE_OPTIONS,
+    ),
+    "data": (
+        "generate a data set: `torchdcn data digit-scenes --out DIR` writes COCO-format digit "
+        "scenes (boxes, RLE masks, semantic PNGs; train, val, test and held-out geometry)",
+        DATA_OPTIONS,
     ),
 }

@@ -30,10 +30,13 @@ class ModelPreset:
         trainer_kwargs: ``() -> {...}``: what :class:`~torchdcn.engine.Trainer` needs besides
             the defaults for this task (``compute_losses``, ``evaluator``, ``collate_fn``);
             ``{}`` for a classifier of ``(image, label)`` batches.
-        task: ``"classification"`` (distorted MNIST) or ``"detection"`` (COCO-format data);
+        task: ``"classification"`` (distorted MNIST), ``"detection"`` (COCO-format data) or
+            ``"segmentation"`` (COCO-format or VOC-layout data);
             the command line picks the data, evaluation and outputs by it.
         defaults: option values of this preset that replace the built-in defaults (a config
             file and flags still override them), e.g. SGD and a batch of 2 images.
+        masks: the detection data must carry instance masks (``CocoDetection(masks=True)``)
+            and the evaluation scores ``segm`` next to ``bbox`` (Mask R-CNN).
     """
 
     summary: str
@@ -42,10 +45,15 @@ class ModelPreset:
     trainer_kwargs: Callable[[], dict[str, Any]] = field(default=lambda: {})
     task: str = "classification"
     defaults: dict[str, Any] = field(default_factory=dict)
+    masks: bool = False
 
 
 #: the tasks, and the preset ``--task`` alone picks
-TASKS: dict[str, str] = {"classification": "mnist_cnn", "detection": "faster_rcnn"}
+TASKS: dict[str, str] = {
+    "classification": "mnist_cnn",
+    "detection": "faster_rcnn",
+    "segmentation": "deeplab",
+}
 #: default backbone of the detectors (``--backbone``)
 DEFAULT_BACKBONE = "resnet50"
 
@@ -79,6 +87,8 @@ def _detector_config(settings: dict[str, Any], with_pooling: bool) -> dict[str, 
         raise ValueError(f"--backbone must be one of {', '.join(ARCHITECTURES)}, got {backbone!r}")
     config: dict[str, Any] = {"backbone": backbone, "deform": settings.get("deform")}
     roi_pool, fpn = settings.get("roi_pool"), bool(settings.get("fpn", False))
+    if settings.get("ps_pool") is not None:
+        raise ValueError("--ps-pool applies to rfcn (position-sensitive RoI pooling)")
     if with_pooling:
         if roi_pool is not None and roi_pool not in POOLER_KINDS:
             raise ValueError(
@@ -103,10 +113,39 @@ def _faster_rcnn(**config: Any) -> Any:
     return faster_rcnn(**config)
 
 
+def _mask_rcnn(**config: Any) -> Any:
+    from ..models.detection import mask_rcnn
+
+    return mask_rcnn(**config)
+
+
 def _rpn_detector(**config: Any) -> Any:
     from ..models.detection import rpn_detector
 
     return rpn_detector(**config)
+
+
+def _rfcn_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """R-FCN's keyword arguments: the detectors' (``--backbone``, ``--deform``, ``num_classes``)
+    and ``--ps-pool`` (``ps``, ``ps_align`` or ``deform``; none: ``ps``)."""
+    from ..models.detection.ps_head import PS_POOL_KINDS
+
+    if settings.get("roi_pool") is not None or settings.get("fpn"):
+        raise ValueError(
+            "--roi-pool and --fpn apply to faster_rcnn; rfcn pools position-sensitive score maps "
+            f"(--ps-pool {'|'.join(PS_POOL_KINDS)})"
+        )
+    ps_pool = settings.get("ps_pool") or "ps"
+    if ps_pool not in PS_POOL_KINDS:
+        raise ValueError(f"--ps-pool must be one of {', '.join(PS_POOL_KINDS)}, got {ps_pool!r}")
+    others = {k: v for k, v in settings.items() if k != "ps_pool"}
+    return {**_detector_config(others, with_pooling=False), "ps_pool": ps_pool}
+
+
+def _rfcn(**config: Any) -> Any:
+    from ..models.detection import rfcn
+
+    return rfcn(**config)
 
 
 #: what the detectors train with unless told otherwise (SGD as in Detectron, a small batch)
@@ -130,6 +169,60 @@ def _detection_kwargs() -> dict[str, Any]:
     return {"compute_losses": model_losses, "collate_fn": list_collate}
 
 
+def _deeplab_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """DeepLab's keyword arguments from ``--backbone``, ``--deform``, ``--output-stride``,
+    ``--head`` and ``num_classes`` (set from the data before building)."""
+    from ..models.backbones.resnet import ARCHITECTURES
+    from ..models.segmentation import HEADS
+
+    if settings.get("roi_pool") is not None or settings.get("fpn"):
+        raise ValueError("--roi-pool and --fpn apply to faster_rcnn, not to deeplab")
+    backbone = settings.get("backbone") or DEFAULT_BACKBONE
+    if backbone not in ARCHITECTURES:
+        raise ValueError(f"--backbone must be one of {', '.join(ARCHITECTURES)}, got {backbone!r}")
+    output_stride = settings.get("output_stride") or 16
+    if output_stride not in (8, 16):
+        raise ValueError(f"--output-stride must be 16 or 8, got {output_stride}")
+    head = settings.get("head") or "deeplab"
+    if head not in HEADS:
+        raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+    config: dict[str, Any] = {
+        "backbone": backbone,
+        "deform": settings.get("deform"),
+        "output_stride": output_stride,
+        "head": head,
+    }
+    num_classes = settings.get("num_classes")
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        config["num_classes"] = num_classes
+    return config
+
+
+def _deeplab(**config: Any) -> Any:
+    from ..models.segmentation import deeplab
+
+    return deeplab(**config)
+
+
+#: what DeepLab trains with unless told otherwise: the v1 paper's VOC images (shorter side 360)
+#: and step schedule (lr 1e-3, x0.1 after 2/3 of the run), SGD, 2 images per batch
+SEGMENTATION_DEFAULTS: dict[str, Any] = {
+    "batch_size": 2,
+    "optimizer": "sgd",
+    "lr": 0.001,
+    "weight_decay": 5e-4,
+    "schedule": "step",
+    "milestones": [8.0],
+    "epochs": 12,
+    "warmup_steps": 100,
+    "clip_grad_norm": 10.0,
+    "min_size": 360,
+    "max_size": 600,
+}
+
+
 #: every preset, by the name ``--model`` takes
 MODELS: dict[str, ModelPreset] = {
     "mnist_cnn": ModelPreset(
@@ -145,6 +238,15 @@ MODELS: dict[str, ModelPreset] = {
         task="detection",
         defaults=DETECTION_DEFAULTS,
     ),
+    "mask_rcnn": ModelPreset(
+        summary="Mask R-CNN (Faster R-CNN + 14x14 -> 28x28 mask head; v2: mdeform poolings)",
+        model_config=lambda s: _detector_config(s, with_pooling=True),
+        build=_mask_rcnn,
+        trainer_kwargs=_detection_kwargs,
+        task="detection",
+        defaults=DETECTION_DEFAULTS,
+        masks=True,
+    ),
     "rpn_detector": ModelPreset(
         summary="class-aware RPN used as a detector on its own (v1 paper, section 2.3)",
         model_config=lambda s: _detector_config(s, with_pooling=False),
@@ -152,6 +254,23 @@ MODELS: dict[str, ModelPreset] = {
         trainer_kwargs=_detection_kwargs,
         task="detection",
         defaults=DETECTION_DEFAULTS,
+    ),
+    "rfcn": ModelPreset(
+        summary="R-FCN (v1 paper: PS score maps on conv5, --ps-pool ps or deform; RPN on conv4)",
+        model_config=_rfcn_config,
+        build=_rfcn,
+        trainer_kwargs=_detection_kwargs,
+        task="detection",
+        defaults=DETECTION_DEFAULTS,
+    ),
+    "deeplab": ModelPreset(
+        summary="DeepLab (v1 paper): dilated ResNet at stride 16 or 8, 1x1 head or ASPP, "
+        "per-pixel classifier, bilinear upsampling",
+        model_config=_deeplab_config,
+        build=_deeplab,
+        trainer_kwargs=_detection_kwargs,
+        task="segmentation",
+        defaults=SEGMENTATION_DEFAULTS,
     ),
 }
 

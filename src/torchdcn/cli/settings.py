@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .option import _KIND, Option, UsageError
-from .options import CLASSIFICATION_ONLY, COMMANDS, DETECTION_ONLY
+from .options import CLASSIFICATION_ONLY, COMMANDS, DETECTION_ONLY, SEGMENTATION_ONLY
 from .presets import MODELS, TASKS
 
 
@@ -147,10 +147,25 @@ def _preset_defaults(explicit: dict[str, Any]) -> dict[str, Any]:
 def _check_model_options(settings: dict[str, Any], explicit: dict[str, Any]) -> None:
     """Options given for the other kind of model are refused (rather than silently unused)."""
     task = MODELS[settings["model"]].task
-    unused = CLASSIFICATION_ONLY if task == "detection" else DETECTION_ONLY
+    unused = {
+        "classification": DETECTION_ONLY + SEGMENTATION_ONLY,
+        "detection": CLASSIFICATION_ONLY + SEGMENTATION_ONLY,
+        "segmentation": CLASSIFICATION_ONLY,  # segmenters read the detectors' data options
+    }[task]
     wrong = [f"--{name}" for name in unused if _key(name) in explicit]
     if wrong:
-        kind = "the classifier (mnist_cnn)" if task == "detection" else "detectors"
+        if task == "classification":
+            kind = "detectors or segmenters"
+        elif task == "segmentation":
+            kind = "the classifier (mnist_cnn)"
+        else:  # a detector given the classifier's or DeepLab's options
+            owners = {
+                "the classifier (mnist_cnn)": CLASSIFICATION_ONLY,
+                "deeplab": SEGMENTATION_ONLY,
+            }
+            kind = " or ".join(
+                k for k, names in owners.items() if {_key(n) for n in names} & set(explicit)
+            )
         raise UsageError(
             f"{', '.join(wrong)} only apply to {kind}, not to --model {settings['model']}"
         )

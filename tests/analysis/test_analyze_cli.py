@@ -1,0 +1,113 @@
+"""``torchdcn analyze`` end to end on tiny checkpoints written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchdcn import cli
+from torchdcn.data import DataNotFoundError, find_mnist5k
+from torchdcn.engine.checkpoint import save_checkpoint
+from torchdcn.models.classification.mnist_cnn import mnist_cnn
+
+
+def _has_mnist() -> bool:
+    try:
+        find_mnist5k()
+    except DataNotFoundError:
+        return False
+    return True
+
+
+needs_mnist = pytest.mark.skipif(not _has_mnist(), reason="needs ../shared/data/mnist5k")
+
+
+def write_mnist_checkpoint(path: Path, deform: str | None) -> Path:
+    torch.manual_seed(0)
+    model = mnist_cnn(deform, width=8)
+    if deform:
+        with torch.no_grad():
+            for layer in model.body:
+                layer.conv_offset.weight.normal_(0, 0.05)
+    info = {"model": "mnist_cnn", "model_config": {"deform": deform, "width": 8}}
+    return save_checkpoint(path, {"model": model.state_dict(), "run_info": info}, {})
+
+
+@needs_mnist
+def test_analyze_mnist_checkpoints_writes_figures_and_report(tmp_path, capsys):
+    paths = [write_mnist_checkpoint(tmp_path / f"{d}" / "last.pt", d) for d in (None, "v1", "v2")]
+    out = tmp_path / "out"
+    argv = ["analyze", "--checkpoint", *map(str, paths), "--out", str(out), "--images", "3",
+            "--figure-images", "2", "--no-progress", "--threads", "1"]  # fmt: skip
+    assert cli.main(argv) == cli.EXIT_OK
+    report = (out / "report.md").read_text()
+    assert "report: " in capsys.readouterr().out
+    for png in ("erf.png", "effective_sampling.png", "saliency.png"):
+        assert (out / png).stat().st_size > 1000 and f"]({png})" in report
+    # the plain model has no table; each deformable one a row per body layer
+    assert report.count("| body.0 |") == 2 and "None (plain)" in report
+    assert "No deformable layer" in report
+    rows = [line for line in report.splitlines() if line.startswith(("| None", "| v1", "| v2"))]
+    assert len(rows) == 6  # one row per model in the saliency table and in the by-size table
+    for row in rows[3:]:  # every image is counted once, in its size class
+        assert sum(int(c.split("(")[-1].rstrip(") ")) for c in row.split("|")[2:-1]) == 3
+    # positions counted: 3 digits x 12 x 12 cells per layer, every class summed
+    row = next(line for line in report.splitlines() if line.startswith("| body.2 |"))
+    counts = [int(c.split("(")[1].rstrip(") ")) for c in row.split("|")[2:-1] if "(" in c]
+    assert sum(counts) == 3 * 12 * 12
+
+
+@needs_mnist
+def test_analyze_refuses_bad_arguments(tmp_path, capsys):
+    plain = write_mnist_checkpoint(tmp_path / "p" / "last.pt", None)
+    assert cli.main(["analyze", "--out", str(tmp_path)]) == cli.EXIT_USAGE
+    code = cli.main(["analyze", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
+    assert code == cli.EXIT_INPUT
+    argv = ["analyze", "--checkpoint", str(plain), "--out", str(tmp_path / "o"), "--images", "1",
+            "--tools", "sampling", "--no-progress", "--layer", "body.9"]  # fmt: skip
+    assert cli.main(argv) == cli.EXIT_FAILURE
+    assert "layer must name a sub-module" in capsys.readouterr().err
+
+
+def write_coco(root: Path) -> Path:
+    from PIL import Image
+
+    (root / "val").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, anns = [], []
+    for i, (x, y, w, h) in enumerate([(8, 8, 30, 30), (20, 10, 12, 40)], start=1):
+        pixels = np.full((64, 64, 3), 128, np.uint8)
+        pixels[y : y + h, x : x + w] = (220, 40, 40)
+        Image.fromarray(pixels).save(root / "val" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "height": 64, "width": 64})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [x, y, w, h],
+                     "area": w * h, "iscrowd": 0})  # fmt: skip
+    coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "box"}]}
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(coco))
+    return root
+
+
+@pytest.mark.slow
+def test_analyze_a_detector_checkpoint(tmp_path):
+    pytest.importorskip("pycocotools")
+    root = write_coco(tmp_path / "coco")
+    run = tmp_path / "run"
+    argv = [
+        "train", "--model", "faster_rcnn", "--backbone", "resnet18", "--deform", "v1",
+        "--roi-pool", "deform", "--data-root", str(root), "--min-size", "64", "--max-size", "64",
+        "--epochs", "1", "--batch-size", "2", "--warmup-steps", "0", "--no-progress",
+        "--threads", "2", "--output-dir", str(run),
+    ]  # fmt: skip
+    assert cli.main(argv) == cli.EXIT_OK
+    out = tmp_path / "out"
+    argv = ["analyze", "--checkpoint", str(run / "last.pt"), "--data-root", str(root),
+            "--out", str(out), "--images", "2", "--no-progress", "--tools", "dilation", "erf",
+            "saliency", "roi-bins"]  # fmt: skip
+    assert cli.main(argv) == cli.EXIT_OK
+    report = (out / "report.md").read_text()
+    assert "| backbone." in report and (out / "erf.png").is_file()
+    assert "](roi_bins.png)" in report and (out / "roi_bins.png").stat().st_size > 1000
