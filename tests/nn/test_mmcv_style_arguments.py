@@ -104,6 +104,33 @@ def test_mmcv_pack_order_is_refused_before_allocating(cls, args):
         cls(*args)
 
 
+@pytest.mark.parametrize(
+    "cls, args",
+    [
+        (DeformRoIPool, (7, 64, 1 / 16)),  # mmcv Pack: 7x7 bins of 64 channels (was 235M params)
+        (DeformRoIPool, (7, 32)),
+        (ModulatedDeformRoIPool, (7, 64, 1 / 16)),
+        (ModulatedDeformRoIPool, (14, 32)),  # the mask pooling written in mmcv's order
+    ],
+)
+def test_mmcv_pack_order_with_few_channels_is_refused(cls, args):
+    with pytest.raises(ValueError, match=r"more bins per side than feature channels.*mmcv's"):
+        cls(*args)
+
+
+def test_unambiguous_small_calls_still_build():
+    # bins <= 14 per side, or fewer bins than channels: the two orders cannot be told apart or
+    # the call is ours; both build
+    assert DeformRoIPool(7, 14).output_size == (14, 14)
+    assert DeformRoIPool(64, 32).output_size == (32, 32)
+
+
+def test_deform_fc_channels_is_refused_for_the_v1_module():
+    with pytest.raises(TypeError, match=r"takes no deform_fc_channels.*3-layer fc"):
+        DeformRoIPool(256, 7, 1 / 16, deform_fc_channels=1024)
+    assert ModulatedDeformRoIPool(8, 3, deform_fc_channels=16).hidden_channels == 16
+
+
 def test_offset_branch_size_cap():
     with pytest.raises(ValueError, match=r"offset branch would hold .* parameters"):
         DeformRoIPool(2**20, 7)

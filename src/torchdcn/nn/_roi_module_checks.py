@@ -18,6 +18,11 @@ MAX_OUTPUT_SIZE = 64
 """Bins per side a deformable RoI pooling module accepts (7 and 14 in the papers): more is an
 argument in the wrong place, not a pooling size."""
 
+AMBIGUOUS_OUTPUT_SIZE = 14
+"""Above this many bins per side (14: the papers' mask pooling), an ``output_size`` larger than
+the channel count reads as mmcv's ``(output_size, output_channels)`` order and is refused
+(``DeformRoIPool(7, 64)``: mmcv's 7x7 bins of 64 channels, not 7 channels in 64x64 bins)."""
+
 MAX_BRANCH_PARAMETERS = 2**30
 """Parameters of an offset branch above which construction is refused (4 GiB in float32)."""
 
@@ -70,6 +75,12 @@ def check_roi_module_args(
             f"output_size={size} is more than {MAX_OUTPUT_SIZE} bins per side (7 or 14 in the "
             f"papers): {module} got {channels_name}={channels}, output_size={output_size!r}; "
             + _order_hint(module, channels_name)
+        )
+    if max(size) > AMBIGUOUS_OUTPUT_SIZE and max(size) > channels:
+        raise ValueError(
+            f"{module}({channels_name}={channels}, output_size={output_size!r}): more bins per "
+            f"side than feature channels, above {AMBIGUOUS_OUTPUT_SIZE}, reads as mmcv's "
+            "(output_size, output_channels) order; " + _order_hint(module, channels_name)
         )
     if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real):
         raise TypeError(f"spatial_scale must be a float, got {spatial_scale!r}")

@@ -145,9 +145,11 @@ class DeformRoIPool(nn.Module):
         output_channels (keyword only): mmcv's name for ``in_channels``.
 
     The order is ``(in_channels, output_size, ...)``; a call in mmcv's order
-    (``DeformRoIPool((7, 7), 1 / 16)``, ``DeformRoIPoolPack(7, 256)``) raises a ``TypeError`` or
-    ``ValueError`` that says so (at most 64 bins per side; the offset branch at most 2**30
-    parameters), see :mod:`torchdcn.nn._roi_module_checks`.
+    (``DeformRoIPool((7, 7), 1 / 16)``, ``DeformRoIPoolPack(7, 256)``, ``(7, 64)``) raises a
+    ``TypeError`` or ``ValueError`` that says so (at most 64 bins per side, no more than 14 bins
+    per side where they outnumber the channels; the offset branch at most 2**30 parameters), see
+    :mod:`torchdcn.nn._roi_module_checks`. Below that the two orders cannot be told apart:
+    ``DeformRoIPool(7, 14)`` is 7 channels in 14 x 14 bins.
 
     Shape:
         ``input [N, C, H, W]``, ``rois [R, 5]`` (or a list of per-image ``[R_i, 4]``) in image
@@ -175,8 +177,16 @@ class DeformRoIPool(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         output_channels: int | None = None,
+        deform_fc_channels: int | None = None,
     ) -> None:
         super().__init__()
+        if deform_fc_channels is not None:
+            raise TypeError(
+                f"{type(self).__name__} has v1's offset branch, one fc with no hidden layer, so "
+                f"it takes no deform_fc_channels (got {deform_fc_channels!r}); mmcv's "
+                "DeformRoIPoolPack has a 3-layer fc of that width, a different module whose "
+                "weights do not map onto this one"
+            )
         in_channels = channels_alias(in_channels, output_channels, type(self).__name__)
         self.in_channels = in_channels
         # an instance attribute (not a class one) so torch.jit.script sees a plain typed attribute
