@@ -68,3 +68,10 @@ def test_normalize_and_batch_normalises_pads_and_names_bad_images():
         ValueError, match=r"images\[1\] must be a Tensor\[3, H, W\], got \(1, 4, 4\)"
     ):
         normalize_and_batch([a, torch.rand(1, 4, 4)], mean, std, 1)
+    # integer images: a clear error (a uint8 std of 0 used to give inf, then NaN losses)
+    with pytest.raises(TypeError, match=r"images\[0\] must be a floating-point .* torch.uint8"):
+        normalize_and_batch([(a * 255).to(torch.uint8)], mean, std, 1)
+    # float64 images for a float32 model: computed in the model's dtype (mean/std's)
+    batch = normalize_and_batch([a.double()], mean, std, 1)
+    assert batch.tensors.dtype == torch.float32
+    torch.testing.assert_close(batch.tensors[0], (a - mean) / std)

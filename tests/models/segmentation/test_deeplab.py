@@ -160,6 +160,10 @@ def test_bad_arguments_are_refused(model):
         model(torch.rand(1, 1, 16, 16))
     with pytest.raises(ValueError, match=r"images\[1\] must be a Tensor\[3, H, W\]"):
         model([torch.rand(3, 16, 16), torch.rand(16, 16)])
+    with pytest.raises(TypeError, match=r"images\[0\] must be a floating-point .* torch.uint8"):
+        model(torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8))
+    image = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(model(image.double()), model(image))  # model's dtype
     model.train()
     try:
         with pytest.raises(ValueError, match="targets are required"):

@@ -145,7 +145,8 @@ def normalize_and_batch(
 ) -> ImageList:
     """Normalise ``[0, 1]`` images ``[3, H_i, W_i]`` by ``(image - mean) / std`` (``mean``, ``std``:
     ``[3, 1, 1]``) and pad them into an :class:`ImageList` ``[N, 3, H, W]`` whose sizes are
-    multiples of ``size_divisibility``. ``TypeError``/``ValueError`` name a bad ``images[i]``."""
+    multiples of ``size_divisibility``, in ``mean``'s dtype (the model's). ``TypeError`` /
+    ``ValueError`` name a bad ``images[i]`` (integer images are refused: scale them to [0, 1])."""
     if isinstance(images, Tensor) or not isinstance(images, Sequence) or not images:
         raise TypeError(
             f"images must be a non-empty list of Tensor[3, H, W], got {type(images).__name__}"
@@ -155,7 +156,12 @@ def normalize_and_batch(
         if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
             got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
             raise ValueError(f"images[{i}] must be a Tensor[3, H, W], got {got}")
-        normed.append(
-            (image - mean.to(image.device, image.dtype)) / std.to(image.device, image.dtype)
-        )
+        if not image.is_floating_point():
+            raise TypeError(
+                f"images[{i}] must be a floating-point Tensor with values in [0, 1] (the model "
+                f"normalises it), got {image.dtype}; e.g. image.float() / 255"
+            )
+        # computed in the model's dtype (that of mean/std): float64 or half images work too
+        image = image.to(mean.dtype)
+        normed.append((image - mean.to(image.device)) / std.to(image.device))
     return batch_images(normed, size_divisibility)

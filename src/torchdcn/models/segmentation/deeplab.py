@@ -103,15 +103,21 @@ class DeepLab(nn.Module):
             if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
                 got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
                 raise ValueError(f"images[{i}] must be a Tensor[3, H, W], got {got}")
+            if not image.is_floating_point():
+                raise TypeError(
+                    f"images[{i}] must be a floating-point Tensor with values in [0, 1] (the "
+                    f"model normalises it), got {image.dtype}; e.g. image.float() / 255"
+                )
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         d = self.size_divisibility
         height = -(-max(h for h, _ in sizes) // d) * d
         width = -(-max(w for _, w in sizes) // d) * d
         first = images[0]
-        batch = first.new_zeros((len(images), 3, height, width))
-        mean, std = self.mean.to(first.dtype), self.std.to(first.dtype)
+        # in the model's dtype (that of its mean/std buffers): float64 or half images work too
+        batch = first.new_zeros((len(images), 3, height, width), dtype=self.mean.dtype)
+        mean, std = self.mean.to(first.device), self.std.to(first.device)
         for slot, image, (h, w) in zip(batch, images, sizes):
-            slot[:, :h, :w] = (image - mean) / std
+            slot[:, :h, :w] = (image.to(batch.dtype) - mean) / std
         return batch, sizes
 
     def forward(
