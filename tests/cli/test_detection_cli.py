@@ -218,8 +218,8 @@ def test_task_picks_the_model_and_the_preset_defaults_yield_to_file_and_flags(tm
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--model", "faster_rcnn", "--width", "16"], "--width only apply to"),
-        (["train", "--backbone", "resnet18"], "--backbone only apply to detectors"),
+        (["train", "--model", "faster_rcnn", "--width", "16"], "--width only applies to"),
+        (["train", "--backbone", "resnet18"], "--backbone only applies to detectors"),
         (["train", "--task", "classification", "--model", "faster_rcnn"], "does not fit"),
         (["train", "--model", "faster_rcnn", "--backbone", "vgg16"], "--backbone must be one"),
         (["train", "--model", "rpn_detector", "--roi-pool", "mdeform"], "apply to faster_rcnn"),
@@ -319,3 +319,18 @@ def test_detection_run_resumes_exactly(trained, tmp_path, monkeypatch):
     a = engine.load_checkpoint(full / "last.pt")["model"]
     b = engine.load_checkpoint(cut / "last.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_detect_score_thresh_below_the_models_lowers_it():
+    from types import SimpleNamespace
+
+    from torchdcn.cli.detect import _lower_model_threshold
+
+    detector = SimpleNamespace(roi_heads=SimpleNamespace(score_thresh=0.05))
+    _lower_model_threshold(detector, 0.01)
+    assert detector.roi_heads.score_thresh == 0.01
+    _lower_model_threshold(detector, 0.5)  # a higher --score-thresh only filters the drawing
+    assert detector.roi_heads.score_thresh == 0.01
+    rpn_detector = SimpleNamespace(score_thresh=0.05)  # the class-aware RPN keeps it itself
+    _lower_model_threshold(rpn_detector, 0.0)
+    assert rpn_detector.score_thresh == 0.0

@@ -186,9 +186,9 @@ def test_voc_folder_trains_and_segment_refuses_a_detector(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--model", "faster_rcnn", "--head", "aspp"], "--head only apply to deeplab"),
-        (["train", "--head", "aspp"], "--head only apply to detectors or segmenters"),
-        (["train", "--task", "segmentation", "--width", "16"], "--width only apply to the clas"),
+        (["train", "--model", "faster_rcnn", "--head", "aspp"], "--head only applies to deeplab"),
+        (["train", "--head", "aspp"], "--head only applies to detectors or segmenters"),
+        (["train", "--task", "segmentation", "--width", "16"], "--width only applies to the clas"),
         (["train", "--task", "segmentation", "--fpn"], "apply to faster_rcnn, not to deeplab"),
         (["train", "--task", "segmentation", "--output-stride", "32"], "invalid choice"),
         (["segment", "x.png"], "--checkpoint is required"),

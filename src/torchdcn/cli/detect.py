@@ -111,6 +111,15 @@ def _rle(masks: Any) -> list[dict[str, Any]]:
     return [{"size": list(r["size"]), "counts": r["counts"].decode("ascii")} for r in rles]
 
 
+def _lower_model_threshold(model: Any, score_thresh: float) -> None:
+    """Let ``--score-thresh`` below the model's own post-processing threshold (0.05) through:
+    the box head (or the class-aware RPN detector) keeps detections down to it."""
+    for holder in (getattr(model, "roi_heads", None), model):
+        if holder is not None and hasattr(holder, "score_thresh"):
+            holder.score_thresh = min(float(holder.score_thresh), score_thresh)
+            return
+
+
 def run_detect(s: dict[str, Any]) -> list[dict[str, Any]]:
     """The ``detect`` command with its settings; returns the COCO results written."""
     from ..analysis.draw import draw_detections
@@ -126,8 +135,9 @@ def run_detect(s: dict[str, Any]) -> list[dict[str, Any]]:
     if preset.task != "detection":
         raise UsageError(
             f"{s['checkpoint']} is a {preset.task} checkpoint ({info.get('model')}); detect "
-            "needs a detector's (faster_rcnn, mask_rcnn, rpn_detector)"
+            "needs a detector's (faster_rcnn, mask_rcnn, rfcn, rpn_detector)"
         )
+    _lower_model_threshold(model, s["score_thresh"])
     data = check_detection_info(info, s["checkpoint"])
     categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in data["categories"]]
     names = [c["name"] for c in categories]

@@ -41,7 +41,9 @@ ImageSets/Segmentation/train.txt and val.txt).
 
 """
     + textwrap.fill(
-        "detector defaults: --model faster_rcnn and rpn_detector train with "
+        "detector defaults: the detectors (--model "
+        + ", ".join(n for n, p in MODELS.items() if p.task == "detection")
+        + ") train with "
         + ", ".join(
             f"--{k.replace('_', '-')} {' '.join(f'{x:g}' for x in v) if isinstance(v, list) else v}"
             for k, v in MODELS["faster_rcnn"].defaults.items()
@@ -417,7 +419,8 @@ DETECT_OPTIONS = (
         "score-thresh",
         _float,
         0.5,
-        "draw and keep detections scoring at least this",
+        "draw and keep detections scoring at least this (below the model's own threshold, "
+        "0.05, the model keeps more)",
         at_least=0,
     ),
     Option(

@@ -167,5 +167,6 @@ def _check_model_options(settings: dict[str, Any], explicit: dict[str, Any]) -> 
                 k for k, names in owners.items() if {_key(n) for n in names} & set(explicit)
             )
         raise UsageError(
-            f"{', '.join(wrong)} only apply to {kind}, not to --model {settings['model']}"
+            f"{', '.join(wrong)} {'only applies' if len(wrong) == 1 else 'only apply'} to "
+            f"{kind}, not to --model {settings['model']}"
         )
