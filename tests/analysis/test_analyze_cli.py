@@ -111,3 +111,52 @@ def test_analyze_a_detector_checkpoint(tmp_path):
     report = (out / "report.md").read_text()
     assert "| backbone." in report and (out / "erf.png").is_file()
     assert "](roi_bins.png)" in report and (out / "roi_bins.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_analyze_rfcn_checkpoints_with_deformable_ps_pooling(tmp_path):
+    # R-FCN's head calls its pooling with feature= (the offset convs read the backbone's map,
+    # not the score maps): the RoI-bin tool must record and pass it (it crashed in conv2d); a
+    # model whose only deformable part is the PS pooling gets its backbone's last conv as layer
+    pytest.importorskip("pycocotools")
+    root = write_coco(tmp_path / "coco")
+    runs = []
+    for deform in ("v1", None):
+        run = tmp_path / f"run-{deform}"
+        argv = [
+            "train", "--model", "rfcn", "--backbone", "resnet18", "--ps-pool", "deform",
+            "--data-root", str(root), "--min-size", "64", "--max-size", "64", "--epochs", "1",
+            "--batch-size", "2", "--warmup-steps", "0", "--no-progress", "--threads", "2",
+            "--output-dir", str(run), *(["--deform", deform] if deform else []),
+        ]  # fmt: skip
+        assert cli.main(argv) == cli.EXIT_OK
+        runs.append(str(run / "last.pt"))
+    out = tmp_path / "out"
+    argv = ["analyze", "--checkpoint", *runs, "--data-root", str(root), "--out", str(out),
+            "--images", "1", "--no-progress", "--threads", "2"]  # fmt: skip
+    assert cli.main(argv) == cli.EXIT_OK
+    report = (out / "report.md").read_text()
+    assert "](roi_bins.png)" in report and (out / "roi_bins.png").stat().st_size > 1000
+    assert "](erf.png)" in report and "| backbone." in report  # the v1 model's dilation table
+    out = tmp_path / "plain"  # alone: no deformable conv, the layer is the backbone's last conv
+    argv = ["analyze", "--checkpoint", runs[1], "--data-root", str(root), "--out", str(out),
+            "--images", "1", "--no-progress", "--threads", "2",
+            "--tools", "erf", "roi-bins"]  # fmt: skip
+    assert cli.main(argv) == cli.EXIT_OK
+    assert "node on `backbone." in (out / "report.md").read_text()
+    assert (out / "roi_bins.png").stat().st_size > 1000 and (out / "erf.png").is_file()
+
+
+def test_analyze_refuses_a_segmentation_checkpoint(tmp_path, capsys):
+    from torchdcn.cli.presets import MODELS
+
+    config = {"backbone": "resnet18", "deform": None, "output_stride": 16, "head": "deeplab",
+              "num_classes": 2}  # fmt: skip
+    model = MODELS["deeplab"].build(**config)
+    info = {"model": "deeplab", "model_config": config}
+    path = save_checkpoint(tmp_path / "seg.pt", {"model": model.state_dict(), "run_info": info}, {})
+    argv = ["analyze", "--checkpoint", str(path), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "is a segmentation checkpoint (deeplab)" in err and "analyze supports" in err

@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from torchdcn.analysis.roi_bins import bin_boxes, deformed_bins, record_roi_inputs
+from torchdcn.analysis.roi_bins import (
+    bin_boxes,
+    deformed_bins,
+    offset_group,
+    record_roi_inputs,
+)
 from torchdcn.nn import DeformPSRoIPool, DeformRoIPool, ModulatedDeformRoIPool
 from torchdcn.ops import deform_roi_pool
 
@@ -64,6 +69,58 @@ def test_modulated_and_position_sensitive_modules():
         ps.conv_offset.bias.fill_(1.0)
     bins = deformed_bins(ps, feats, box)
     assert torch.allclose(bins.deformed - bins.regular, torch.tensor([1.6, 1.6, 1.6, 1.6]))
+
+
+class KeywordFeatureHead(nn.Module):
+    """Calls its pooling as R-FCN's head does: ``pool(maps, boxes, feature=x)``."""
+
+    def __init__(self, classes: int, k: int, in_channels: int) -> None:
+        super().__init__()
+        self.maps = nn.Conv2d(in_channels, classes * k * k, 1)
+        self.pool = DeformPSRoIPool(classes, k, 0.5, offset_in_channels=in_channels)
+
+    def forward(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.maps(x), [boxes], feature=x)
+
+
+def test_bins_of_a_pooling_called_with_the_offset_feature_as_keyword():
+    torch.manual_seed(0)
+    classes, k, cin = 3, 2, 5
+    head = KeywordFeatureHead(classes, k, cin).eval()
+    with torch.no_grad():
+        head.pool.conv_offset.weight.normal_(0, 0.3)
+        head.pool.conv_offset.bias.uniform_(-0.5, 0.5)
+    # a feature constant over space: every bin's offset is the 1x1 conv of that vector
+    level = torch.rand(cin)
+    x = level[None, :, None, None].expand(1, cin, 8, 8).contiguous()
+    box = torch.tensor([[2.0, 3.0, 12.0, 11.0]])
+    with torch.no_grad(), record_roi_inputs(head) as rec:
+        head(x, box)
+    call = rec["pool"]
+    assert torch.equal(call.feature, x) and call.kwargs.keys() == {"feature"}
+    assert call.features.shape == (1, classes * k * k, 8, 8) and torch.equal(call[1][0], box)
+    w = head.pool.conv_offset.weight.detach()[:, :, 0, 0]
+    fields = (w @ level + head.pool.conv_offset.bias.detach()).reshape(1, 2 * classes, k, k)
+    for label in range(classes):
+        assert offset_group(head.pool, label) == label
+        bins = deformed_bins(head.pool, call.features, box, group=label, feature=call.feature)
+        regular, want = bin_boxes(box, fields, (k, k), 0.5, group=label)
+        assert torch.allclose(bins.regular, regular)
+        assert torch.allclose(bins.deformed, want, atol=1e-5)
+    # the classes' offsets differ, so the label's group matters
+    assert not torch.allclose(
+        bin_boxes(box, fields, (k, k), 0.5, group=2)[1], bin_boxes(box, fields, (k, k), 0.5)[1]
+    )
+    with pytest.raises(ValueError, match="feature is required"):
+        deformed_bins(head.pool, call.features, box)
+
+
+def test_offset_group_of_shared_and_class_specific_offsets():
+    assert offset_group(DeformPSRoIPool(4, 2, class_agnostic=True), 3) == 0
+    assert offset_group(DeformPSRoIPool(4, 2), 3) == 3
+    assert offset_group(DeformRoIPool(4, 2), 3) == 0
+    with pytest.raises(ValueError, match="channel must be in"):
+        offset_group(DeformPSRoIPool(4, 2), 4)
 
 
 def test_models_without_deformable_pooling_are_refused():

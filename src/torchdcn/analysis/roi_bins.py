@@ -7,7 +7,9 @@ cell) bin ``(i, j)`` spans, in feature cells, ``[y1' + i * h / ph, y1' + (i + 1)
 first). Mapped back to pixels (``(cell + shift) / spatial_scale``) these are the deformed bins
 drawn on the image. The offsets come from the module's own ``predict`` on the feature map the
 module saw in the model's forward pass (recorded by a hook), for any boxes (e.g. the detections).
-For position-sensitive pooling each class has its own offsets (``group``).
+For position-sensitive pooling each class has its own offsets (``group``, see
+:func:`offset_group`), predicted from the map passed as ``feature=`` when the module has one
+(R-FCN's offset convs read the 1024-channel features, not the score maps).
 
 *Effective bin locations* weight every bin by the gradient of a score of the pooled features
 (e.g. the detection's class score) with respect to the bin's location, ``|d score / d offset|``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -95,28 +98,75 @@ def bin_boxes(
     return to_pixels(regular), to_pixels(deformed)
 
 
+class RoICall(tuple):
+    """The positional arguments of one call of a RoI pooling module (a tuple: ``call[0]`` is the
+    pooled map ``[N, C, H, W]``, ``call[1]`` the RoIs), with its keyword arguments in
+    ``kwargs``. Tensors are detached."""
+
+    kwargs: dict[str, Any]
+
+    def __new__(cls, args: tuple, kwargs: dict[str, Any] | None = None) -> RoICall:
+        call = super().__new__(cls, tuple(_detached(a) for a in args))
+        call.kwargs = {k: _detached(v) for k, v in (kwargs or {}).items()}
+        return call
+
+    @property
+    def features(self) -> Tensor:
+        """``Tensor[N, C, H, W]`` the map the module pooled."""
+        return self[0]
+
+    @property
+    def feature(self) -> Tensor | None:
+        """The offset branch's own input (``feature=`` of :class:`~torchdcn.nn.DeformPSRoIPool`,
+        keyword or third positional argument), or ``None``."""
+        if "feature" in self.kwargs:
+            return self.kwargs["feature"]
+        return self[2] if len(self) > 2 and isinstance(self[2], Tensor) else None
+
+
+def _detached(value: Any) -> Any:
+    return value.detach() if isinstance(value, Tensor) else value
+
+
+def offset_group(module: nn.Module, channel: int) -> int:
+    """The offset class (``group`` of :func:`bin_boxes`) whose offsets move the bins of output
+    channel ``channel`` of ``module`` (a class label of R-FCN's class score pooling): with ``C'``
+    offset pairs for ``C_out`` outputs, channel ``c`` uses pair ``c // (C_out / C')`` (0 for
+    class-agnostic and non position-sensitive modules)."""
+    if not isinstance(module, DeformPSRoIPool):
+        return 0
+    if not 0 <= channel < module.out_channels:
+        raise ValueError(
+            f"channel must be in [0, {module.out_channels}) (the module's outputs), got {channel}"
+        )
+    bins = module.output_size[0] * module.output_size[1]
+    pairs = module.conv_offset.out_channels // (2 * bins)
+    return channel // (module.out_channels // pairs)
+
+
 @contextmanager
-def record_roi_inputs(model: nn.Module) -> Iterator[dict[str, tuple]]:
-    """Record the ``(input, rois, ...)`` arguments of every deformable RoI pooling module during
-    forward passes in the block: ``{name: args}`` (last call)."""
+def record_roi_inputs(model: nn.Module) -> Iterator[dict[str, RoICall]]:
+    """Record the arguments of every deformable RoI pooling module during forward passes in the
+    block: ``{name: RoICall}`` (last call; positional ``(input, rois, ...)`` plus ``kwargs``,
+    e.g. R-FCN's ``feature=``), in the order the modules were first called."""
     found = {n: m for n, m in model.named_modules() if isinstance(m, DEFORMABLE_ROI_MODULES)}
     if not found:
         raise ValueError(
             "roi bins need a model with deformable RoI pooling (DeformRoIPool, "
             f"ModulatedDeformRoIPool or DeformPSRoIPool), but {type(model).__name__} has none"
         )
-    out: dict[str, tuple] = {}
+    out: dict[str, RoICall] = {}
     handles = []
 
     def make(name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            out[name] = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            out[name] = RoICall(args, kwargs)
 
         return hook
 
     try:
         for name, module in found.items():
-            handles.append(module.register_forward_pre_hook(make(name)))
+            handles.append(module.register_forward_pre_hook(make(name), with_kwargs=True))
         yield out
     finally:
         for h in handles:
@@ -139,7 +189,8 @@ def deformed_bins(
             or :class:`~torchdcn.nn.DeformPSRoIPool` (its weights are only read).
         features: ``Tensor[N, C, H, W]`` the map the module pools.
         boxes: ``Tensor[R, 4]`` image pixels, all in image ``image_index``.
-        group: offsets of this class (position-sensitive pooling).
+        group: offsets of this class (position-sensitive pooling; :func:`offset_group` maps
+            an output channel, e.g. a class label, to it).
         score_fn: ``pooled [R, C', ph, pw] -> scores [R]``: when given, the bins' effective
             weights ``|d score / d offset|`` are computed.
         feature: the offset conv's input of a PS module that reads another map.
@@ -158,6 +209,13 @@ def deformed_bins(
     with torch.enable_grad():
         features = features.detach()
         if ps:
+            if feature is None and module.offset_in_channels != module.in_channels:
+                raise ValueError(
+                    f"feature is required: {type(module).__name__}'s offset conv reads a "
+                    f"[N, {module.offset_in_channels}, H, W] map, not the pooled one (pass "
+                    "the call's feature=, e.g. RoICall.feature of record_roi_inputs)"
+                )
+            feature = None if feature is None else feature.detach()
             offset, mask = module.predict(features, rois, feature), None
         else:
             offset, mask = module.predict(features, rois)

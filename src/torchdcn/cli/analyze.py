@@ -10,9 +10,12 @@ Every checkpoint (``mnist_cnn`` of ``train`` / ``demo``, or a detector) is rebui
   checkpoint); boxes and labels are the ground truth, areas in the file's pixels.
 
 The node of every image is the position of ``--layer``'s output nearest to the centre of the
-image's largest object box (the map's centre without a box). Written to ``--out``: ``erf.png``,
-``effective_sampling.png``, ``saliency.png``, ``roi_bins.png`` (one row per model, one column per
-image) and ``report.md`` (effective-dilation table per model, saliency areas, the settings).
+image's largest object box (the map's centre without a box); without ``--layer``: the last
+deformable conv (a detector without one, e.g. R-FCN with only deformable PS pooling: its
+backbone's last conv). Segmentation checkpoints (``deeplab``) are refused (a usage error).
+Written to ``--out``: ``erf.png``, ``effective_sampling.png``, ``saliency.png``, ``roi_bins.png``
+(one row per model, one column per image) and ``report.md`` (effective-dilation table per model,
+saliency areas, the settings).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from .option import UsageError
 MNIST_LEVELS = ("scale 0.5", "scale 0.6", "train-like", "scale 1.5", "scale 1.8")
 #: area thresholds on the 48-pixel digit canvas (COCO's are for ~640-pixel photographs)
 MNIST_AREAS = (16.0**2, 32.0**2)
+#: the presets' tasks analyze has data and a forward pass for (not ``segmentation``)
+ANALYZED_TASKS = ("classification", "detection")
 
 
 @dataclass
@@ -126,12 +131,27 @@ def _choose_layers(models: list[Analysed], layer: str | None, below: str | None)
             layer = names[-1]
         elif not models[0].detector:
             layer = "body.2"
-        else:
-            raise UsageError("no model has a deformable layer: give the node's module with --layer")
+        else:  # e.g. R-FCN with deformable PS pooling only: the backbone's last conv
+            layer = _last_backbone_conv(models[0].model)
+            if layer is None:
+                raise UsageError(
+                    "no model has a deformable layer: give the node's module with --layer"
+                )
     if below is None and names:
         below = names[names.index(layer) - 1] if layer in names and names.index(layer) else None
         below = below or (layer if layer in names else names[-1])
     return layer, below
+
+
+def _last_backbone_conv(model: Any) -> str | None:
+    """The name of the last ``nn.Conv2d`` under ``model.backbone`` (``None`` without one)."""
+    from torch import nn
+
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        return None
+    names = [n for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
+    return f"backbone.{names[-1]}" if names else None
 
 
 def _forward(detector: bool):
@@ -156,6 +176,12 @@ def run_analyze(s: dict[str, Any]) -> Path:
     data = None
     for path in s["checkpoint"]:
         model, preset, info = model_from_checkpoint(path, "to analyze")
+        if preset.task not in ANALYZED_TASKS:
+            raise UsageError(
+                f"{path} is a {preset.task} checkpoint ({info.get('model')}); analyze supports "
+                "classification (mnist_cnn) and detection (faster_rcnn, mask_rcnn, rfcn, "
+                "rpn_detector) checkpoints"
+            )
         detector = preset.task == "detection"
         if models and detector != models[0].detector:
             raise UsageError("--checkpoint: give only classifiers or only detectors, not both")
