@@ -31,6 +31,7 @@ from .resnet import (
     resnext101_32x4d,
     resnext101_32x8d,
 )
+from .task_backbone import task_backbone
 
 __all__ = [
     "DCN_V1",
@@ -58,4 +59,5 @@ __all__ = [
     "resnext101_32x4d",
     "resnext101_32x8d",
     "stride_in_1x1",
+    "task_backbone",
 ]

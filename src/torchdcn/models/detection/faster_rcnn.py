@@ -20,9 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...nn import FrozenBatchNorm2d
-from ..backbones import DeformConfig, FeatureInfo, ResNet, load_pretrained
-from ..backbones.resnet import ARCHITECTURES
+from ..backbones import DeformConfig, FeatureInfo, ResNet, task_backbone
 from .anchors import AnchorGenerator
 from .box_head import FastRCNNPredictor, RoIHeads, TwoFCHead
 from .conv_reduce import ConvReduce
@@ -164,26 +162,8 @@ def _backbone(
     freeze_at: int,
     pretrained: str | None,
 ) -> ResNet:
-    """A ResNet ``name`` with ``features_only``, frozen BN and frozen stages up to ``freeze_at``
-    (0 nothing, 1 the stem, 2 the stem and conv2: Detectron's default)."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"backbone must be one of {sorted(ARCHITECTURES)}, got {name!r}")
-    if freeze_at not in (0, 1, 2, 3, 4, 5):
-        raise ValueError(f"freeze_at must be 0..5 (stages frozen up to it), got {freeze_at}")
-    block, layers, groups, width = ARCHITECTURES[name]
-    backbone = ResNet(
-        block, layers, groups=groups, width_per_group=width, deform=deform,
-        output_stride=output_stride, features_only=True,
-        norm_layer=FrozenBatchNorm2d if frozen_bn else None,
-    )  # fmt: skip
-    if pretrained is not None:
-        load_pretrained(backbone, pretrained)
-    frozen = [backbone.conv1, backbone.bn1][: 2 if freeze_at >= 1 else 0]
-    frozen += [getattr(backbone, f"layer{i}") for i in range(1, freeze_at)]
-    for module in frozen:
-        for p in module.parameters():
-            p.requires_grad_(False)
-    return backbone
+    """The presets' ResNet (see :func:`~torchdcn.models.backbones.task_backbone`)."""
+    return task_backbone(name, deform, output_stride, frozen_bn, freeze_at, pretrained)
 
 
 def _rpn(

@@ -18,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...nn import FrozenBatchNorm2d
-from ..backbones import DeformConfig, ResNet, load_pretrained
-from ..backbones.resnet import ARCHITECTURES
+from ..backbones import DeformConfig, task_backbone
 from .aspp import ASPP, default_aspp_rates
 from .reduce_head import ReduceHead
 
@@ -206,27 +204,11 @@ def deeplab(
             batch; the released DCN DeepLab fixes BN). ``False`` trains BatchNorm (from scratch).
         freeze_at: stages frozen up to it (0 none, 1 the stem, 2 the stem and conv2).
     """
-    if backbone not in ARCHITECTURES:
-        raise ValueError(f"backbone must be one of {sorted(ARCHITECTURES)}, got {backbone!r}")
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 16 or 8, got {output_stride!r}")
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    if freeze_at not in range(6):
-        raise ValueError(f"freeze_at must be 0..5 (stages frozen up to it), got {freeze_at!r}")
-    block, layers, groups, width = ARCHITECTURES[backbone]
-    body = ResNet(
-        block, layers, groups=groups, width_per_group=width, deform=deform,
-        output_stride=output_stride, features_only=True,
-        norm_layer=FrozenBatchNorm2d if frozen_bn else None,
-    )  # fmt: skip
-    if pretrained_backbone is not None:
-        load_pretrained(body, pretrained_backbone)
-    frozen = [body.conv1, body.bn1][: 2 if freeze_at >= 1 else 0]
-    frozen += [getattr(body, f"layer{i}") for i in range(1, freeze_at)]
-    for module in frozen:
-        for p in module.parameters():
-            p.requires_grad_(False)
+    body = task_backbone(backbone, deform, output_stride, frozen_bn, freeze_at, pretrained_backbone)
     in_channels = body.feature_info[-1].channels
     if head == "deeplab":
         if aspp_rates is not None:

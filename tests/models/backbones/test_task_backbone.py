@@ -1,0 +1,40 @@
+"""``task_backbone``: the ResNet the detection and segmentation presets share."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchdcn.models.backbones import task_backbone
+from torchdcn.nn import FrozenBatchNorm2d
+
+
+@pytest.mark.parametrize("freeze_at", [0, 1, 2, 3])
+def test_freezes_the_stages_up_to_freeze_at(freeze_at):
+    body = task_backbone("resnet18", None, 16, frozen_bn=False, freeze_at=freeze_at)
+    stages = [("conv1", body.conv1), ("layer1", body.layer1), ("layer2", body.layer2)]
+    for depth, (name, module) in enumerate(stages, start=1):
+        trainable = {p.requires_grad for p in module.parameters()}
+        assert trainable == {depth > freeze_at}, (name, freeze_at)
+    assert all(p.requires_grad for p in body.layer4.parameters())
+
+
+def test_features_only_output_stride_and_frozen_bn():
+    body = task_backbone("resnet18", "v1", 8)
+    out = body(torch.rand(1, 3, 64, 64))
+    assert [tuple(v.shape[-2:]) for v in out.values()][-1] == (8, 8)
+    assert isinstance(body.bn1, FrozenBatchNorm2d)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "vgg16"}, "backbone must be one of"),
+        ({"freeze_at": 6}, r"freeze_at must be 0\.\.5"),
+        ({"freeze_at": True}, r"freeze_at must be 0\.\.5"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    args = {"name": "resnet18", "deform": None, "output_stride": 16, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        task_backbone(**args)
