@@ -49,6 +49,8 @@ def test_bad_arguments():
         )
     with pytest.raises(ValueError, match="sampler must be None with ohem=True"):
         RFCNHeads(PSScoreHead(4, 3), ohem=True, sampler=KeepAllSampler())
+    with pytest.raises(TypeError, match="ohem must be True or False, got 'yes'"):
+        RFCNHeads(PSScoreHead(4, 3), ohem="yes")
 
 
 def test_per_roi_losses_by_hand():

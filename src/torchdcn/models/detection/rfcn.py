@@ -85,6 +85,8 @@ class RFCNHeads(RoIHeads):
     ) -> None:
         if not isinstance(ps_head, PSScoreHead):
             raise TypeError(f"ps_head must be a PSScoreHead, got {type(ps_head).__name__}")
+        if not isinstance(ohem, bool):
+            raise TypeError(f"ohem must be True or False, got {ohem!r}")
         if ohem and sampler is not None:
             raise ValueError("sampler must be None with ohem=True (OHEM labels every proposal)")
         if isinstance(ohem_batch_size, bool) or not isinstance(ohem_batch_size, int):
