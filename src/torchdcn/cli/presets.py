@@ -223,6 +223,19 @@ SEGMENTATION_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _detector(summary: str, model_config: Callable, build: Callable, **extra: Any) -> ModelPreset:
+    """A detection preset: list-of-images batches, the model's own losses, the detector defaults."""
+    return ModelPreset(
+        summary=summary,
+        model_config=model_config,
+        build=build,
+        trainer_kwargs=_detection_kwargs,
+        task="detection",
+        defaults=DETECTION_DEFAULTS,
+        **extra,
+    )
+
+
 #: every preset, by the name ``--model`` takes
 MODELS: dict[str, ModelPreset] = {
     "mnist_cnn": ModelPreset(
@@ -230,38 +243,26 @@ MODELS: dict[str, ModelPreset] = {
         model_config=_mnist_cnn_config,
         build=_mnist_cnn,
     ),
-    "faster_rcnn": ModelPreset(
-        summary="Faster R-CNN (papers' layout: RPN on conv4, RoI head on conv5; --fpn for FPN)",
-        model_config=lambda s: _detector_config(s, with_pooling=True),
-        build=_faster_rcnn,
-        trainer_kwargs=_detection_kwargs,
-        task="detection",
-        defaults=DETECTION_DEFAULTS,
+    "faster_rcnn": _detector(
+        "Faster R-CNN (papers' layout: RPN on conv4, RoI head on conv5; --fpn for FPN)",
+        lambda s: _detector_config(s, with_pooling=True),
+        _faster_rcnn,
     ),
-    "mask_rcnn": ModelPreset(
-        summary="Mask R-CNN (Faster R-CNN + 14x14 -> 28x28 mask head; v2: mdeform poolings)",
-        model_config=lambda s: _detector_config(s, with_pooling=True),
-        build=_mask_rcnn,
-        trainer_kwargs=_detection_kwargs,
-        task="detection",
-        defaults=DETECTION_DEFAULTS,
+    "mask_rcnn": _detector(
+        "Mask R-CNN (Faster R-CNN + 14x14 -> 28x28 mask head; v2: mdeform poolings)",
+        lambda s: _detector_config(s, with_pooling=True),
+        _mask_rcnn,
         masks=True,
     ),
-    "rpn_detector": ModelPreset(
-        summary="class-aware RPN used as a detector on its own (v1 paper, section 2.3)",
-        model_config=lambda s: _detector_config(s, with_pooling=False),
-        build=_rpn_detector,
-        trainer_kwargs=_detection_kwargs,
-        task="detection",
-        defaults=DETECTION_DEFAULTS,
+    "rpn_detector": _detector(
+        "class-aware RPN used as a detector on its own (v1 paper, section 2.3)",
+        lambda s: _detector_config(s, with_pooling=False),
+        _rpn_detector,
     ),
-    "rfcn": ModelPreset(
-        summary="R-FCN (v1 paper: PS score maps on conv5, --ps-pool ps or deform; RPN on conv4)",
-        model_config=_rfcn_config,
-        build=_rfcn,
-        trainer_kwargs=_detection_kwargs,
-        task="detection",
-        defaults=DETECTION_DEFAULTS,
+    "rfcn": _detector(
+        "R-FCN (v1 paper: PS score maps on conv5, --ps-pool ps or deform; RPN on conv4)",
+        _rfcn_config,
+        _rfcn,
     ),
     "deeplab": ModelPreset(
         summary="DeepLab (v1 paper): dilated ResNet at stride 16 or 8, 1x1 head or ASPP, "
