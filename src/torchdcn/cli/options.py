@@ -395,16 +395,19 @@ DEMO_OPTIONS = (
     ),
 )
 
+#: the positional images of ``detect`` and ``segment``
+IMAGE_INPUTS = Option(
+    "inputs",
+    str,
+    [],
+    "images, or folders of images (.jpg, .jpeg, .png, .bmp, .webp)",
+    nargs="*",
+    metavar="IMAGE_OR_DIR",
+    positional=True,
+)
+
 DETECT_OPTIONS = (
-    Option(
-        "inputs",
-        str,
-        [],
-        "images, or folders of images (.jpg, .jpeg, .png, .bmp, .webp)",
-        nargs="*",
-        metavar="IMAGE_OR_DIR",
-        positional=True,
-    ),
+    IMAGE_INPUTS,
     Option(
         "checkpoint",
         str,
@@ -437,15 +440,7 @@ DETECT_OPTIONS = (
 )
 
 SEGMENT_OPTIONS = (
-    Option(
-        "inputs",
-        str,
-        [],
-        "images, or folders of images (.jpg, .jpeg, .png, .bmp, .webp)",
-        nargs="*",
-        metavar="IMAGE_OR_DIR",
-        positional=True,
-    ),
+    IMAGE_INPUTS,
     Option(
         "checkpoint",
         str,

@@ -149,6 +149,18 @@ def test_eval_gives_documented_format():
         assert (d["boxes"] >= 0).all()
 
 
+def test_bad_call_shapes_are_named():
+    heads = _heads()
+    feats = {"f": torch.randn(1, 4, 8, 8)}
+    box = [torch.tensor([[0.0, 0.0, 20.0, 20.0]])]
+    with pytest.raises(ValueError, match="one entry per image, got 1 and 2"):
+        heads.eval()(feats, box, [(64, 64), (64, 64)])
+    with pytest.raises(ValueError, match=r"orig_sizes must have one \(h, w\) per image \(1\)"):
+        heads.eval()(feats, box, [(64, 64)], orig_sizes=[(64, 64), (32, 32)])
+    with pytest.raises(ValueError, match="targets are required in training mode"):
+        heads.train()(feats, box, [(64, 64)])
+
+
 def test_sampling_is_balanced_and_seeded():
     gt = torch.tensor([[0.0, 0.0, 40.0, 40.0]])
     # 10 foreground proposals (IoU >= 0.5 with the ground truth) and 20 background ones

@@ -248,24 +248,64 @@ class RoIHeads(nn.Module):
         orig_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """``(detections, losses)``; see the class docstring."""
+        self.check_inputs(proposals, image_sizes, targets, orig_sizes)
+        if self.training:
+            _, labels, reg_targets, class_logits, box_deltas = self.training_outputs(
+                features, proposals, targets
+            )
+            return [], self.loss(class_logits, box_deltas, labels, reg_targets)
+        return self.detect(features, proposals, image_sizes, orig_sizes), {}
+
+    def check_inputs(
+        self,
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[Mapping[str, Tensor]] | None,
+        orig_sizes: Sequence[tuple[int, int]] | None,
+    ) -> None:
+        """``ValueError`` unless there is one proposal set (and ``orig_sizes`` entry) per image
+        and, in training, targets."""
         if len(proposals) != len(image_sizes):
             raise ValueError(
                 f"proposals and image_sizes must have one entry per image, got "
                 f"{len(proposals)} and {len(image_sizes)}"
             )
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode (got None)")
-            proposals, labels, reg_targets = self.select_training_samples(proposals, targets)
-        pooled = self.pooler(features, proposals)
-        class_logits, box_deltas = self.predictor(self.head(pooled))
+        if orig_sizes is not None and len(orig_sizes) != len(image_sizes):
+            raise ValueError(
+                f"orig_sizes must have one (h, w) per image ({len(image_sizes)}), got "
+                f"{len(orig_sizes)}"
+            )
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode (got None)")
+
+    def training_outputs(
+        self,
+        features: Mapping[str, Tensor],
+        proposals: Sequence[Tensor],
+        targets: Sequence[Mapping[str, Tensor]],
+    ) -> tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor]:
+        """Sample the RoIs and run the head on them: ``(rois per image, labels [R],
+        regression targets [R, 4], class_logits [R, C+1], box_deltas [R, 4(C+1)])``, the logits
+        and deltas at least float32."""
+        rois, labels, reg_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_deltas = self.predictor(self.head(self.pooler(features, rois)))
         # losses, decoding and NMS in float32 even under autocast (boxes need the precision)
         class_logits, box_deltas = _at_least_float32(class_logits), _at_least_float32(box_deltas)
-        if self.training:
-            return [], self.loss(class_logits, box_deltas, labels, reg_targets)
+        return rois, labels, reg_targets, class_logits, box_deltas
+
+    def detect(
+        self,
+        features: Mapping[str, Tensor],
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        orig_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """Scored, decoded, NMS-ed detections of ``proposals`` (in ``orig_sizes`` pixels when
+        given, else input pixels)."""
+        class_logits, box_deltas = self.predictor(self.head(self.pooler(features, proposals)))
+        class_logits, box_deltas = _at_least_float32(class_logits), _at_least_float32(box_deltas)
         boxes = self.box_coder.decode(box_deltas, torch.cat(list(proposals)))
-        detections = postprocess_detections(
+        return postprocess_detections(
             class_logits, boxes, [len(p) for p in proposals], image_sizes, self.score_thresh,
             self.nms_thresh, self.detections_per_img, orig_sizes,
         )  # fmt: skip
-        return detections, {}

@@ -33,7 +33,7 @@ from .mask_head import MaskHead, MaskPredictor, mask_loss, select_class_masks
 from .mask_targets import mask_targets
 from .paste_masks import paste_masks_in_image
 from .poolers import POOLER_KINDS, RoIPooler
-from .postprocess import postprocess_detections, rescale_boxes
+from .postprocess import rescale_boxes
 
 
 class MaskRoIHeads(RoIHeads):
@@ -136,35 +136,17 @@ class MaskRoIHeads(RoIHeads):
         orig_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """``(detections, losses)``; see the class docstring."""
-        if len(proposals) != len(image_sizes):
-            raise ValueError(
-                f"proposals and image_sizes must have one entry per image, got "
-                f"{len(proposals)} and {len(image_sizes)}"
-            )
-        if orig_sizes is not None and len(orig_sizes) != len(image_sizes):
-            raise ValueError(
-                f"orig_sizes must have one (h, w) per image ({len(image_sizes)}), got "
-                f"{len(orig_sizes)}"
-            )
+        self.check_inputs(proposals, image_sizes, targets, orig_sizes)
         if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode (got None)")
-            rois, labels, reg_targets = self.select_training_samples(proposals, targets)
-            class_logits, box_deltas = self.predictor(self.head(self.pooler(features, rois)))
-            class_logits, box_deltas = (
-                _at_least_float32(class_logits),
-                _at_least_float32(box_deltas),
+            rois, labels, reg_targets, class_logits, box_deltas = self.training_outputs(
+                features, proposals, targets
             )
             losses = self.loss(class_logits, box_deltas, labels, reg_targets)
             losses["loss_mask"] = self._mask_training_loss(features, rois, labels, targets)
             return [], losses
-        class_logits, box_deltas = self.predictor(self.head(self.pooler(features, proposals)))
-        class_logits, box_deltas = _at_least_float32(class_logits), _at_least_float32(box_deltas)
-        boxes = self.box_coder.decode(box_deltas, torch.cat(list(proposals)))
-        detections = postprocess_detections(
-            class_logits, boxes, [len(p) for p in proposals], image_sizes, self.score_thresh,
-            self.nms_thresh, self.detections_per_img, None,
-        )  # fmt: skip
+        # boxes in input pixels first: the masks are computed there, then boxes and masks are
+        # rescaled / pasted at orig_sizes together
+        detections = self.detect(features, proposals, image_sizes, None)
         self._add_masks(features, detections, image_sizes, orig_sizes)
         return detections, {}
 

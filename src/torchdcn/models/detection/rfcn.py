@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import DeformConfig
-from .box_head import RoIHeads, _at_least_float32
+from .box_head import RoIHeads
 from .conv_reduce import ConvReduce
 from .faster_rcnn import FasterRCNN, _backbone, _rpn
 from .ohem import KeepAllSampler, per_roi_losses, select_hard_examples
@@ -113,16 +113,10 @@ class RFCNHeads(RoIHeads):
         """``(detections, losses)`` as :meth:`RoIHeads.forward`; OHEM in training if enabled."""
         if not (self.training and self.ohem):
             return super().forward(features, proposals, image_sizes, targets, orig_sizes)
-        if len(proposals) != len(image_sizes):
-            raise ValueError(
-                f"proposals and image_sizes must have one entry per image, got "
-                f"{len(proposals)} and {len(image_sizes)}"
-            )
-        if targets is None:
-            raise ValueError("targets are required in training mode (got None)")
-        rois, labels, reg_targets = self.select_training_samples(proposals, targets)
-        class_logits, box_deltas = self.predictor(self.head(self.pooler(features, rois)))
-        class_logits, box_deltas = _at_least_float32(class_logits), _at_least_float32(box_deltas)
+        self.check_inputs(proposals, image_sizes, targets, orig_sizes)
+        rois, labels, reg_targets, class_logits, box_deltas = self.training_outputs(
+            features, proposals, targets
+        )
         keep = self.mine(class_logits, box_deltas, labels, reg_targets, rois)
         return [], self.loss(class_logits[keep], box_deltas[keep], labels[keep], reg_targets[keep])
 
