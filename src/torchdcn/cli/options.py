@@ -11,6 +11,7 @@ import textwrap
 
 from .analyze_options import ANALYZE_OPTIONS
 from .data import DATA_OPTIONS
+from .demo_detection import DETECTION_DEMO_OPTIONS
 from .option import (
     Option,
     _deform,
@@ -162,6 +163,31 @@ DETECTION_TRAIN_OPTIONS = (
         None,
         "rfcn: position-sensitive RoI pooling (none: ps)",
         ("ps", "ps_align", "deform"),
+    ),
+    Option(
+        "base-channels",
+        _int_or_none,
+        None,
+        "detectors, deeplab: backbone width, its stages N*(1,2,4,8) channels (none: 64, the "
+        "published ResNets; e.g. 16 to train from scratch; ResNeXt 32x4d: a multiple of 16)",
+        metavar="N",
+        at_least=1,
+    ),
+    Option(
+        "mimic",
+        str,
+        None,
+        "faster_rcnn, mask_rcnn: R-CNN feature mimicking in training (v2 section 3.3) on "
+        "positive, all or negative RoIs (none: off)",
+        ("positive", "all", "negative"),
+    ),
+    Option(
+        "mimic-cls-weight",
+        _float_or_none,
+        None,
+        "with --mimic: weight of its classification loss (none: 0.1; 0 drops it, v2 Table 3)",
+        metavar="W",
+        at_least=0,
     ),
     Option(
         "pretrained-backbone",
@@ -337,9 +363,22 @@ EVAL_OPTIONS = (
 )
 
 DEMO_OPTIONS = (
+    Option(
+        "part",
+        str,
+        "all",
+        "what to run: the classification demo, the detection demo (digit scenes), or both",
+        ("all", "classification", "detection"),
+    ),
     DATA_ROOT,
     Option(
-        "seeds", int, [0, 1, 2], "seeds; every model trains once per seed", None, "+", at_least=0
+        "seeds",
+        int,
+        [0, 1, 2],
+        "seeds; every model trains once per seed (the detection part: the first seed only)",
+        None,
+        "+",
+        at_least=0,
     ),
     Option("epochs", int, 6, "passes over the 4000 training digits per run", at_least=1),
     Option("batch-size", int, 64, "batch size", at_least=1),
@@ -393,6 +432,7 @@ DEMO_OPTIONS = (
         "CPU threads per training (0: 1 with several jobs, else all)",
         at_least=0,
     ),
+    *DETECTION_DEMO_OPTIONS,
 )
 
 #: the positional images of ``detect`` and ``segment``
@@ -498,7 +538,9 @@ COMMANDS: dict[str, tuple[str, tuple[Option, ...]]] = {
         SEGMENT_OPTIONS,
     ),
     "demo": (
-        "plain vs v1 vs v2 over several seeds: accuracy table and sampling figure",
+        "the tour: plain vs v1 vs v2 digit classifiers over several seeds (accuracy table, "
+        "sampling figure), then plain vs v2 Faster R-CNN on digit scenes (AP table, "
+        "detections and RoI-bin figures)",
         DEMO_OPTIONS,
     ),
     "analyze": (

@@ -61,6 +61,8 @@ DEFAULT_BACKBONE = "resnet50"
 def _mnist_cnn_config(settings: dict[str, Any]) -> dict[str, Any]:
     from ..models.classification.mnist_cnn import MnistCNNConfig
 
+    if settings.get("base_channels") is not None:
+        raise ValueError("--base-channels applies to the detectors and deeplab; mnist_cnn: --width")
     config = {"deform": settings.get("deform"), "width": settings.get("width", 32)}
     try:
         MnistCNNConfig(**config)
@@ -75,10 +77,58 @@ def _mnist_cnn(**config: Any) -> Any:
     return mnist_cnn(**config)
 
 
-def _detector_config(settings: dict[str, Any], with_pooling: bool) -> dict[str, Any]:
+def _base_channels(settings: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """``{"base_channels": N}`` from ``--base-channels`` (``{}`` when not given: the model's
+    default 64, and checkpoints of earlier versions keep their ``model_config``)."""
+    from ..models.backbones.resnet import ARCHITECTURES, check_base_channels
+
+    value = settings.get("base_channels")
+    if value is None:
+        return {}
+    arch = ARCHITECTURES[backbone]
+    try:
+        check_base_channels(value, arch.block, arch.groups, arch.width_per_group)
+    except ValueError as err:
+        raise ValueError(f"--base-channels {value} with --backbone {backbone}: {err}") from err
+    return {"base_channels": value}
+
+
+#: default weight of the feature-mimicking branch's classification loss (v2 section 3.3)
+MIMIC_CLS_WEIGHT = 0.1
+
+
+def _mimic(settings: dict[str, Any], allowed: bool) -> dict[str, Any]:
+    """``{"mimic": {"rois": ..., "cls_weight": ...}}`` from ``--mimic`` and
+    ``--mimic-cls-weight`` for faster_rcnn and mask_rcnn (``allowed``; the other presets refuse
+    them); ``{}`` without ``--mimic``."""
+    from ..models.detection.mimic import MIMIC_ROIS
+
+    rois, weight = settings.get("mimic"), settings.get("mimic_cls_weight")
+    if not allowed and (rois is not None or weight is not None):
+        raise ValueError(
+            "--mimic and --mimic-cls-weight apply to faster_rcnn and mask_rcnn (R-CNN feature "
+            "mimicking, v2 section 3.3)"
+        )
+    if rois is None:
+        if weight is not None:
+            raise ValueError(f"--mimic-cls-weight needs --mimic ({'|'.join(MIMIC_ROIS)})")
+        return {}
+    if rois not in MIMIC_ROIS:
+        raise ValueError(f"--mimic must be one of {', '.join(MIMIC_ROIS)}, got {rois!r}")
+    weight = MIMIC_CLS_WEIGHT if weight is None else weight
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+        raise ValueError(f"--mimic-cls-weight must be a number >= 0, got {weight!r}")
+    return {"mimic": {"rois": rois, "cls_weight": float(weight)}}
+
+
+def _detector_config(
+    settings: dict[str, Any], with_pooling: bool, mimic: bool = False
+) -> dict[str, Any]:
     """The detector's keyword arguments from ``--backbone``, ``--deform``, ``--roi-pool``,
-    ``--fpn`` and ``num_classes`` (set from the data before building; absent when the settings
-    are only checked). ``ValueError`` for a combination the model refuses."""
+    ``--fpn``, ``--base-channels``, ``--mimic`` and ``--mimic-cls-weight`` (refused unless
+    ``mimic``: faster_rcnn and mask_rcnn) and ``num_classes`` (set from the data before
+    building; absent when the settings are only checked). ``ValueError`` for a combination the
+    model refuses."""
     from ..models.backbones.resnet import ARCHITECTURES
     from ..models.detection.poolers import POOLER_KINDS
 
@@ -86,6 +136,8 @@ def _detector_config(settings: dict[str, Any], with_pooling: bool) -> dict[str, 
     if backbone not in ARCHITECTURES:
         raise ValueError(f"--backbone must be one of {', '.join(ARCHITECTURES)}, got {backbone!r}")
     config: dict[str, Any] = {"backbone": backbone, "deform": settings.get("deform")}
+    config.update(_base_channels(settings, backbone))
+    config.update(_mimic(settings, mimic))
     roi_pool, fpn = settings.get("roi_pool"), bool(settings.get("fpn", False))
     if settings.get("ps_pool") is not None:
         raise ValueError("--ps-pool applies to rfcn (position-sensitive RoI pooling)")
@@ -171,7 +223,7 @@ def _detection_kwargs() -> dict[str, Any]:
 
 def _deeplab_config(settings: dict[str, Any]) -> dict[str, Any]:
     """DeepLab's keyword arguments from ``--backbone``, ``--deform``, ``--output-stride``,
-    ``--head`` and ``num_classes`` (set from the data before building)."""
+    ``--head``, ``--base-channels`` and ``num_classes`` (set from the data before building)."""
     from ..models.backbones.resnet import ARCHITECTURES
     from ..models.segmentation import HEADS
 
@@ -186,11 +238,13 @@ def _deeplab_config(settings: dict[str, Any]) -> dict[str, Any]:
     head = settings.get("head") or "deeplab"
     if head not in HEADS:
         raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+    _mimic(settings, allowed=False)
     config: dict[str, Any] = {
         "backbone": backbone,
         "deform": settings.get("deform"),
         "output_stride": output_stride,
         "head": head,
+        **_base_channels(settings, backbone),
     }
     num_classes = settings.get("num_classes")
     if num_classes is not None:
@@ -245,12 +299,12 @@ MODELS: dict[str, ModelPreset] = {
     ),
     "faster_rcnn": _detector(
         "Faster R-CNN (papers' layout: RPN on conv4, RoI head on conv5; --fpn for FPN)",
-        lambda s: _detector_config(s, with_pooling=True),
+        lambda s: _detector_config(s, with_pooling=True, mimic=True),
         _faster_rcnn,
     ),
     "mask_rcnn": _detector(
         "Mask R-CNN (Faster R-CNN + 14x14 -> 28x28 mask head; v2: mdeform poolings)",
-        lambda s: _detector_config(s, with_pooling=True),
+        lambda s: _detector_config(s, with_pooling=True, mimic=True),
         _mask_rcnn,
         masks=True,
     ),

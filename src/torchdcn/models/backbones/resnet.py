@@ -18,6 +18,7 @@ function (SPEC section 2: zero-initialised offsets).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -135,13 +136,21 @@ class ResNet(nn.Module):
             ``nn.BatchNorm2d``; :class:`torchdcn.nn.FrozenBatchNorm2d` for detection).
         zero_init_residual: start each block's last norm at scale 0 (the block is an identity).
         in_channels: image channels.
+        base_channels: width of the stem and of conv2's blocks; the four stages have
+            ``base_channels * (1, 2, 4, 8)`` planes (64: the published networks, so
+            torchvision/timm checkpoints fit; e.g. 16 gives a ResNet-18 with 16/32/64/128
+            channels, for training from scratch on a small CPU). A positive int; for ResNeXt
+            ``base_channels * width_per_group`` must be a multiple of 64 (whole channels per
+            group in the grouped 3x3 convs).
 
     Shape:
         ``x``: ``[N, in_channels, H, W]`` (float, ImageNet-normalised for pretrained weights) ->
         logits ``[N, num_classes]``; or the conv5 map ``[N, C5, ceil(H / os), ceil(W / os)]``
         when ``num_classes`` is ``None``; or with ``features_only`` an ordered dict
         ``{"conv2": [N, C2, H/4, W/4], "conv3": ..., "conv4": ..., "conv5": ...}`` (sizes
-        rounded up, e.g. a 64 x 64 input gives conv2 16 x 16).
+        rounded up, e.g. a 64 x 64 input gives conv2 16 x 16). With ``B = base_channels``,
+        ``C2 ... C5`` are ``B, 2B, 4B, 8B`` (basic blocks: 64, ..., 512 for ResNet-18/34) or
+        ``4B, 8B, 16B, 32B`` (bottlenecks: 256, ..., 2048 for ResNet-50 and up).
 
     Backbone contract (what detectors and segmenters read, never hard-coded numbers):
 
@@ -173,10 +182,12 @@ class ResNet(nn.Module):
         norm_layer: NormLayer | None = None,
         zero_init_residual: bool = False,
         in_channels: int = 3,
+        base_channels: int = 64,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"layers must be 4 positive block counts, got {layers}")
+        check_base_channels(base_channels, block, groups, width_per_group)
         configs = resolve_deform(deform)
         if output_stride is None:
             output_stride = default_output_stride(deform)
@@ -186,17 +197,19 @@ class ResNet(nn.Module):
         self.features_only = features_only
         self.output_stride = output_stride
 
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.bn1 = norm_layer(64)
+        self.base_channels = base_channels
+        self.conv1 = nn.Conv2d(in_channels, base_channels, 7, 2, 3, bias=False)
+        self.bn1 = norm_layer(base_channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
 
         # Stage by stage: stride 2 where the map may still shrink, dilation once it may not.
-        channels, stride_so_far, dilation = 64, 4, 1
+        channels, stride_so_far, dilation = base_channels, 4, 1
         self.feature_info: list[FeatureInfo] = []
         self.feature_dilations: dict[str, int] = {}
         stages = []
-        for stage, planes, n_blocks in zip(STAGES, (64, 128, 256, 512), layers):
+        stage_planes = tuple(base_channels * m for m in (1, 2, 4, 8))
+        for stage, planes, n_blocks in zip(STAGES, stage_planes, layers):
             stride = 1 if stage == 2 else 2
             if stride_so_far * stride > output_stride:
                 stride, dilation = 1, dilation * 2
@@ -292,6 +305,26 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(features["conv5"]), 1))
 
 
+def check_base_channels(
+    base_channels: int, block: Block, groups: int, width_per_group: int
+) -> None:
+    """``ValueError`` naming ``base_channels`` unless it is a positive int that gives the grouped
+    3x3 convs of a bottleneck whole channels per group (``base * width_per_group / 64``)."""
+    if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels < 1:
+        raise ValueError(
+            f"base_channels must be a positive int (64: the published ResNets), got "
+            f"{base_channels!r}"
+        )
+    if block is Bottleneck and (base_channels * width_per_group) % 64:
+        step = 64 // math.gcd(64, width_per_group)
+        raise ValueError(
+            f"base_channels must be a multiple of {step} for bottlenecks with "
+            f"width_per_group={width_per_group} (groups={groups}): the grouped 3x3 conv has "
+            f"base_channels * width_per_group / 64 channels per group, got base_channels="
+            f"{base_channels}"
+        )
+
+
 def _make_stage(
     block: Block,
     in_channels: int,
@@ -349,7 +382,7 @@ def _create(name: str, **kwargs: Any) -> ResNet:
 
 
 # Constructors. Each takes ``deform``, ``output_stride``, ``features_only`` and the remaining
-# :class:`ResNet` keyword arguments (``num_classes``, ``norm_layer``, ``zero_init_residual``, ...).
+# :class:`ResNet` keyword arguments (``num_classes``, ``norm_layer``, ``base_channels``, ...).
 
 
 def resnet18(

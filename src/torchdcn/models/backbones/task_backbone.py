@@ -21,6 +21,7 @@ def task_backbone(
     frozen_bn: bool = True,
     freeze_at: int = 2,
     pretrained: str | None = None,
+    base_channels: int = 64,
 ) -> ResNet:
     """A ResNet ``name`` (a key of ``ARCHITECTURES``) with ``features_only``.
 
@@ -31,9 +32,14 @@ def task_backbone(
         freeze_at: stages whose parameters get ``requires_grad=False``: 0 nothing, 1 the stem,
             2 the stem and conv2 (Detectron's default), up to 5.
         pretrained: a weights file for :func:`~.pretrained.load_pretrained` (loaded before
-            freezing).
+            freezing). Its tensors must fit exactly: ImageNet checkpoints are 64 wide, so one
+            loaded into a network of another ``base_channels`` raises ``ValueError``.
+        base_channels: width of the stem and conv2 (the stages have ``base_channels * (1, 2,
+            4, 8)`` planes); 64 is the published network, e.g. 16 a small one to train from
+            scratch. The heads read the resulting widths from ``feature_info``.
 
-    Raises ``ValueError`` naming ``backbone`` or ``freeze_at`` for values outside those.
+    Raises ``ValueError`` naming ``backbone``, ``freeze_at`` or ``base_channels`` for values
+    outside those, or a ``pretrained`` file that does not fit the network.
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"backbone must be one of {sorted(ARCHITECTURES)}, got {name!r}")
@@ -43,10 +49,18 @@ def task_backbone(
     body = ResNet(
         block, layers, groups=groups, width_per_group=width, deform=deform,
         output_stride=output_stride, features_only=True,
-        norm_layer=FrozenBatchNorm2d if frozen_bn else None,
+        norm_layer=FrozenBatchNorm2d if frozen_bn else None, base_channels=base_channels,
     )  # fmt: skip
     if pretrained is not None:
-        load_pretrained(body, pretrained)
+        try:
+            load_pretrained(body, pretrained)
+        except ValueError as err:
+            if base_channels == 64:
+                raise
+            raise ValueError(
+                f"pretrained={str(pretrained)!r} does not fit {name} with base_channels="
+                f"{base_channels} (ImageNet weights are for base_channels=64): {err}"
+            ) from err
     frozen = [body.conv1, body.bn1][: 2 if freeze_at >= 1 else 0]
     frozen += [getattr(body, f"layer{i}") for i in range(1, freeze_at)]
     for module in frozen:

@@ -4,7 +4,10 @@ Reads top to bottom: a stem of two 3x3 convs of stride 2 takes the canvas to 1/4
 body of three stacked 3x3 convs at that resolution is where the deformable layers go (plain
 ``nn.Conv2d``, v1 :class:`~torchdcn.nn.DeformConv2dPack` or v2
 :class:`~torchdcn.nn.ModulatedDeformConv2dPack`); global average pooling and one linear layer
-classify.
+classify. By default all three body layers are deformable; ``deform_layers`` keeps only the last
+``k`` of them deformable (the first ``3 - k`` plain), ``offset_lr_mult`` overrides the predictors'
+learning-rate multiplier (v1 1.0, v2 0.1 by default) and ``mask_init`` the v2 masks' initial value
+(0.5 by default, SPEC section 3).
 Three stacked 3x3 deformable layers sample ``9 ** 3 = 729`` points per activation (v1 Fig. 5), which
 :mod:`torchdcn.analysis.sampling` draws. GroupNorm keeps every sample independent of the rest of
 its batch, so a run split over processes computes what one process computes.
@@ -12,6 +15,7 @@ its batch, so a run split over processes computes what one process computes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
@@ -30,6 +34,12 @@ class MnistCNNConfig:
         num_classes: outputs of the classifier.
         in_channels: image channels.
         norm_groups: GroupNorm groups (divides ``width // 2``).
+        deform_layers: how many body layers, counted from the last, are deformable (1-3; the
+            others are plain ``nn.Conv2d``); ignored when ``deform`` is None.
+        offset_lr_mult: learning-rate multiplier of the offset (and mask) predictors (``None``:
+            the modules' default, 1.0 for v1 and 0.1 for v2).
+        mask_init: initial value of every v2 mask, in (0, 1): the predictor's mask bias starts
+            at ``logit(mask_init)`` (0.5: the zero initialisation of SPEC section 3). v2 only.
     """
 
     deform: DeformPreset | None = None
@@ -37,10 +47,21 @@ class MnistCNNConfig:
     num_classes: int = 10
     in_channels: int = 1
     norm_groups: int = 4
+    deform_layers: int = 3
+    offset_lr_mult: float | None = None
+    mask_init: float = 0.5
 
     def __post_init__(self) -> None:
         if self.deform not in (None, "v1", "v2"):
             raise ValueError(f"deform must be None, 'v1' or 'v2', got {self.deform!r}")
+        if self.deform_layers not in (1, 2, 3):
+            raise ValueError(f"deform_layers must be 1, 2 or 3, got {self.deform_layers!r}")
+        if self.offset_lr_mult is not None and not self.offset_lr_mult >= 0:
+            raise ValueError(f"offset_lr_mult must be None or >= 0, got {self.offset_lr_mult!r}")
+        if not 0 < self.mask_init < 1:
+            raise ValueError(f"mask_init must be in (0, 1), got {self.mask_init!r}")
+        if self.mask_init != 0.5 and self.deform != "v2":
+            raise ValueError(f"mask_init applies to deform='v2' only, got deform={self.deform!r}")
         if self.width < 2 or (self.width // 2) % self.norm_groups:
             raise ValueError(
                 f"norm_groups={self.norm_groups} must divide width // 2 = {self.width // 2}"
@@ -70,11 +91,22 @@ class MnistCNN(nn.Module):
             nn.Conv2d(w // 2, w, 3, stride=2, padding=1, bias=False),
             *_norm_act(w, g),
         )
-        deform = {"v1": DeformConv2dPack, "v2": ModulatedDeformConv2dPack}
-        conv = {None: nn.Conv2d, **deform}[config.deform]
-        self.body = nn.ModuleList(conv(w, w, 3, padding=1, bias=False) for _ in range(3))
+        self.body = nn.ModuleList(self._body_conv(i) for i in range(3))
         self.body_norms = nn.ModuleList(nn.Sequential(*_norm_act(w, g)) for _ in range(3))
         self.fc = nn.Linear(w, config.num_classes)
+
+    def _body_conv(self, index: int) -> nn.Module:
+        """Body layer ``index`` (0-2): plain, or deformable as the config says."""
+        cfg, w = self.config, self.config.width
+        if cfg.deform is None or index < 3 - cfg.deform_layers:
+            return nn.Conv2d(w, w, 3, padding=1, bias=False)
+        pack = {"v1": DeformConv2dPack, "v2": ModulatedDeformConv2dPack}[cfg.deform]
+        conv = pack(w, w, 3, padding=1, bias=False, offset_lr_mult=cfg.offset_lr_mult)
+        if cfg.mask_init != 0.5:
+            n_off = 2 * conv.offset_groups * 9
+            logit = math.log(cfg.mask_init / (1 - cfg.mask_init))
+            nn.init.constant_(conv.conv_offset.bias[n_off:], logit)
+        return conv
 
     def features(self, x: Tensor) -> Tensor:
         """Input of the first body layer: ``[N, C, H, W] -> [N, width, ceil(H/4), ceil(W/4)]``."""

@@ -161,9 +161,12 @@ def _backbone(
     frozen_bn: bool,
     freeze_at: int,
     pretrained: str | None,
+    base_channels: int = 64,
 ) -> ResNet:
     """The presets' ResNet (see :func:`~torchdcn.models.backbones.task_backbone`)."""
-    return task_backbone(name, deform, output_stride, frozen_bn, freeze_at, pretrained)
+    return task_backbone(
+        name, deform, output_stride, frozen_bn, freeze_at, pretrained, base_channels=base_channels
+    )
 
 
 def _rpn(
@@ -195,6 +198,7 @@ def faster_rcnn(
     *,
     frozen_bn: bool = True,
     freeze_at: int = 2,
+    base_channels: int = 64,
     reduce_channels: int | None = 256,
     fpn_channels: int = 256,
     representation_size: int = 1024,
@@ -220,6 +224,9 @@ def faster_rcnn(
             :func:`~torchdcn.models.load_pretrained` (nothing is downloaded).
         frozen_bn: :class:`~torchdcn.nn.FrozenBatchNorm2d` in the backbone (Detectron).
         freeze_at: stages whose parameters do not train: 2 = stem and conv2 (Detectron).
+        base_channels: backbone width: its stages have ``base_channels * (1, 2, 4, 8)`` planes
+            (64: the published ResNets; e.g. 16 for a small detector trained from scratch).
+            The heads read the backbone's widths from its ``feature_info``.
         reduce_channels: width of the 1x1 conv on conv5 (papers' layout only, see
             :mod:`.conv_reduce`); ``None``/0 pools conv5 directly.
         fpn_channels: FPN width. representation_size: width of the 2 fcs (1024).
@@ -251,7 +258,10 @@ def faster_rcnn(
         raise ValueError(
             f"num_classes must be a positive int (foreground classes), got {num_classes!r}"
         )
-    body = _backbone(backbone, deform, 32 if fpn else 16, frozen_bn, freeze_at, pretrained_backbone)
+    body = _backbone(
+        backbone, deform, 32 if fpn else 16, frozen_bn, freeze_at, pretrained_backbone,
+        base_channels,
+    )  # fmt: skip
     if fpn:
         neck: nn.Module | None = FPN(body.feature_info, fpn_channels)
         levels = [i.name for i in neck.feature_info]
@@ -301,6 +311,7 @@ def rpn_detector(
     *,
     frozen_bn: bool = True,
     freeze_at: int = 2,
+    base_channels: int = 64,
     anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     rpn_kwargs: Mapping[str, Any] | None = None,
@@ -310,10 +321,10 @@ def rpn_detector(
     (C+1)-way RPN with class-specific boxes on conv4 (:class:`~.rpn_detector.RPNDetector`).
 
     Args:
-        backbone, deform, num_classes, pretrained_backbone, frozen_bn, freeze_at, anchor_sizes,
-            aspect_ratios, rpn_kwargs: as :func:`faster_rcnn`; the anchors are matched by
-            :func:`~.rpn_detector.detector_matcher` (IoU 0.5, no ignored band) unless
-            ``rpn_kwargs`` gives a ``matcher``.
+        backbone, deform, num_classes, pretrained_backbone, frozen_bn, freeze_at,
+            base_channels, anchor_sizes, aspect_ratios, rpn_kwargs: as :func:`faster_rcnn`; the
+            anchors are matched by :func:`~.rpn_detector.detector_matcher` (IoU 0.5, no ignored
+            band) unless ``rpn_kwargs`` gives a ``matcher``.
         class_aware: must be ``True`` (a plain RPN proposes, it does not detect; use
             :func:`faster_rcnn`).
         detector_kwargs: ``score_thresh``, ``nms_thresh``, ``detections_per_img`` of
@@ -328,7 +339,7 @@ def rpn_detector(
         raise ValueError(
             f"num_classes must be a positive int (foreground classes), got {num_classes!r}"
         )
-    body = _backbone(backbone, deform, 16, frozen_bn, freeze_at, pretrained_backbone)
+    body = _backbone(backbone, deform, 16, frozen_bn, freeze_at, pretrained_backbone, base_channels)
     rpn = _rpn(
         body.feature_info, ["conv4"], (tuple(anchor_sizes),), aspect_ratios, num_classes, True,
         **{"matcher": detector_matcher(), **dict(rpn_kwargs or {})},

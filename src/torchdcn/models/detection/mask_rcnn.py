@@ -213,6 +213,7 @@ def mask_rcnn(
     fpn: bool = False,
     pretrained_backbone: str | None = None,
     *,
+    base_channels: int = 64,
     mask_resolution: int = 14,
     mask_channels: int = 256,
     mask_convs: int = 4,
@@ -222,8 +223,9 @@ def mask_rcnn(
     """Mask R-CNN in the papers' layout (or with FPN), plain or deformable.
 
     Args:
-        backbone, deform, num_classes, fpn, pretrained_backbone, deform_hidden: as
-            :func:`~.faster_rcnn.faster_rcnn`.
+        backbone, deform, num_classes, fpn, pretrained_backbone, base_channels, deform_hidden:
+            as :func:`~.faster_rcnn.faster_rcnn` (``base_channels``: backbone width, 64 the
+            published ResNets; the box and mask heads read the widths from ``feature_info``).
         roi_pool: the box head's 7 x 7 pooling (``"roi_pool"``, ``"roi_align"``, ``"deform"``,
             ``"mdeform"``); ``None``: ``"mdeform"`` for ``deform="v2"``, else ``"roi_align"``.
         mask_pool: the mask head's 14 x 14 pooling, same choices and default (v2 section 4.1:
@@ -255,7 +257,7 @@ def mask_rcnn(
         raise ValueError(f"mask_resolution must be a positive int, got {mask_resolution!r}")
     base = faster_rcnn(
         backbone, deform, roi_pool, num_classes, fpn, pretrained_backbone,
-        deform_hidden=deform_hidden, **kwargs,
+        base_channels=base_channels, deform_hidden=deform_hidden, **kwargs,
     )  # fmt: skip
     box = base.roi_heads
     mask_pooler = RoIPooler(

@@ -172,6 +172,7 @@ def rfcn(
     *,
     frozen_bn: bool = True,
     freeze_at: int = 2,
+    base_channels: int = 64,
     reduce_channels: int = 1024,
     output_size: int = 7,
     class_agnostic_boxes: bool = True,
@@ -185,8 +186,9 @@ def rfcn(
     """R-FCN in the v1 paper's layout, plain or deformable.
 
     Args:
-        backbone, deform, num_classes, pretrained_backbone, frozen_bn, freeze_at, anchor_sizes,
-            aspect_ratios, rpn_kwargs: as :func:`~.faster_rcnn.faster_rcnn` (``deform="v1"``:
+        backbone, deform, num_classes, pretrained_backbone, frozen_bn, freeze_at,
+            base_channels, anchor_sizes, aspect_ratios, rpn_kwargs: as
+            :func:`~.faster_rcnn.faster_rcnn` (``deform="v1"``:
             deformable last three 3x3 convs of conv5; ``"v2"``: modulated convs in conv3-conv5).
         ps_pool: ``"ps"`` (PS RoI pooling), ``"deform"`` (deformable PS RoI pooling) or
             ``"ps_align"`` (aligned PS pooling); see :mod:`.ps_head`.
@@ -215,7 +217,7 @@ def rfcn(
         raise TypeError(f"reduce_channels must be an int, got {reduce_channels!r}")
     if reduce_channels < 1:
         raise ValueError(f"reduce_channels must be positive (1024 in R-FCN), got {reduce_channels}")
-    body = _backbone(backbone, deform, 16, frozen_bn, freeze_at, pretrained_backbone)
+    body = _backbone(backbone, deform, 16, frozen_bn, freeze_at, pretrained_backbone, base_channels)
     neck = ConvReduce(body.feature_info, "conv5", reduce_channels)
     infos = {i.name: i for i in neck.feature_info}
     rpn = _rpn(

@@ -183,6 +183,7 @@ def deeplab(
     *,
     frozen_bn: bool = True,
     freeze_at: int = 2,
+    base_channels: int = 64,
     head_channels: int | None = None,
     aspp_rates: Sequence[int] | None = None,
 ) -> DeepLab:
@@ -203,12 +204,17 @@ def deeplab(
         frozen_bn: :class:`~torchdcn.nn.FrozenBatchNorm2d` in the backbone (a few images per
             batch; the released DCN DeepLab fixes BN). ``False`` trains BatchNorm (from scratch).
         freeze_at: stages frozen up to it (0 none, 1 the stem, 2 the stem and conv2).
+        base_channels: backbone width, its stages ``base_channels * (1, 2, 4, 8)`` planes (64:
+            the published ResNets; e.g. 16 for a small network trained from scratch).
     """
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 16 or 8, got {output_stride!r}")
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    body = task_backbone(backbone, deform, output_stride, frozen_bn, freeze_at, pretrained_backbone)
+    body = task_backbone(
+        backbone, deform, output_stride, frozen_bn, freeze_at, pretrained_backbone,
+        base_channels=base_channels,
+    )  # fmt: skip
     in_channels = body.feature_info[-1].channels
     if head == "deeplab":
         if aspp_rates is not None:
