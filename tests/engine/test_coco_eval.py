@@ -344,3 +344,28 @@ def test_through_evaluate_with_a_coco_dataset(gt_file):
             Oracle(find), ds, CocoEvaluator.from_dataset(ds), batch_size=3, collate_fn=list_collate
         )
         assert metrics["AP"] == want and metrics["mAP@0.7"] == want
+
+
+def test_area_ranges_redraw_the_size_buckets(gt_file):
+    # areas 400, 2500, 14400, 400 (images 1-2, found) and 1600 (image 3, missed)
+    runs = {}
+    for ranges in (None, (500, 2000)):
+        ev = CocoEvaluator(gt_file, area_ranges=ranges)
+        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                 "scores": torch.zeros(0)}  # fmt: skip
+        ev.process([detections(1), detections(2), empty], [target(i) for i in (1, 2, 3)])
+        runs[ranges] = ev.summarize()
+    # COCO's buckets: 1600 and 2500 are both medium, so half of the medium objects are found
+    assert runs[None]["APs"] == pytest.approx(1.0)
+    assert 0.0 < runs[None]["APm"] < 1.0
+    # (500, 2000): the missed 1600 is the only medium object; 2500 and 14400 are large
+    assert runs[(500, 2000)]["APs"] == pytest.approx(1.0)
+    assert runs[(500, 2000)]["APm"] == pytest.approx(0.0)
+    assert runs[(500, 2000)]["APl"] == pytest.approx(1.0)
+    assert runs[(500, 2000)]["AP"] == pytest.approx(runs[None]["AP"])
+
+
+@pytest.mark.parametrize("bad", [(2000, 500), (0, 10), (1, 2, 3), "ab", (True, 5)])
+def test_area_ranges_refused(gt_file, bad):
+    with pytest.raises(ValueError, match="area_ranges"):
+        CocoEvaluator(gt_file, area_ranges=bad)

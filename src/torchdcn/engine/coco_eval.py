@@ -80,6 +80,9 @@ class CocoEvaluator:
         mask_threshold: a float mask is the set of pixels with probability at least this
             (0.5); masks given at the input size are first resized bilinearly (and unflipped)
             to the original image, then binarised and RLE-encoded with pycocotools.
+        area_ranges: ``(small_max, large_min)``: the object areas that bound the small / medium
+            / large buckets of ``APs`` / ``APm`` / ``APl`` (default: COCO's ``(32**2, 96**2)``),
+            for data whose objects all fall in one COCO bucket (digit scenes).
     """
 
     def __init__(
@@ -89,8 +92,25 @@ class CocoEvaluator:
         iou_types: Sequence[str] = ("bbox",),
         boxes_in: str = "input",
         mask_threshold: float = 0.5,
+        area_ranges: tuple[float, float] | None = None,
     ) -> None:
         self.coco_gt = _load_gt(coco_gt)
+        if area_ranges is not None:
+            ok = (
+                isinstance(area_ranges, Sequence)
+                and len(area_ranges) == 2
+                and all(
+                    isinstance(a, (int, float)) and not isinstance(a, bool) for a in area_ranges
+                )
+                and 0 < area_ranges[0] < area_ranges[1]
+            )
+            if not ok:
+                raise ValueError(
+                    "area_ranges must be (small_max, large_min) areas with 0 < small_max < "
+                    f"large_min, got {area_ranges!r}"
+                )
+            area_ranges = (float(area_ranges[0]), float(area_ranges[1]))
+        self.area_ranges = area_ranges
         if (
             isinstance(iou_types, str)
             or not iou_types
@@ -299,6 +319,9 @@ class CocoEvaluator:
             coco_gt = self._segm_gt() if kind == "segm" else self.coco_gt
             coco_eval = COCOeval(coco_gt, coco_dt, kind)
             coco_eval.params.imgIds = image_ids
+            if self.area_ranges is not None:
+                small, large = self.area_ranges
+                coco_eval.params.areaRng = [[0, 1e10], [0, small], [small, large], [large, 1e10]]
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
