@@ -1,0 +1,277 @@
+"""The DCN papers' ablation tables, reproduced small on digit scenes (issue 12).
+
+Each table is a list of named :class:`~torchdcn.cli.scene_recipe.SceneRecipe` configurations
+trained for every seed with the papers' structure (trunk pretrained as a digit classifier, task
+model fine-tuned from it; :mod:`torchdcn.cli.scene_recipe`). Every run is scored on the
+in-distribution and held-out-geometry splits (``val`` / ``val_heldout`` when tuning, the test
+splits for the tables), and every deformable run once more with its learned offsets zeroed.
+The "plain, equal time" control trains the plain twin for as many steps as fit in the slowest
+deformable run's training time of the same seed.
+
+Jobs run ``--jobs`` at a time (one thread each; default 2 on a 2-core machine). Results land
+in ``--out`` as one JSON per run (a rerun skips finished runs), and the table is printed as
+Markdown (mean +- std over seeds, AP in percent). Run::
+
+    python benchmarks/ablation_digit_scenes.py --table v2_table1 --seeds 0 1 2
+    python benchmarks/ablation_digit_scenes.py --table tune_offset_lr --splits val val_heldout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+V1_LAST = {"stages": [5], "last_n": None, "modulated": False}
+
+
+def _deform_last(n: int, modulated: bool = False):
+    """The last ``n`` 3x3 convs (ResNet-18: conv5 has 4, conv4 the 4 before)."""
+    if n == 0:
+        return None
+    stages = [5] if n <= 4 else [4, 5]
+    return {"stages": stages, "last_n": n, "modulated": modulated}
+
+
+def _tables():
+    from torchdcn.cli.scene_recipe import SceneRecipe
+
+    base = SceneRecipe()
+    v1 = {"stages": [5], "last_n": 3, "modulated": False}
+    v1_c345 = {"stages": [3, 4, 5], "modulated": False}
+    v2_c345 = {"stages": [3, 4, 5], "modulated": True}
+    tables = {
+        # v2 paper Table 1 (Faster R-CNN rows): conv3-conv5 regular / v1 / v2, RoI pooling
+        "v2_table1": {
+            "plain": base.replace(roi_pool="roi_align"),
+            "v1 conv, deform pool": base.replace(
+                deform=v1_c345, roi_pool="deform", offset_lr_mult=0.1
+            ),
+            "v2 conv, mdeform pool": base.replace(deform=v2_c345, roi_pool="mdeform"),
+        },
+        # v2 paper Table 3: mimicking on top of the v2 network
+        "v2_table3": {
+            "v2": base.replace(deform=v2_c345, roi_pool="mdeform"),
+            "v2 + mimic (positive)": base.replace(
+                deform=v2_c345, roi_pool="mdeform", mimic={"rois": "positive"}
+            ),
+            "v2 + mimic (positive, no cls)": base.replace(
+                deform=v2_c345, roi_pool="mdeform", mimic={"rois": "positive", "cls_weight": 0.0}
+            ),
+            "v2 + mimic (all)": base.replace(
+                deform=v2_c345, roi_pool="mdeform", mimic={"rois": "all"}
+            ),
+            "v2 + mimic (negative)": base.replace(
+                deform=v2_c345, roi_pool="mdeform", mimic={"rois": "negative"}
+            ),
+        },
+        # v1 paper Table 1 (Faster R-CNN column): deformable conv in the last n 3x3 convs
+        "v1_table1": {
+            f"last {n}": base.replace(deform=_deform_last(n), roi_pool="roi_align")
+            for n in (0, 1, 2, 3, 6)
+        },
+        # v1 paper Table 3 (Faster R-CNN rows): RoI pooling plain / deformable, +- deformable conv
+        "v1_table3": {
+            "roi pool": base.replace(roi_pool="roi_pool"),
+            "deform roi pool": base.replace(roi_pool="deform"),
+            "v1 conv + roi pool": base.replace(deform=v1, roi_pool="roi_pool"),
+            "v1 conv + deform roi pool": base.replace(deform=v1, roi_pool="deform"),
+        },
+        # tuning on the validation splits: the offset learning rate of v1 / v2
+        "tune_offset_lr": {
+            "plain": base.replace(roi_pool="roi_align"),
+            **{
+                f"v1 conv, deform pool, mult {m:g}": base.replace(
+                    deform=v1_c345, roi_pool="deform", offset_lr_mult=m
+                )
+                for m in (0.1, 1.0)
+            },
+            **{
+                f"v2 conv, mdeform pool, mult {m:g}{', compensated' if c else ''}": base.replace(
+                    deform=v2_c345, roi_pool="mdeform", offset_lr_mult=m, compensate_masks=c
+                )
+                for m in (0.1, 1.0)
+                for c in (False, True)
+            },
+        },
+    }
+    return tables
+
+
+def _run_one(job: dict) -> dict:
+    """One (configuration, seed) run in a worker process: train, score, save."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    from torchdcn.cli.scene_recipe import SceneRecipe
+    from torchdcn.cli.scene_train import evaluate_scenes, train_scene_model
+
+    recipe = SceneRecipe(**job["recipe"])
+    model, info = train_scene_model(
+        recipe, job["seed"], job["scenes"], job["trunk"], steps=job.get("steps")
+    )
+    deformable = recipe.deform is not None or (recipe.roi_pool or "").endswith("deform")
+    deformable = deformable or recipe.ps_pool == "deform"
+    scores = {}
+    for split in job["splits"]:
+        start = time.perf_counter()
+        scores[split] = evaluate_scenes(model, job["scenes"], split)
+        if deformable:
+            scores[split + " zeroed"] = evaluate_scenes(model, job["scenes"], split, True)
+        info.setdefault("eval_seconds", 0.0)
+        info["eval_seconds"] += time.perf_counter() - start
+    result = {**job, "info": info, "scores": scores}
+    path = Path(job["path"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _trunk(job: tuple) -> str:
+    import torch
+
+    recipe_dict, seed, cache, threads = job
+    torch.set_num_threads(threads)
+    from torchdcn.cli.scene_pretrain import pretrain_trunk
+    from torchdcn.cli.scene_recipe import SceneRecipe
+
+    return str(pretrain_trunk(SceneRecipe(**recipe_dict), seed, cache, log=print))
+
+
+def _finished(out: Path, job: dict) -> dict | None:
+    """A saved run of the same recipe, seed and splits under ``out`` (any table), if any."""
+    from torchdcn.cli.scene_recipe import SceneRecipe
+
+    for path in sorted(out.glob("*/*.json")):
+        run = json.loads(path.read_text())
+        # a recipe saved before a field was added compares with that field's default
+        same = SceneRecipe(**run["recipe"]) == SceneRecipe(**job["recipe"])
+        same = same and all(run.get(k) == job[k] for k in ("seed", "splits", "trunk"))
+        if same and run.get("steps") == job.get("steps"):
+            return run
+    return None
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def _fmt(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def print_table(results: dict[str, list[dict]], splits: list[str], metrics: list[str]) -> str:
+    """Markdown: one row per configuration (and its zeroed-offset control), one column per
+    (split, metric)."""
+    head = ["model", "seeds", "steps", "train s"] + [f"{s} {m}" for s in splits for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, runs in results.items():
+        for suffix in ("", " zeroed"):
+            if not all(s + suffix in r["scores"] for r in runs for s in splits):
+                continue
+            row = [name + (" (offsets zeroed)" if suffix else ""), str(len(runs))]
+            row.append(str(round(statistics.mean(r["info"]["steps"] for r in runs))))
+            row.append(f"{statistics.mean(r['info']['train_seconds'] for r in runs):.0f}")
+            for s in splits:
+                for m in metrics:
+                    row.append(_fmt([r["scores"][s + suffix][m] for r in runs]))
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--table", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--scenes", default="runs/scenes", help="digit scenes (generated if absent)"
+    )
+    parser.add_argument("--out", default="runs/ablations")
+    parser.add_argument("--splits", nargs="+", default=["test", "test_heldout"])
+    parser.add_argument("--metrics", nargs="+", default=["AP", "AP50", "mAP@0.7", "APs", "APl"])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=None, help="override every recipe's steps")
+    parser.add_argument("--only", nargs="*", default=None, help="configurations to run")
+    parser.add_argument("--no-equal-time", action="store_true", help="skip the plain twin")
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides key=json")
+    args = parser.parse_args(argv)
+
+    tables = _tables()
+    if args.table not in tables:
+        parser.error(f"--table must be one of {sorted(tables)}")
+    configs = tables[args.table]
+    if args.only:
+        configs = {k: v for k, v in configs.items() if k in args.only}
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    configs = {k: v.replace(**overrides) for k, v in configs.items()}
+
+    scenes = Path(args.scenes)
+    if not (scenes / "annotations" / "instances_train.json").exists():
+        from torchdcn.data import generate_digit_scenes
+
+        generate_digit_scenes(scenes)
+    started = time.perf_counter()
+    first = next(iter(configs.values()))
+    cache = Path(args.out) / "trunks"
+    with ProcessPoolExecutor(args.jobs) as pool:
+        trunk_jobs = [(first.to_dict(), s, str(cache), args.threads) for s in args.seeds]
+        trunks = dict(zip(args.seeds, pool.map(_trunk, trunk_jobs)))
+        jobs, results = [], {name: [] for name in configs}
+        for name, recipe in configs.items():
+            for seed in args.seeds:
+                path = Path(args.out) / args.table / f"{_slug(name)}-seed{seed}.json"
+                job = {
+                    "name": name, "recipe": recipe.to_dict(), "seed": seed, "trunk": trunks[seed],
+                    "scenes": str(scenes), "splits": args.splits, "threads": args.threads,
+                    "path": str(path),
+                }  # fmt: skip
+                done = _finished(Path(args.out), job)
+                if done is not None:
+                    results[name].append({**done, "name": name})
+                else:
+                    jobs.append(job)
+        for result in pool.map(_run_one, jobs):
+            results[result["name"]].append(result)
+            print(f"done {result['name']} seed {result['seed']}: {result['info']}", flush=True)
+        # the control: the plain twin trained as long as the slowest deformable run
+        plain = [n for n, r in configs.items() if r.deform is None and r.roi_pool == "roi_align"]
+        if plain and not args.no_equal_time:
+            name, twin_jobs = f"{plain[0]}, equal time", []
+            results[name] = []
+            for seed in args.seeds:
+                runs = [r for n, rs in results.items() for r in rs if r["seed"] == seed]
+                slowest = max(r["info"]["train_seconds"] for r in runs)
+                own = next(r for r in results[plain[0]] if r["seed"] == seed)
+                steps = round(slowest / own["info"]["seconds_per_step"])
+                recipe = configs[plain[0]].replace(steps=steps)
+                path = Path(args.out) / args.table / f"{_slug(name)}-seed{seed}.json"
+                job = {**own, "name": name, "recipe": recipe.to_dict(), "path": str(path)}
+                job.pop("info"), job.pop("scores")
+                if path.exists() and json.loads(path.read_text())["recipe"] == job["recipe"]:
+                    results[name].append(json.loads(path.read_text()))
+                else:
+                    twin_jobs.append(job)
+            for result in pool.map(_run_one, twin_jobs):
+                results[name].append(result)
+    table = print_table(results, args.splits, args.metrics)
+    print(f"\n# {args.table}: seeds {args.seeds}, {time.perf_counter() - started:.0f} s wall\n")
+    print(table)
+    (Path(args.out) / f"{args.table}.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
