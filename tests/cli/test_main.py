@@ -187,7 +187,8 @@ def test_demo_report_says_where_deformable_does_not_win():
 def test_tiny_demo_end_to_end(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "demo"
-    argv = "demo --seeds 0 --epochs 1 --limit-train 64 --limit-test 20 --jobs 1 --threads 1"
+    argv = "demo --part classification --seeds 0 --epochs 1 --limit-train 64 --limit-test 20"
+    argv += " --jobs 1 --threads 1"
     argv = [*argv.split(), "--no-progress", "--plain-long-factor", "2", "--out-dir", str(out)]
     assert cli.main(argv) == cli.EXIT_OK
     printed = capsys.readouterr().out

@@ -1,11 +1,17 @@
-"""``torchdcn demo``: plain vs deformable (v1) vs modulated (v2) CNN on distorted digits.
+"""``torchdcn demo``, part 1 of the tour (:mod:`.tour`): plain vs deformable (v1) vs modulated (v2)
+CNN on distorted digits. Part 2 (:mod:`.demo_detection`) is plain vs v2 Faster R-CNN on digit
+scenes.
 
 One protocol for all three (:mod:`torchdcn.data.distorted_mnist`): train on 4000 digits with mild
 distortion, test 1000 held-out digits at stronger scales and rotations than any seen in training.
 Each model trains once per seed with the same settings; the table reports the mean and standard
-deviation of the test accuracy over the seeds. The figure draws, for the first seed's models, the
-729 sampling locations of one activation of the last body layer on test digits at several scales
-(v1 paper, Fig. 5), and the report gives their mean distance from the activation per scale.
+deviation of the test accuracy over the seeds. The deformable models' options
+(:data:`MODEL_OPTIONS`) were chosen on a validation split of the training digits
+(:func:`~torchdcn.data.distorted_mnist.distorted_mnist_validation`), never on the test digits;
+each is also tested with its offsets zeroed (same weights, plain sampling grid). The figure
+draws, for the first seed's models, the 729 sampling locations of one activation of the last body
+layer on test digits at several scales (v1 paper, Fig. 5), and the report gives their mean
+distance from the activation per scale.
 """
 
 from __future__ import annotations
@@ -26,13 +32,25 @@ from tqdm import tqdm
 
 from ..analysis.sampling import Panel, plot_sampling_locations, sampling_locations_from_inputs
 from ..analysis.sampling import spread as points_spread
+from ..analysis.zero_offsets import zeroed_offsets
 from ..data.distort import digit_centre, render
 from ..data.distorted_mnist import TEST_LEVELS, TRAIN_DISTORTION, distorted_mnist
 from ..engine import OptimConfig, ScheduleConfig, TrainConfig, Trainer, seed_everything
 from ..engine.distributed import set_cpu_threads
+from ..engine.evaluate import evaluate_accuracy
 from ..models.classification.mnist_cnn import MnistCNN, mnist_cnn
 
 MODELS: dict[str, str | None] = {"plain": None, "v1": "v1", "v2": "v2"}
+#: per deformable model, the :class:`MnistCNNConfig` options the demo uses, chosen on the
+#: validation split (docs/classification_ablation.md, benchmarks/tune_classification_demo.py):
+#: under AdamW from scratch both train their offset predictors at the base rate (v2's module
+#: default 0.1 is the papers' setting for SGD fine-tuning and cost v2 about 9 points here)
+MODEL_OPTIONS: dict[str, dict[str, Any]] = {
+    "v1": {"offset_lr_mult": 1.0},
+    "v2": {"offset_lr_mult": 1.0},
+}
+#: name of a deformable model's row tested with its offsets zeroed
+ZEROED = "{name}, offsets zeroed"
 #: name of the control: the plain CNN trained ``plain_long_factor`` times longer
 PLAIN_LONG = "plain, {factor}x epochs"
 #: scales at which the figure and the spread table look at the sampling locations
@@ -59,6 +77,11 @@ class DemoConfig:
         threads: CPU threads per training (0: 1 when ``jobs > 1``, else torch's default).
         progress: show progress bars.
         limit_train, limit_test: use only this many digits (quick checks; not for results).
+        model_options: per deformable model (``"v1"``, ``"v2"``), extra
+            :class:`~torchdcn.models.classification.mnist_cnn.MnistCNNConfig` options (default
+            :data:`MODEL_OPTIONS`).
+        zeroed_offsets: also test every deformable model with its offsets zeroed (the control
+            of :mod:`torchdcn.analysis.zero_offsets`; evaluation only).
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -78,6 +101,14 @@ class DemoConfig:
     progress: bool = True
     limit_train: int | None = None
     limit_test: int | None = None
+    model_options: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in MODEL_OPTIONS.items()}
+    )
+    zeroed_offsets: bool = True
+
+    def model_kwargs(self, deform: str | None) -> dict[str, Any]:
+        """Keyword arguments of :func:`mnist_cnn` (besides ``deform``) for a model."""
+        return {"width": self.width, **self.model_options.get(deform or "", {})}
 
     def runs(self) -> list[tuple[str, str | None, int]]:
         """``(name, deform, epochs)`` of every model the demo trains per seed."""
@@ -91,10 +122,12 @@ class DemoConfig:
 @dataclass
 class DemoResult:
     """Accuracies ``accuracy[model][level] = [percent per seed]``, sampling spreads
-    ``spread[model][scale] = mean pixels`` (first seed), timings and where files went."""
+    ``spread[model][scale] = mean pixels`` (first seed), timings and where files went;
+    ``zeroed[model][level]``: the deformable models' accuracies with their offsets zeroed."""
 
     config: DemoConfig
     accuracy: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    zeroed: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     spread: dict[str, dict[str, float]] = field(default_factory=dict)
     train_time_s: dict[str, list[float]] = field(default_factory=dict)
     wall_time_s: float = 0.0
@@ -145,10 +178,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
             run = outputs[seed, name]
             for level, acc in run["accuracy"].items():
                 result.accuracy.setdefault(name, {}).setdefault(level, []).append(acc)
+            for level, acc in run.get("zeroed", {}).items():
+                result.zeroed.setdefault(name, {}).setdefault(level, []).append(acc)
             result.train_time_s.setdefault(name, []).append(run["wall_time_s"])
     first_models = {}
     for name, deform in MODELS.items():
-        model = mnist_cnn(deform, width=config.width)
+        model = mnist_cnn(deform, **config.model_kwargs(deform))
         model.load_state_dict(outputs[config.seeds[0], name]["model"])
         first_models[name] = model.eval()
     _, tests = distorted_mnist(config.data_root, limit_test=config.limit_test)
@@ -175,7 +210,7 @@ def _train_one(
         config.data_root, seed, limit_train=config.limit_train, limit_test=config.limit_test
     )
     seed_everything(seed)
-    model = mnist_cnn(deform, width=config.width)
+    model = mnist_cnn(deform, **config.model_kwargs(deform))
     run_dir = Path(config.out_dir) / f"{re.sub(r'[^a-z0-9]+', '-', name)}-seed{seed}"
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     train_cfg = TrainConfig(
@@ -198,8 +233,14 @@ def _train_one(
         name=f"{name} seed {seed}",
     )
     res = trainer.fit()
+    zeroed = {}
+    if deform is not None and config.zeroed_offsets:
+        model.eval()
+        with zeroed_offsets(model):
+            zeroed = {level: evaluate_accuracy(model, data) for level, data in tests.items()}
     return {
         "accuracy": res.accuracy,
+        "zeroed": zeroed,
         "wall_time_s": round(res.wall_time_s, 1),
         "model": model.state_dict(),
     }
@@ -208,7 +249,7 @@ def _train_one(
 def _run_info(config: DemoConfig, deform: str | None) -> dict[str, Any]:
     return {
         "model": "mnist_cnn",
-        "model_config": {"deform": deform, "width": config.width},
+        "model_config": {"deform": deform, **config.model_kwargs(deform)},
         "data": {
             "protocol": "distorted_mnist",
             "train_distortion": asdict(TRAIN_DISTORTION),
@@ -312,15 +353,18 @@ def held_out_levels() -> list[str]:
 
 
 def accuracy_table(result: DemoResult) -> str:
-    """Markdown table: rows models, columns test levels, cells mean ± std over seeds (percent);
-    the last column is the mean over the held-out levels."""
+    """Markdown table: rows models (then the deformable ones with offsets zeroed), columns test
+    levels, cells mean ± std over seeds (percent); the last column is the mean over the held-out
+    levels."""
     levels = list(next(iter(result.accuracy.values())).keys())
     held = [lv for lv in levels if lv in held_out_levels()]
     lines = [
         "| model | " + " | ".join(levels) + " | held-out mean |",
         "|---" * (len(levels) + 2) + "|",
     ]
-    for name, per_level in result.accuracy.items():
+    rows = [*result.accuracy.items()]
+    rows += [(ZEROED.format(name=name), acc) for name, acc in result.zeroed.items()]
+    for name, per_level in rows:
         n = len(next(iter(per_level.values())))
         held_means = [statistics.fmean(per_level[lv][s] for lv in held) for s in range(n)]
         cells = [_mean_sd(per_level[lv]) for lv in levels] + [_mean_sd(held_means)]
@@ -363,6 +407,14 @@ def verdicts(result: DemoResult) -> list[str]:
     return out
 
 
+def _options_text(cfg: DemoConfig) -> str:
+    parts = [
+        f"{name} " + ", ".join(f"{k}={v}" for k, v in cfg.model_options.get(name, {}).items())
+        for name in ("v1", "v2")
+    ]
+    return "; ".join(p.strip() for p in parts)
+
+
 def format_report(result: DemoResult) -> str:
     """The whole report as markdown (what ``results.md`` holds)."""
     cfg = result.config
@@ -373,6 +425,7 @@ def format_report(result: DemoResult) -> str:
         f"Settings: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr:g}, weight "
         f"decay {cfg.weight_decay:g}, {cfg.warmup_steps} warm-up steps then cosine, width "
         f"{cfg.width}; the control trains {cfg.plain_long_factor}x as many epochs. "
+        f"Deformable model options: {_options_text(cfg)}. "
         f"{result.jobs} parallel job(s) of {result.threads} CPU thread(s); mean training time "
         f"per run: {times}; whole demo {result.wall_time_s:.0f} s. Figure: {result.figure}."
     )

@@ -420,29 +420,9 @@ def _segment(s: dict[str, Any]) -> int:
 
 
 def _demo(s: dict[str, Any]) -> int:
-    from .demo import DemoConfig, format_report, run_demo
+    from .tour import run_tour
 
-    config = DemoConfig(
-        seeds=tuple(s["seeds"]),
-        epochs=s["epochs"],
-        batch_size=s["batch_size"],
-        lr=s["lr"],
-        weight_decay=s["weight_decay"],
-        warmup_steps=s["warmup_steps"],
-        width=s["width"],
-        plain_long_factor=s["plain_long_factor"],
-        data_root=s["data_root"],
-        out_dir=s["out_dir"],
-        figure=s["figure"],
-        markdown=s["markdown"],
-        jobs=s["jobs"],
-        threads=s["threads"],
-        progress=s["progress"],
-        limit_train=s["limit_train"],
-        limit_test=s["limit_test"],
-    )
-    result = run_demo(config)
-    print(format_report(result))
+    run_tour(s)
     return EXIT_OK
 
 
