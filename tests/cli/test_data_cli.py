@@ -8,22 +8,11 @@ import json
 import pytest
 
 from torchdcn import cli
-from torchdcn.data import DataNotFoundError, find_mnist5k
 
 pytest.importorskip("pycocotools")
 
 
-def _has_data() -> bool:
-    try:
-        find_mnist5k()
-    except DataNotFoundError:
-        return False
-    return True
-
-
-needs_data = pytest.mark.skipif(
-    not _has_data(), reason="needs ../shared/data/mnist5k (or $TORCHDCN_DATA); see data docs"
-)
+needs_data = pytest.mark.needs_mnist5k
 SMALL = [
     "--train-images", "3", "--val-images", "0", "--val-heldout-images", "0",
     "--test-images", "2", "--test-heldout-images", "2",

@@ -16,22 +16,11 @@ from torchdcn.cli.demo_detection import (
     ensure_scenes,
 )
 from torchdcn.cli.tour import detection_config
-from torchdcn.data import DataNotFoundError, find_mnist5k
 
 pytest.importorskip("pycocotools")
 
 
-def _has_data() -> bool:
-    try:
-        find_mnist5k()
-    except DataNotFoundError:
-        return False
-    return True
-
-
-needs_data = pytest.mark.skipif(
-    not _has_data(), reason="needs ../shared/data/mnist5k (or $TORCHDCN_DATA); see data docs"
-)
+needs_data = pytest.mark.needs_mnist5k
 
 
 @pytest.fixture(autouse=True)

@@ -10,22 +10,12 @@ import torch
 from torchdcn.cli.scene_pretrain import load_trunk, pretrain_trunk
 from torchdcn.cli.scene_recipe import SCENE_MODELS, SceneRecipe, build_scene_model
 from torchdcn.cli.scene_train import evaluate_scenes, train_scene_model
-from torchdcn.data import DataNotFoundError, find_mnist5k, generate_digit_scenes
+from torchdcn.data import generate_digit_scenes
 
 pytest.importorskip("pycocotools")
 
 
-def _has_data() -> bool:
-    try:
-        find_mnist5k()
-    except DataNotFoundError:
-        return False
-    return True
-
-
-needs_data = pytest.mark.skipif(
-    not _has_data(), reason="needs ../shared/data/mnist5k (or $TORCHDCN_DATA); see data docs"
-)
+needs_data = pytest.mark.needs_mnist5k
 TINY = {"pretrain_steps": 2, "steps": 3, "warmup_steps": 1, "batch_size": 2, "base_channels": 8}
 V2 = {"stages": [3, 4, 5], "modulated": True}
 V1 = {"stages": [4, 5], "last_n": 6}
@@ -33,8 +23,6 @@ V1 = {"stages": [4, 5], "last_n": 6}
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    if not _has_data():
-        pytest.skip("needs ../shared/data/mnist5k")
     out = tmp_path_factory.mktemp("scenes")
     generate_digit_scenes(out, {"train": 4, "val": 2, "test_heldout": 2}, seed=3)
     return out
@@ -42,8 +30,6 @@ def scenes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trunk(tmp_path_factory):
-    if not _has_data():
-        pytest.skip("needs ../shared/data/mnist5k")
     return pretrain_trunk(SceneRecipe(**TINY), 0, tmp_path_factory.mktemp("trunks"))
 
 

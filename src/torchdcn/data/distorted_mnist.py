@@ -121,23 +121,44 @@ def distorted_mnist_validation(
         DataNotFoundError: the data file is missing.
         ValueError: a limit below 1, or a bad ``per_class`` (see :func:`validation_split`).
     """
-    for name, limit in (("limit_train", limit_train), ("limit_val", limit_val)):
-        if limit is not None and limit < 1:
-            raise ValueError(f"{name} must be None or >= 1, got {limit}")
+    _check_limits(limit_train=limit_train, limit_val=limit_val)
     (images, labels), _ = mnist5k_split(root)
     fit, val = validation_split(labels, per_class)
-    train_x, train_y, val_x, val_y = images[fit], labels[fit], images[val], labels[val]
-    if limit_train is not None:
-        train_x, train_y = _spaced(train_x, limit_train), _spaced(train_y, limit_train)
-    if limit_val is not None:
-        val_x, val_y = _spaced(val_x, limit_val), _spaced(val_y, limit_val)
-    train = DistortedDigits(train_x, train_y, train_distortion, seed)
-    levels = TEST_LEVELS if val_levels is None else val_levels
-    vals = {
-        name: DistortedDigits(val_x, val_y, dist, VAL_SEED + i)
+    return _distorted_sets(
+        (images[fit], labels[fit], limit_train),
+        (images[val], labels[val], limit_val),
+        train_distortion, val_levels, seed, VAL_SEED,
+    )  # fmt: skip
+
+
+def _check_limits(**limits: int | None) -> None:
+    for name, limit in limits.items():
+        if limit is not None and limit < 1:
+            raise ValueError(f"{name} must be None or >= 1, got {limit}")
+
+
+def _distorted_sets(
+    train: tuple[Tensor, Tensor, int | None],
+    held: tuple[Tensor, Tensor, int | None],
+    train_distortion: Distortion,
+    levels: dict[str, Distortion] | None,
+    seed: int,
+    level_seed: int,
+) -> tuple[DistortedDigits, dict[str, DistortedDigits]]:
+    """The training set and one set per level from ``(images, labels, limit)`` of each side;
+    level ``i`` is drawn with seed ``level_seed + i``."""
+
+    def limited(x: Tensor, y: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
+        return (x, y) if limit is None else (_spaced(x, limit), _spaced(y, limit))
+
+    train_x, train_y = limited(*train)
+    held_x, held_y = limited(*held)
+    levels = TEST_LEVELS if levels is None else levels
+    sets = {
+        name: DistortedDigits(held_x, held_y, dist, level_seed + i)
         for i, (name, dist) in enumerate(levels.items())
     }
-    return train, vals
+    return DistortedDigits(train_x, train_y, train_distortion, seed), sets
 
 
 def distorted_mnist(
@@ -161,18 +182,9 @@ def distorted_mnist(
         DataNotFoundError: the data file is missing (the message says where it was looked for).
         ValueError: a limit below 1.
     """
-    for name, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
-        if limit is not None and limit < 1:
-            raise ValueError(f"{name} must be None or >= 1, got {limit}")
+    _check_limits(limit_train=limit_train, limit_test=limit_test)
     (train_x, train_y), (test_x, test_y) = mnist5k_split(root)
-    if limit_train is not None:
-        train_x, train_y = _spaced(train_x, limit_train), _spaced(train_y, limit_train)
-    if limit_test is not None:
-        test_x, test_y = _spaced(test_x, limit_test), _spaced(test_y, limit_test)
-    train = DistortedDigits(train_x, train_y, train_distortion, seed)
-    levels = TEST_LEVELS if test_levels is None else test_levels
-    tests = {
-        name: DistortedDigits(test_x, test_y, dist, TEST_SEED + i)
-        for i, (name, dist) in enumerate(levels.items())
-    }
-    return train, tests
+    return _distorted_sets(
+        (train_x, train_y, limit_train), (test_x, test_y, limit_test),
+        train_distortion, test_levels, seed, TEST_SEED,
+    )  # fmt: skip
