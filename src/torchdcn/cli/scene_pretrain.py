@@ -27,10 +27,8 @@ import torch.nn.functional as F
 from ..data.digit_scenes import digit_pools
 from ..data.scene_drawing import Geometry, draw_digit
 from ..models.backbones.resnet import ARCHITECTURES, ResNet
+from ..models.detection.image_list import IMAGENET_MEAN, IMAGENET_STD  # the detectors' inputs
 from .scene_recipe import NUM_DIGITS, SceneRecipe
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _crops(images: np.ndarray) -> list[np.ndarray]:
