@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from cpu_routes import CPU_ROUTES, cpu_route
 
 from torchdcn.ops import deform_conv2d, set_workspace_limit, use_backend
 
@@ -118,6 +119,22 @@ def test_gradcheck(kernel, cfg):
     # fast mode checks random projections of the Jacobian: any wrong entry shows, at a fraction
     # of the cost; the small cases below run the full check
     with use_backend(kernel):
+        assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("route", CPU_ROUTES)
+@pytest.mark.parametrize("cfg", [CONFIGS[2], CONFIGS[4]], ids=["batch2-og3", "one-image-groups3"])
+def test_gradcheck_cpu_routes(route, cfg):
+    """float64 gradcheck of every argument on each CPU route (tests/cpu_routes.py)."""
+    x, offset, weight, bias, mask, st, pd, dl = _make(cfg, scale=1.5)
+    inputs = [t.clone().requires_grad_() for t in (x, offset + 0.25, weight, bias)]
+    if mask is not None:
+        inputs.append(mask.clone().requires_grad_())
+
+    def f(x, offset, weight, bias, mask=None):
+        return deform_conv2d(x, offset, weight, bias, st, pd, dl, mask)
+
+    with cpu_route(route):
         assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, fast_mode=True)
 
 
@@ -519,46 +536,39 @@ def test_device_mismatch_is_reported():
         deform_conv2d(**kwargs)
 
 
-@pytest.mark.parametrize("mlas", [True, False], ids=["mlas", "onednn"])
-def test_cpu_gemm_routes_agree_with_reference(mlas):
-    """The float32 CPU kernel multiplies through MLAS (onnxruntime) when present, else oneDNN
-    (tests/ops/test_deform_conv_layouts.py runs every gradient layout on both)."""
-    from torchdcn.ops import _gemm
-
-    if mlas and not _gemm.AVAILABLE:
-        pytest.skip("onnxruntime is not installed: no MLAS route")
-    cfg = (3, 6, 5, 7, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True)
+@pytest.mark.parametrize("groups", [1, 2], ids=["groups1", "groups2"])
+@pytest.mark.parametrize("route", CPU_ROUTES)
+def test_cpu_routes_agree_with_reference(route, groups):
+    """Every CPU route (whole-image blocks, row blocks inside images, one thread; see
+    tests/cpu_routes.py) against the reference, float32, with conv groups and bias
+    (tests/ops/test_deform_conv_layouts.py runs every gradient layout on every route)."""
+    cfg = (3, 6, 4, 7, 6, (3, 3), (1, 1), (1, 1), (1, 1), groups, 2, True)
     x, offset, weight, bias, mask, st, pd, dl = _make(cfg, dtype=torch.float32, seed=5)
-    g = torch.randn(3, 5, 7, 6, generator=torch.Generator().manual_seed(6))
+    g = torch.randn(3, 4, 7, 6, generator=torch.Generator().manual_seed(6))
     results = []
-    for kernel in KERNELS:
+    for kernel in (route, "reference"):
         ts = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
-        with use_backend(kernel), _gemm.use_mlas(mlas):
+        with cpu_route(kernel):
             out = deform_conv2d(*ts[:4], st, pd, dl, ts[4])
             results.append((out, *torch.autograd.grad(out, ts, g)))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("mlas", [True, False], ids=["mlas", "onednn"])
-def test_cpu_deterministic_mode_repeats_bitwise(monkeypatch, mlas):
+@pytest.mark.parametrize("route", CPU_ROUTES)
+def test_cpu_deterministic_mode_repeats_bitwise(route):
     """The CPU kernels are deterministic whether or not ``torch.use_deterministic_algorithms``
     is on (they do not consult it): every output row is written by one thread, the input
-    gradient's per-thread partial sums cover fixed row runs and are added in a fixed order, and
-    the GEMMs split no reduction across threads. Small blocks make many of them per image."""
-    from torchdcn.ops import _deform_conv_cpu, _gemm
-
-    if mlas and not _gemm.AVAILABLE:
-        pytest.skip("onnxruntime is not installed: no MLAS route")
+    gradient is summed per image by one thread or in per-thread partial sums over fixed row runs
+    added in a fixed order, and the products split no reduction across threads."""
     torch.use_deterministic_algorithms(True)
-    monkeypatch.setattr(_deform_conv_cpu, "BLOCK_BYTES", 16384)  # a few rows per block
     cfg = (3, 8, 6, 12, 11, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True)
     x, offset, weight, bias, mask, st, pd, dl = _make(cfg, dtype=torch.float32, seed=8)
     g = torch.randn(3, 6, 12, 11, generator=torch.Generator().manual_seed(8))
     runs = []
     for _ in range(3):
         ts = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
-        with use_backend("numba"), _gemm.use_mlas(mlas):
+        with cpu_route(route):
             out = deform_conv2d(*ts[:4], st, pd, dl, ts[4])
             runs.append((out, *torch.autograd.grad(out, ts, g)))
     for run in runs[1:]:

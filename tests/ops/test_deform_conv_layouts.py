@@ -1,11 +1,11 @@
 """deform_conv2d gradients for every memory layout an upstream gradient can have, on every CPU
 route, against the reference backend in float64 on a dense copy of the same values.
 
-The MLAS route (onnxruntime's GEMM) reads raw pointers; a gradient that is not a dense row-major
-buffer (expanded by ``sum()``, a transposed view at batch 1, channel-major, channels-last) once
-went to it as if it were, giving silently wrong or NaN gradients. Each case here would have
-caught that. The Triton route runs the same cases under the interpreter
-(tests/ops/test_triton_interpreter.py).
+A matrix-product route that read raw pointers (onnxruntime's GEMM, since removed) once took a
+gradient that is not a dense row-major buffer (expanded by ``sum()``, a transposed view at
+batch 1, channel-major, channels-last) as if it were, giving silently wrong or NaN gradients. Each
+case here would have caught that; the CPU routes are those of tests/cpu_routes.py. The Triton
+route runs the same cases under the interpreter (tests/ops/test_triton_interpreter.py).
 """
 
 from __future__ import annotations
@@ -14,37 +14,16 @@ import functools
 
 import pytest
 import torch
+from cpu_routes import CPU_ROUTES, cpu_route
 
-from torchdcn.ops import _gemm, deform_conv2d, set_workspace_limit, use_backend
+from torchdcn.ops import deform_conv2d, set_workspace_limit, use_backend
 
-# C_in, C_out, H, W, kernel, stride, padding, dilation, offset groups: one conv group (the MLAS
-# route needs it), two offset groups, mask and bias
+# C_in, C_out, H, W, kernel, stride, padding, dilation, offset groups: one conv group, two offset
+# groups, mask and bias
 SHAPE = dict(c_in=4, c_out=5, h=5, w=6, k=3, og=2)
 CONV = dict(stride=1, padding=1, dilation=1)
-ROUTES = ["reference", "numba-mlas", "numba-onednn"]
+ROUTES = ["reference", *CPU_ROUTES]
 KINDS = ["dense", "sum", "sum1", "strided", "channel-major", "channels-last"]
-
-
-def _route(route: str):
-    """A context running ``route``: backend, and MLAS on or off for the Numba backend."""
-    if route == "numba-mlas" and not _gemm.AVAILABLE:
-        pytest.skip("onnxruntime/onnx not installed: no MLAS route")
-    backend = route.split("-")[0]
-    mlas = route == "numba-mlas"
-    return _Both(use_backend(backend), _gemm.use_mlas(mlas))
-
-
-class _Both:
-    def __init__(self, *contexts):
-        self.contexts = contexts
-
-    def __enter__(self):
-        for c in self.contexts:
-            c.__enter__()
-
-    def __exit__(self, *exc):
-        for c in reversed(self.contexts):
-            c.__exit__(*exc)
 
 
 def _inputs(n: int, dtype: torch.dtype, seed: int = 0):
@@ -109,7 +88,7 @@ def _run(route: str, n: int, kind: str, dtype: torch.dtype):
     leaves = [t.requires_grad_() for t in _inputs(n, dtype)]
     x, offset, mask, weight, bias = leaves
     backprop, _ = _upstream(kind, n, dtype)
-    with _route(route):
+    with cpu_route(route):
         y = deform_conv2d(x, offset, weight, bias, mask=mask, **CONV)
         grads = backprop(y, leaves)
     return (y.detach(), *grads)
@@ -141,7 +120,7 @@ def test_upstream_gradient_layouts(route, dtype, n, kind, one_image):
 def test_zero_size_batch(route):
     leaves = [t.requires_grad_() for t in _inputs(0, torch.float32)]
     x, offset, mask, weight, bias = leaves
-    with _route(route):
+    with cpu_route(route):
         y = deform_conv2d(x, offset, weight, bias, mask=mask, **CONV)
         gx, goff, gm, gw, gb = torch.autograd.grad(y.sum(), leaves)
     assert y.shape == (0, 5, 5, 6)
@@ -169,7 +148,7 @@ def test_input_layouts(route):
     g = torch.randn(3, 5, 5, 6, generator=torch.Generator().manual_seed(2))
     results = []
     for ts in (dense, odd):
-        with _route(route):
+        with cpu_route(route):
             y = deform_conv2d(ts[0], ts[1], ts[3], ts[4], mask=ts[2], **CONV)
             results.append((y, *torch.autograd.grad(y, ts, g)))
     for a, b in zip(*results, strict=True):
@@ -177,22 +156,20 @@ def test_input_layouts(route):
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_mlas_on_and_off_agree(n):
-    """The same float32 computation through MLAS and through oneDNN, with an expanded and a
-    channel-major upstream gradient."""
-    if not _gemm.AVAILABLE:
-        pytest.skip("onnxruntime/onnx not installed: no MLAS route")
+def test_cpu_routes_agree(n):
+    """The same float32 computation on every CPU route, with an expanded and a channel-major
+    upstream gradient."""
     for kind in ("sum1", "channel-major"):
-        mlas = _run("numba-mlas", n, kind, torch.float32)
-        onednn = _run("numba-onednn", n, kind, torch.float32)
-        for a, b in zip(mlas, onednn, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        first, *rest = (_run(route, n, kind, torch.float32) for route in CPU_ROUTES)
+        for other in rest:
+            for a, b in zip(first, other, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["float16", "bfloat16", "autocast"])
 def test_low_precision_batch_one_values(mode):
-    """16-bit tensors compute in float32 (the MLAS route at N = 1, where the output gradient's
-    rows are a transposed view): output and gradients for a random upstream gradient match the
+    """16-bit tensors compute in float32 (at N = 1 the output gradient's rows are a transposed
+    view): output and gradients for a random upstream gradient match the
     float64 reference on the same rounded values."""
     dtype = torch.bfloat16 if mode != "float16" else torch.float16
     x, offset, mask, weight, bias = (t.to(dtype).double() for t in _inputs(1, torch.float32))
@@ -215,74 +192,3 @@ def test_low_precision_batch_one_values(mode):
         # result rounded to 16 bits once: relative to the tensor's scale
         scale = b.abs().max().item()
         assert (a.double() - b).abs().max().item() <= tol * max(scale, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# The GEMM itself: any strides in, the right product out
-
-
-def _operands():
-    gen = torch.Generator().manual_seed(3)
-    a = torch.randn(7, 5, generator=gen)
-    b = torch.randn(5, 6, generator=gen)
-    c = torch.randn(1, 6, generator=gen)
-    return a, b, c
-
-
-@pytest.mark.parametrize(
-    "layout", ["dense", "transposed", "expanded", "strided", "offset-view", "out-strided"]
-)
-def test_gemm_any_strides(layout):
-    if not _gemm.AVAILABLE:
-        pytest.skip("onnxruntime/onnx not installed: no MLAS route")
-    a, b, c = _operands()
-    want = a @ b + c
-    out = torch.empty(7, 6)
-    if layout == "transposed":
-        a, b = a.t().contiguous().t(), b.t().contiguous().t()
-    elif layout == "expanded":
-        a = a[:1].expand(7, 5)
-        want = a @ b + c
-        c = c.expand(7, 6)
-    elif layout == "strided":
-        a = torch.stack([a, a], 2)[..., 0]
-        c = torch.stack([c, c], 2)[..., 1]
-    elif layout == "offset-view":  # contiguous views that start inside their storage
-        a = torch.cat([torch.zeros(3, 5), a])[3:]
-        out = torch.zeros(10, 6)[3:]
-    elif layout == "out-strided":
-        full = torch.zeros(6, 7)
-        out = full.t()
-    got = _gemm.gemm(a, b, out, c=c)
-    assert got is out
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-
-
-def test_gemm_transpose_flags_zero_inner_size_and_aliasing():
-    if not _gemm.AVAILABLE:
-        pytest.skip("onnxruntime/onnx not installed: no MLAS route")
-    a, b, c = _operands()
-    out = torch.empty(7, 6)
-    _gemm.gemm(a.t().contiguous(), b.t().contiguous(), out, True, True)
-    torch.testing.assert_close(out, a @ b, rtol=1e-5, atol=1e-5)
-    empty = torch.full((7, 6), 9.0)
-    _gemm.gemm(torch.empty(7, 0), torch.empty(0, 6), empty, c=c)
-    torch.testing.assert_close(empty, c.expand(7, 6))
-    square = torch.randn(4, 4)
-    expected = square @ square
-    _gemm.gemm(square, square, square)  # out is an operand: written through a temporary
-    torch.testing.assert_close(square, expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="inner sizes"):
-        _gemm.gemm(a, b.t(), out)
-    with pytest.raises(TypeError, match="float32"):
-        _gemm.gemm(a.double(), b, out)
-
-
-def test_use_mlas_switches_route_and_restores():
-    before = _gemm.ENABLED
-    with _gemm.use_mlas(False):
-        assert not _gemm.ENABLED and not _gemm.usable(torch.ones(1))
-    assert before == _gemm.ENABLED
-    with pytest.raises(TypeError, match="True or False"):
-        with _gemm.use_mlas(1):  # type: ignore[arg-type]
-            pass

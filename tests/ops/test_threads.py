@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
 
         setattr(_deform_conv_cpu, name, call)
 
-    for name in ("_columns_kernel", "_grad_input_kernel", "_grad_offset_kernel"):
+    for name in ("columns_kernel", "grad_kernel_images", "grad_kernel_parts"):
         spy(name)
     torch.manual_seed(0)
     x = torch.randn(2, 8, 12, 12, requires_grad=True)

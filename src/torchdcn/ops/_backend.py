@@ -3,8 +3,7 @@
 ``auto`` (default) picks Numba on CPU, Triton on CUDA, and the reference elsewhere. The environment
 variable ``TORCHDCN_BACKEND`` or :func:`use_backend` forces one (``reference`` to debug a kernel).
 Working memory of the batched kernels is bounded by :func:`set_workspace_limit` (bytes, default
-256 MiB; environment variable ``TORCHDCN_WORKSPACE_MB``). ``TORCHDCN_MLAS`` (0/1/true/false/on/
-off/yes/no) turns the MLAS matrix products of the CPU kernels off (:mod:`._gemm`).
+256 MiB; environment variable ``TORCHDCN_WORKSPACE_MB``).
 """
 
 from __future__ import annotations
@@ -33,26 +32,7 @@ def _workspace_from_env() -> int:
     return max(1, int(mib * 2**20))
 
 
-_TRUE = ("1", "true", "on", "yes")
-_FALSE = ("0", "false", "off", "no")
-
-
-def env_flag(name: str, default: bool) -> bool:
-    """The on/off environment variable ``name``: ``1/true/on/yes`` or ``0/false/off/no`` in any
-    case (``default`` when unset or empty); any other value is a ValueError naming it."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    if text.lower() not in _TRUE + _FALSE:
-        choices = "/".join(_TRUE + _FALSE)
-        raise ValueError(f"{name} must be one of {choices} (any case), got {text!r}")
-    return text.lower() in _TRUE
-
-
 _workspace_bytes: int = _workspace_from_env()
-#: ``TORCHDCN_MLAS`` (default on): whether the CPU kernels may use MLAS (:mod:`._gemm`); read and
-#: checked when the package is imported, as ``TORCHDCN_WORKSPACE_MB``
-MLAS_FROM_ENV: bool = env_flag("TORCHDCN_MLAS", True)
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 

@@ -292,7 +292,7 @@ def _output_format(input: Tensor, weight: Tensor) -> torch.memory_format:
 
 
 def _dense(t: Tensor | None) -> Tensor | None:
-    """The one rule of every kernel entry point: kernels (Numba, MLAS/IO binding, Triton) index
+    """The one rule of every kernel entry point: kernels (Numba, Triton) index
     raw memory as dense row-major, so every tensor is made so (no copy when it already is)."""
     return None if t is None else t.contiguous()
 
