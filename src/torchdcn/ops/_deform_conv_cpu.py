@@ -29,12 +29,7 @@ import torch
 from torch import Tensor
 
 from ._backend import batch_chunks
-from ._deform_conv_cpu_kernels import (
-    columns_kernel,
-    grad_kernel_images,
-    grad_kernel_parts,
-    pieces,
-)
+from ._deform_conv_cpu_kernels import columns_kernel, grad_kernel_images, grad_kernel_parts, runs
 from ._numba_threads import thread_budget
 
 BLOCK_BYTES = 16 << 20
@@ -46,11 +41,11 @@ def _setup(input, offset, weight, stride, padding, dilation):
     k = kh * kw
     groups = c // cq
     offset_groups = offset.shape[1] // (2 * k)
-    runs = pieces(c, groups, offset_groups, k)
+    _, table, step = runs(c, groups, offset_groups, k)
     geom = (kh, kw, *stride, *padding, *dilation)
     # the weight as a matrix [C_out, (kernel point, channel)] matching one group's columns
     w2 = weight.permute(0, 2, 3, 1).reshape(c_out, k * cq).contiguous()
-    return groups, runs, geom, cq, w2
+    return groups, (table, step), geom, w2
 
 
 def _padded_channels_last(input: Tensor) -> Tensor:
@@ -145,7 +140,7 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
     bias = None if bias is None else bias.contiguous()
     use_mask = mask is not None
     mask = (mask if use_mask else offset[:, :1]).contiguous()
-    groups, runs, geom, cq, w2 = _setup(input, offset, weight, stride, padding, dilation)
+    groups, layout, geom, w2 = _setup(input, offset, weight, stride, padding, dilation)
     n, c_out = input.shape[0], weight.shape[0]
     ho, wo = offset.shape[2:]
     out = input.new_empty(n, c_out, ho * wo)
@@ -159,7 +154,7 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
         rows = input.new_empty(buf.numel() // width, c_out)
         for t0, t1 in blocks:
             cols = buf[: (t1 - t0) * wo * width].view(t1 - t0, wo, width)
-            columns_kernel(xpad.numpy(), off, m, use_mask, runs, geom, cq, t0, cols.numpy())
+            columns_kernel(xpad.numpy(), off, m, use_mask, *layout, geom, t0, cols.numpy())
             cols = cols.view((t1 - t0) * wo, width)
             # one product per block into rows [P, C_out], then to NCHW: one copy for whole
             # images, one per image otherwise
@@ -185,7 +180,7 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
     offset, weight = offset.contiguous(), weight.contiguous()
     use_mask = mask is not None
     mask = (mask if use_mask else offset[:, :1]).contiguous()
-    groups, runs, geom, cq, w2 = _setup(input, offset, weight, stride, padding, dilation)
+    groups, layout, geom, w2 = _setup(input, offset, weight, stride, padding, dilation)
     threads = numba.get_num_threads()
     n, c_out = input.shape[0], weight.shape[0]
     ho, wo = offset.shape[2:]
@@ -210,7 +205,7 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
             size = (t1 - t0) * wo * width
             cols = bufs[0][:size].view(t1 - t0, wo, width)
             g_cols = bufs[1][:size].view(t1 - t0, wo, width)
-            columns_kernel(xpad.numpy(), off, m, use_mask, runs, geom, cq, t0, cols.numpy())
+            columns_kernel(xpad.numpy(), off, m, use_mask, *layout, geom, t0, cols.numpy())
             cols2, g_cols2 = cols.view(-1, width), g_cols.view(-1, width)
             if per_block:  # whole images: NCHW -> rows [P, C_out], one product
                 n0 = a + t0 // ho
@@ -222,10 +217,10 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
                     g_seg = g_rows[a + i][:, in_image]
                     product.backward(g_seg, cols2[in_block], g_cols2[in_block], rows=False)
             if by_image:
-                grad_kernel_images(g_cols.numpy(), xpad.numpy(), off, m, use_mask, runs, geom,
-                                   cq, t0, gxpad[0].numpy(), g_off, g_m)  # fmt: skip
+                grad_kernel_images(g_cols.numpy(), xpad.numpy(), off, m, use_mask, *layout, geom,
+                                   t0, gxpad[0].numpy(), g_off, g_m)  # fmt: skip
             else:
-                grad_kernel_parts(g_cols.numpy(), xpad.numpy(), off, m, use_mask, runs, geom, cq,
+                grad_kernel_parts(g_cols.numpy(), xpad.numpy(), off, m, use_mask, *layout, geom,
                                   t0, gxpad.numpy(), g_off, g_m)  # fmt: skip
         # sum the per-thread accumulators straight into the result (no summed temporary)
         g_chunk = g_input[a:b]

@@ -5,35 +5,45 @@ so every corner read is in bounds and reads a contiguous channel vector; bilinea
 folded in) are computed once per (offset group, kernel point, output position) and reused for all
 channels of the group.
 
+Channels are cut into *runs* of ``L = gcd(C/groups, C/offset_groups)`` channels, so each run lies
+in one conv group and one offset group, and every array is seen as a matrix of such runs:
+``xpad`` as ``[N*(H+2)*(W+2)*S, L]`` (``S = C / L`` runs per pixel) and a block's columns as
+``[rows * W_out * width / L, L]``. Every access is then a whole row of a 2-D array, which Numba
+vectorises without the per-access slice arithmetic that dominated small channel counts.
+
 Column layout: for conv group ``q`` and kernel point ``k`` the channels of ``q`` are contiguous,
-``col[q*K*Cq + k*Cq + c']``. A *piece* is a contiguous channel run inside one offset group and one
-conv group: ``(offset_group, lo, hi, base)`` with the column index of channel ``cc`` at kernel
-point ``k`` being ``base + k*Cq + cc``. Kernels address output rows by ``t = n * Ho + oy`` and take
-the first row ``t0`` of their block; ``cols`` / ``gcols`` are ``[rows, W_out, columns]``.
+``col[q*K*Cq + k*Cq + c']`` (the weight is permuted to match). In run units, run ``s`` at kernel
+point ``k`` starts at column run ``first[s] + k * Cq / L`` (:func:`runs`). Kernels address output
+rows by ``t = n * Ho + oy`` and take the first row ``t0`` of their block; ``cols`` / ``gcols`` are
+``[rows, W_out, width]``.
 
 Backward is one pass over the columns' gradient (:func:`_grad_row`): each sampling point's corners
 and weights are computed once and give the input gradient (scattered into ``gxpad``) and the
-offset and mask gradients (reductions over channels) together.
+offset and mask gradients. Those come from four dot products per point and run, ``D_ab = sum_c
+g[c] * x_ab[c]`` over the corners ``ab``: ``dL/dy = m ((1-lx)(D10-D00) + lx(D11-D01))``, ``dL/dx
+= m ((1-ly)(D01-D00) + ly(D11-D10))`` and ``dL/dm`` is the bilinear mix of the ``D_ab``.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 from numba import njit, prange
 
 
-def pieces(channels: int, groups: int, offset_groups: int, k: int) -> np.ndarray:
-    """Channel runs ``[n, 4] = (offset_group, lo, hi, base)`` (module docstring)."""
+def runs(channels: int, groups: int, offset_groups: int, k: int) -> tuple[int, np.ndarray, int]:
+    """``(L, table, step)``: the run length, ``table [S, 2] = (offset group, first)`` with
+    ``first`` run ``s``'s column run at kernel point 0, and ``step = Cq / L`` column runs per
+    kernel point (module docstring)."""
     cq, cg = channels // groups, channels // offset_groups
-    bounds = sorted({*range(0, channels, cq), *range(0, channels, cg), channels})
-    rows = []
-    for lo, hi in itertools.pairwise(bounds):
+    length = math.gcd(cq, cg)
+    table = []
+    for s in range(channels // length):
+        lo = s * length
         q = lo // cq
-        rows.append((lo // cg, lo, hi, q * k * cq - q * cq))
-    return np.asarray(rows, dtype=np.int64)
+        table.append((lo // cg, (q * k * cq + lo - q * cq) // length))
+    return length, np.asarray(table, dtype=np.int64), cq // length
 
 
 @njit(cache=True, inline="always")
@@ -55,125 +65,170 @@ def _point(offset, n, g, kk, oy, ox, geom, height, width):
 
 
 @njit(parallel=True, cache=True)
-def columns_kernel(xpad, offset, mask, use_mask, pieces, geom, cq, t0, cols):
-    """cols[r, ox, base + k*cq + c] = 4 corners of xpad[n, :, :, c] at row t0 + r (x mask)."""
-    _, hp, wp, _ = xpad.shape
+def columns_kernel(xpad, offset, mask, use_mask, table, step, geom, t0, cols):
+    """``cols[r, ox, column]`` = 4 corners of ``xpad`` at output row ``t0 + r`` (x mask)."""
+    nb, hp, wp, c = xpad.shape
+    s_runs, length = table.shape[0], c // table.shape[0]
+    xf = xpad.reshape(nb * hp * wp * s_runs, length)
     ho = offset.shape[2]
-    rows, wo, _ = cols.shape
+    rows, wo, width = cols.shape
+    per_pos = width // length
     nk = geom[0] * geom[1]
+    groups = offset.shape[1] // (2 * nk)
+    per_group = s_runs // groups  # runs of one offset group are consecutive
     for r in prange(rows):
         n = (t0 + r) // ho
         oy = t0 + r - n * ho
-        for ox in range(wo):
-            row = cols[r, ox]
-            for p in range(pieces.shape[0]):
-                g, lo, hi, base = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
+        crow = cols[r].reshape(wo * per_pos, length)
+        wts = np.empty(4, xf.dtype)
+        if s_runs == 1:  # one run of all channels (no conv or offset groups): the common case
+            for ox in range(wo):
                 for kk in range(nk):
-                    iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
-                    dst = row[base + kk * cq + lo : base + kk * cq + hi]
+                    iy, ix, ly, lx, ok = _point(offset, n, 0, kk, oy, ox, geom, hp - 2, wp - 2)
+                    dst = crow[ox * nk + kk]
                     if not ok:
                         dst[:] = 0
                         continue
+                    m = mask[n, kk, oy, ox] if use_mask else 1.0
+                    p = (n * hp + iy) * wp + ix
+                    wts[0] = (1 - ly) * (1 - lx) * m  # rounded to the input's precision
+                    wts[1] = (1 - ly) * lx * m
+                    wts[2] = ly * (1 - lx) * m
+                    wts[3] = ly * lx * m
+                    _sample_run(dst, xf[p], xf[p + 1], xf[p + wp], xf[p + wp + 1],
+                                wts[0], wts[1], wts[2], wts[3])  # fmt: skip
+            continue
+        for ox in range(wo):
+            for kk in range(nk):
+                for g in range(groups):
+                    iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
                     m = mask[n, g * nk + kk, oy, ox] if use_mask else 1.0
-                    w00 = (1 - ly) * (1 - lx) * m
-                    w01 = (1 - ly) * lx * m
-                    w10 = ly * (1 - lx) * m
-                    w11 = ly * lx * m
-                    r00 = xpad[n, iy, ix, lo:hi]
-                    r01 = xpad[n, iy, ix + 1, lo:hi]
-                    r10 = xpad[n, iy + 1, ix, lo:hi]
-                    r11 = xpad[n, iy + 1, ix + 1, lo:hi]
-                    for c in range(hi - lo):
-                        dst[c] = w00 * r00[c] + w01 * r01[c] + w10 * r10[c] + w11 * r11[c]
+                    wts[0] = (1 - ly) * (1 - lx) * m
+                    wts[1] = (1 - ly) * lx * m
+                    wts[2] = ly * (1 - lx) * m
+                    wts[3] = ly * lx * m
+                    p = ((n * hp + iy) * wp + ix) * s_runs
+                    base = ox * per_pos + kk * step
+                    for s in range(g * per_group, (g + 1) * per_group):
+                        if ok:
+                            _sample_run(crow[base + table[s, 1]], xf[p + s], xf[p + s_runs + s],
+                                        xf[p + (wp * s_runs) + s], xf[p + (wp + 1) * s_runs + s],
+                                        wts[0], wts[1], wts[2], wts[3])  # fmt: skip
+                        else:
+                            crow[base + table[s, 1]][:] = 0
 
 
-# Channel reductions (offset and mask gradients) may be reassociated so they vectorise, and
-# multiply-adds contracted; NaN/inf semantics are kept (no "fast" flags beyond these two).
+@njit(cache=True, inline="always")
+def _sample_run(dst, r00, r01, r10, r11, w00, w01, w10, w11):
+    """``dst = w00 r00 + w01 r01 + w10 r10 + w11 r11`` over one run of channels."""
+    for ch in range(dst.shape[0]):
+        dst[ch] = w00 * r00[ch] + w01 * r01[ch] + w10 * r10[ch] + w11 * r11[ch]
+
+
+# Dot products may be reassociated so they vectorise, and multiply-adds contracted; NaN/inf
+# semantics are kept (no "fast" flags beyond these two).
 @njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
-def _grad_row(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, t0, r, gxpad, goff, gmask):
-    """Output row ``t0 + r``: ``gxpad[n, corner, c] += weight * gcols[r, ox, col]`` and the
-    offset / mask gradients of the row (``goff``/``gmask`` add up, as pieces of one offset group
-    share a sampling point)."""
-    _, hp, wp, _ = xpad.shape
+def _grad_row(gcols, xf, hp, wp, offset, mask, use_mask, table, step, geom, t0, r, gxf, goff,
+              gmask):  # fmt: skip
+    """Output row ``t0 + r``: ``gxpad[corner] += weight * gcols[r, ox, column]`` (``gxf``, a run
+    matrix like ``xf``) and the row's offset / mask gradients (``goff``/``gmask`` add up over the
+    runs of one offset group)."""
+    s_runs, length = table.shape[0], xf.shape[1]
     ho = offset.shape[2]
-    wo = gcols.shape[1]
+    wo, width = gcols.shape[1], gcols.shape[2]
+    per_pos = width // length
     nk = geom[0] * geom[1]
     n = (t0 + r) // ho
     oy = t0 + r - n * ho
+    grow = gcols[r].reshape(wo * per_pos, length)
+    wts = np.empty(4, xf.dtype)
+    groups = offset.shape[1] // (2 * nk)
+    per_group = s_runs // groups  # runs of one offset group are consecutive
     for ox in range(wo):
-        for p in range(pieces.shape[0]):
-            g, lo, hi, base = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
-            for kk in range(nk):
+        for kk in range(nk):
+            for g in range(groups):
                 iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
                 if not ok:
                     continue
                 m = mask[n, g * nk + kk, oy, ox] if use_mask else 1.0
-                w00 = (1 - ly) * (1 - lx) * m
-                w01 = (1 - ly) * lx * m
-                w10 = ly * (1 - lx) * m
-                w11 = ly * lx * m
-                src = gcols[r, ox, base + kk * cq + lo : base + kk * cq + hi]
-                r00 = xpad[n, iy, ix, lo:hi]
-                r01 = xpad[n, iy, ix + 1, lo:hi]
-                r10 = xpad[n, iy + 1, ix, lo:hi]
-                r11 = xpad[n, iy + 1, ix + 1, lo:hi]
-                a00 = gxpad[n, iy, ix, lo:hi]
-                a01 = gxpad[n, iy, ix + 1, lo:hi]
-                a10 = gxpad[n, iy + 1, ix, lo:hi]
-                a11 = gxpad[n, iy + 1, ix + 1, lo:hi]
-                for c in range(hi - lo):  # two loops, each of which vectorises
-                    v = src[c]
-                    a00[c] += w00 * v
-                    a01[c] += w01 * v
-                    a10[c] += w10 * v
-                    a11[c] += w11 * v
-                sy = 0.0 * ly
-                sx = 0.0 * ly
-                sv = 0.0 * ly
-                if use_mask:
-                    for c in range(hi - lo):
-                        v = src[c]
-                        sy += v * ((1 - lx) * (r10[c] - r00[c]) + lx * (r11[c] - r01[c]))
-                        sx += v * ((1 - ly) * (r01[c] - r00[c]) + ly * (r11[c] - r10[c]))
-                        top = (1 - lx) * r00[c] + lx * r01[c]
-                        sv += v * ((1 - ly) * top + ly * ((1 - lx) * r10[c] + lx * r11[c]))
-                else:
-                    for c in range(hi - lo):
-                        v = src[c]
-                        sy += v * ((1 - lx) * (r10[c] - r00[c]) + lx * (r11[c] - r01[c]))
-                        sx += v * ((1 - ly) * (r01[c] - r00[c]) + ly * (r11[c] - r10[c]))
-                goff[n, 2 * (g * nk + kk), oy, ox] += sy * m
-                goff[n, 2 * (g * nk + kk) + 1, oy, ox] += sx * m
-                if use_mask:
-                    gmask[n, g * nk + kk, oy, ox] += sv
+                wts[0] = (1 - ly) * (1 - lx) * m  # rounded to the input's precision
+                wts[1] = (1 - ly) * lx * m
+                wts[2] = ly * (1 - lx) * m
+                wts[3] = ly * lx * m
+                for s in range(g * per_group, (g + 1) * per_group):
+                    _grad_run(grow[ox * per_pos + table[s, 1] + kk * step], xf, gxf,
+                              ((n * hp + iy) * wp + ix) * s_runs + s, wp * s_runs, s_runs,
+                              wts[0], wts[1], wts[2], wts[3], ly, lx, m, use_mask, goff, gmask,
+                              n, g * nk + kk, oy, ox)  # fmt: skip
+
+
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _grad_run(src, xf, gxf, p, down, right, w00, w01, w10, w11, ly, lx, m, use_mask, goff, gmask,
+              n, j, oy, ox):  # fmt: skip
+    """One run of one sampling point: scatter ``src`` into the four corners of ``gxf`` (rows
+    ``p``, ``p + right``, ``p + down``, ``p + down + right``) and add the point's offset and mask
+    gradients (``j``: offset group * K + kernel point)."""
+    length = src.shape[0]
+    a00 = gxf[p]
+    a01 = gxf[p + right]
+    a10 = gxf[p + down]
+    a11 = gxf[p + down + right]
+    for ch in range(length):  # two loops, each of which vectorises
+        v = src[ch]
+        a00[ch] += w00 * v
+        a01[ch] += w01 * v
+        a10[ch] += w10 * v
+        a11[ch] += w11 * v
+    r00 = xf[p]
+    r01 = xf[p + right]
+    r10 = xf[p + down]
+    r11 = xf[p + down + right]
+    d00 = d01 = d10 = d11 = src[0] * 0  # in the input's precision, as torchvision
+    for ch in range(length):
+        v = src[ch]
+        d00 += v * r00[ch]
+        d01 += v * r01[ch]
+        d10 += v * r10[ch]
+        d11 += v * r11[ch]
+    goff[n, 2 * j, oy, ox] += m * ((1 - lx) * (d10 - d00) + lx * (d11 - d01))
+    goff[n, 2 * j + 1, oy, ox] += m * ((1 - ly) * (d01 - d00) + ly * (d11 - d10))
+    if use_mask:
+        top = (1 - lx) * d00 + lx * d01
+        gmask[n, j, oy, ox] += (1 - ly) * top + ly * ((1 - lx) * d10 + lx * d11)
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def grad_kernel_parts(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, t0, gxpad_parts,
+def grad_kernel_parts(gcols, xpad, offset, mask, use_mask, table, step, geom, t0, gxpad_parts,
                       goff, gmask):  # fmt: skip
     """Backward of one block whose rows may share an image: the rows are cut into as many equal
     runs as there are accumulators, run ``j`` adds into its own copy ``gxpad_parts[j]`` (summed
     by the caller in a fixed order), so no two threads write one cell and the result does not
     depend on which thread ran which run (deterministic). Offset/mask gradients of a row belong
     to that row only, so they go straight into ``goff``/``gmask``."""
-    parts = gxpad_parts.shape[0]
+    parts, nb, hp, wp, c = gxpad_parts.shape
+    size = nb * hp * wp * table.shape[0]
+    xf = xpad.reshape(size, c // table.shape[0])
     rows = gcols.shape[0]
     for j in prange(parts):
-        gxpad = gxpad_parts[j]
+        gxf = gxpad_parts[j].reshape(size, c // table.shape[0])
         for r in range(j * rows // parts, (j + 1) * rows // parts):
-            _grad_row(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, t0, r, gxpad, goff,
-                      gmask)  # fmt: skip
+            _grad_row(gcols, xf, hp, wp, offset, mask, use_mask, table, step, geom, t0, r, gxf,
+                      goff, gmask)  # fmt: skip
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def grad_kernel_images(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, t0, gxpad, goff,
+def grad_kernel_images(gcols, xpad, offset, mask, use_mask, table, step, geom, t0, gxpad, goff,
                        gmask):  # fmt: skip
     """Backward of a block of whole images (``t0`` and the block's rows multiples of ``H_out``):
     one thread per image adds into the one accumulator ``gxpad`` (a sample never leaves its
     image), each image's rows in order, so the sums do not depend on the thread count."""
+    nb, hp, wp, c = xpad.shape
+    size = nb * hp * wp * table.shape[0]
+    xf = xpad.reshape(size, c // table.shape[0])
+    gxf = gxpad.reshape(size, c // table.shape[0])
     ho = offset.shape[2]
     images = gcols.shape[0] // ho
     for i in prange(images):
         for r in range(i * ho, (i + 1) * ho):
-            _grad_row(gcols, xpad, offset, mask, use_mask, pieces, geom, cq, t0, r, gxpad, goff,
-                      gmask)  # fmt: skip
+            _grad_row(gcols, xf, hp, wp, offset, mask, use_mask, table, step, geom, t0, r, gxf,
+                      goff, gmask)  # fmt: skip
