@@ -5,9 +5,11 @@ and masks, medians; ratios against dense ``F.conv2d`` of the same shape in the s
 
 - ``import-order``: a fresh process per order (``import torch`` first, as most users write, or
   ``import torchdcn`` first), ``OMP_WAIT_POLICY`` unset: forward and forward+backward, ours and
-  dense. torchdcn sets the OpenMP wait policy to passive only when it is imported before torch.
+  dense. torchdcn leaves the environment alone and starts Numba's own OpenMP runtime passive at
+  its first kernel call, so the order should not matter.
 - ``contention``: the same calls on an idle machine and while one other process keeps a core
-  busy (a Python loop): each one's slowdown, ours against dense.
+  busy (a Python loop): each one's slowdown, ours against dense; ``--omp-wait passive`` runs it
+  with ``OMP_WAIT_POLICY=PASSIVE`` set for the whole process.
 - ``first-call``: a fresh process's import and first forward+backward, with Numba's cache warm
   (compiled by an earlier process) and cold (an empty ``NUMBA_CACHE_DIR``).
 
@@ -101,7 +103,7 @@ def _shape(row: dict) -> str:
 
 
 def import_order(threads: int, repeats: int) -> None:
-    print("\n## import order (OMP_WAIT_POLICY unset; ms, ratio to dense in the same process)")
+    print("\n### import order (OMP_WAIT_POLICY unset; ms, ratio to dense in the same process)")
     print("| shape | order | dense f | ours f (x dense) | dense f+b | ours f+b (x dense) |")
     print("|---|---|---|---|---|---|")
     orders = {
@@ -120,16 +122,17 @@ def import_order(threads: int, repeats: int) -> None:
             )
 
 
-def contention(threads: int, repeats: int) -> None:
-    print("\n## one other busy process (torchdcn imported first; ms idle -> busy, slowdown)")
+def contention(threads: int, repeats: int, wait: str) -> None:
+    print(f"\n### one other busy process (OMP_WAIT_POLICY {wait}; ms idle -> busy, slowdown)")
     print("| shape | dense f | ours f | dense f+b | ours f+b |")
     print("|---|---|---|---|---|")
-    imports = "import torchdcn\nimport torch"
-    idle = _timing(imports, threads, repeats)
+    imports = "import torch\nimport torchdcn"
+    env = _env() if wait == "unset" else _env(OMP_WAIT_POLICY=wait.upper())
+    idle = _timing(imports, threads, repeats, env)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.5)
-        busy = _timing(imports, threads, repeats)
+        busy = _timing(imports, threads, repeats, env)
     finally:
         hog.kill()
         hog.wait()
@@ -140,8 +143,8 @@ def contention(threads: int, repeats: int) -> None:
 
 
 def first_call() -> None:
-    print("\n## first call in a fresh process (s): import, first v2 f+b, first v1 f+b")
-    print("| Numba cache | import | first v2 call | first v1 call |")
+    print("\n### first call in a fresh process: import (s), first v2 f+b (s), then a v1 f+b (ms)")
+    print("| Numba cache | import s | first v2 call s | next (v1) call ms |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as cache:
         env = _env(NUMBA_CACHE_DIR=cache)
@@ -151,7 +154,7 @@ def first_call() -> None:
                 check=True,
             )  # fmt: skip
             t = [float(v) for v in done.stdout.split()]
-            print(f"| {label} | {t[0]:.2f} | {t[1]:.2f} | {t[2]:.2f} |", flush=True)
+            print(f"| {label} | {t[0]:.2f} | {t[1]:.2f} | {t[2] * 1e3:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -161,6 +164,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--omp-wait",
+        choices=["unset", "passive"],
+        default="unset",
+        help="OMP_WAIT_POLICY of the contention part's processes (default: unset, as a user)",
+    )
     args = parser.parse_args()
     print(
         f"# CPU deform_conv2d overheads, float32, {args.threads} threads, medians of "
@@ -169,7 +178,7 @@ def main() -> None:
     if args.part in ("all", "import-order"):
         import_order(args.threads, args.repeats)
     if args.part in ("all", "contention"):
-        contention(args.threads, args.repeats)
+        contention(args.threads, args.repeats, args.omp_wait)
     if args.part in ("all", "first-call"):
         first_call()
 

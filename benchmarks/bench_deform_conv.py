@@ -18,8 +18,11 @@ import platform
 import sys
 
 if __name__ == "__main__":  # the OpenMP wait policy is read when the runtimes start: set it first
-    _wait = sys.argv[sys.argv.index("--omp-wait") + 1] if "--omp-wait" in sys.argv else "passive"
-    os.environ["OMP_WAIT_POLICY"] = _wait.upper()
+    _wait = sys.argv[sys.argv.index("--omp-wait") + 1] if "--omp-wait" in sys.argv else "unset"
+    if _wait == "unset":  # as a user runs it: torchdcn makes only Numba's runtime passive
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = _wait.upper()
 
 import numba
 import torch
@@ -145,9 +148,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per function")
     parser.add_argument(
         "--omp-wait",
-        choices=["passive", "active"],
-        default="passive",
-        help="OpenMP wait policy (torchdcn's default is passive, see README)",
+        choices=["unset", "passive", "active"],
+        default="unset",
+        help="OMP_WAIT_POLICY for both runtimes (default: unset, as a user runs it)",
     )
     parser.add_argument(
         "--shapes", nargs="*", metavar="N,C,H,W", help="C->C shapes instead of the default five"

@@ -16,9 +16,6 @@ import os
 import time
 from functools import partial
 
-# torchdcn's default OpenMP wait policy (README), set before torch's runtime starts
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numba
 import torch
 
@@ -26,6 +23,8 @@ from torchdcn.ops import _deform_conv_cpu as cpu
 
 # the four shapes and the classification demo's body layer (batch 64, 32 channels, 12x12)
 SHAPES = [(1, 512, 38, 50), (1, 256, 38, 50), (1, 128, 75, 100), (8, 64, 32, 32), (64, 32, 12, 12)]
+if os.environ.get("PROFILE_SHAPES"):  # e.g. "64,32,12,12 8,64,32,32"
+    SHAPES = [tuple(map(int, s.split(","))) for s in os.environ["PROFILE_SHAPES"].split()]
 PARTS = {
     cpu: ["_padded_channels_last", "columns_kernel", "grad_kernel_images", "grad_kernel_parts"],
     cpu._Product: ["forward", "backward"],

@@ -8,6 +8,7 @@ thread whatever torch was told. Run in fresh processes: the pool starts once per
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -88,3 +89,42 @@ def test_thread_budget_is_torch_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# Imports torch before torchdcn (as most users do), runs one kernel, then asks every loaded
+# libgomp for its settings (OpenMP 5.1 omp_display_env, printed on stderr).
+POLICY = textwrap.dedent(
+    """
+    import ctypes, os, sys
+    import numba, torch, torchdcn
+    from torchdcn.ops import deform_conv2d
+    assert os.environ.get("OMP_WAIT_POLICY") == {before!r}, "import changed the environment"
+    deform_conv2d(torch.randn(1, 4, 5, 5), torch.randn(1, 18, 5, 5), torch.randn(4, 4, 3, 3),
+                  padding=1)
+    assert os.environ.get("OMP_WAIT_POLICY") == {before!r}, "a kernel changed the environment"
+    print(numba.threading_layer(), flush=True)
+    maps = open("/proc/self/maps").read().splitlines()
+    for path in sorted({{line.split()[-1] for line in maps if "libgomp" in line}}):
+        if "torch" not in path:  # Numba's runtime
+            sys.stderr.flush()
+            ctypes.CDLL(path).omp_display_env(0)
+    """
+)
+
+
+@pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
+def test_numba_runtime_waits_passively_unless_user_chose(user_policy):
+    """Numba's OpenMP runtime starts with passive waiting whatever was imported first, without
+    touching the process environment (so PyTorch's runtime keeps its own policy); a policy the
+    user set is respected."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_policy:
+        env["OMP_WAIT_POLICY"] = user_policy
+    done = subprocess.run(
+        [sys.executable, "-c", POLICY.format(before=user_policy)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    if done.stdout.strip() != "omp":
+        pytest.skip(f"Numba's threading layer is {done.stdout.strip()!r}, not OpenMP")
+    assert f"OMP_WAIT_POLICY = '{user_policy or 'PASSIVE'}'" in done.stderr, done.stderr[-2000:]

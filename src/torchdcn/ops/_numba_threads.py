@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -15,6 +16,30 @@ import torch
 _WORK_PER_THREAD = 1 << 16
 
 F = TypeVar("F", bound=Callable)
+
+_started = False
+
+
+def _start_numba_passive() -> None:
+    """Start Numba's OpenMP runtime with passive waiting (once, before its first use).
+
+    Numba's ``omp`` layer loads its own libgomp (not PyTorch's) when its threads first start, and
+    libgomp reads ``OMP_WAIT_POLICY`` right then: set for that moment only, Numba's idle threads
+    sleep instead of spinning against PyTorch's next parallel region, whatever was imported
+    first, while PyTorch's own runtime keeps the user's (or libgomp's default) policy. A policy
+    the user set is left alone."""
+    global _started
+    if _started:
+        return
+    _started = True
+    if "OMP_WAIT_POLICY" in os.environ:
+        numba.get_num_threads()
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        numba.get_num_threads()  # loads the threading layer (and its libgomp) now
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
 
 
 @contextlib.contextmanager
@@ -29,6 +54,7 @@ def threads(work: int | None = None) -> Iterator[int]:
     the way out, so a deformable layer never changes what ``torch.get_num_threads()`` says.
     """
     torch_threads = torch.get_num_threads()  # before Numba's first call starts its pool
+    _start_numba_passive()
     available = numba.get_num_threads()
     use = max(1, min(available, torch_threads))
     if work is not None:
