@@ -103,9 +103,11 @@ def test_matches_loop_reference(kernel, cfg):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("route", ["reference", *CPU_ROUTES])
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_gradcheck(kernel, cfg):
+def test_gradcheck(route, cfg):
+    """float64 gradcheck of every argument, on the reference and every CPU route
+    (tests/cpu_routes.py)."""
     x, offset, weight, bias, mask, st, pd, dl = _make(cfg, scale=1.5)
     # keep sampling points off the integer grid, where bilinear sampling has kinks
     offset = offset + 0.25
@@ -118,22 +120,6 @@ def test_gradcheck(kernel, cfg):
 
     # fast mode checks random projections of the Jacobian: any wrong entry shows, at a fraction
     # of the cost; the small cases below run the full check
-    with use_backend(kernel):
-        assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, fast_mode=True)
-
-
-@pytest.mark.parametrize("route", CPU_ROUTES)
-@pytest.mark.parametrize("cfg", [CONFIGS[2], CONFIGS[4]], ids=["batch2-og3", "one-image-groups3"])
-def test_gradcheck_cpu_routes(route, cfg):
-    """float64 gradcheck of every argument on each CPU route (tests/cpu_routes.py)."""
-    x, offset, weight, bias, mask, st, pd, dl = _make(cfg, scale=1.5)
-    inputs = [t.clone().requires_grad_() for t in (x, offset + 0.25, weight, bias)]
-    if mask is not None:
-        inputs.append(mask.clone().requires_grad_())
-
-    def f(x, offset, weight, bias, mask=None):
-        return deform_conv2d(x, offset, weight, bias, st, pd, dl, mask)
-
     with cpu_route(route):
         assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, fast_mode=True)
 

@@ -8,18 +8,21 @@ call. Writing all of an image's columns instead costs a trip to memory, and past
 mmap ceiling fresh page faults on every call. Backward recomputes each block's columns instead of
 keeping them.
 
-The products are ``torch.mm`` / ``addmm`` on strided views, per image and conv group: the forward
-writes straight into the NCHW output (``out[n][:, positions] = W @ cols^T``), the backward reads
-the NCHW output gradient as it is (``g_cols = g_out^T @ W``, ``g_W += g_out @ cols``), so neither
-permutes a copy. This is a plain API on PyTorch's thread pool: no optional package, no raw
-pointers (benchmarks/bench_deform_conv.py measures it against onnxruntime's and OpenVINO's ops).
+The products are ``torch.mm`` / ``addmm`` on strided views, one per block and conv group
+(:class:`_Product`): a block of whole images multiplies into rows ``[positions, C_out]`` and one
+transposing copy moves them to the NCHW output, a block inside a big image writes each image's
+part the same way; the backward reads the NCHW output gradient in place for blocks inside an
+image and through one transposing copy for blocks of whole images. This is a plain API on
+PyTorch's thread pool: no optional package, no raw pointers (benchmarks/bench_deform_conv.py
+measures it against onnxruntime's and OpenVINO's ops).
 
 Memory beyond the inputs and results, per batch chunk (:func:`_item_bytes`; the chunk is as many
 images as fit :func:`~torchdcn.ops.set_workspace_limit`, at least one): forward, a padded
-channels-last copy of the chunk's input and one column block (:data:`BLOCK_BYTES`); backward, the
-padded copy, one padded input-gradient accumulator (one per Numba thread when a block holds less
-than one image per thread: :func:`_image_blocks`) and two column blocks. So the bound is about
-``max(workspace limit, one image's share) + 2 * BLOCK_BYTES`` (benchmarks/bench_memory.py).
+channels-last copy of the chunk's input, one column block (:data:`BLOCK_BYTES`) and its product
+rows; backward, the padded copy, the input-gradient accumulator (one per Numba thread unless a
+block holds at least one image per thread: :func:`_blocks`), two column blocks and the product
+rows. So the bound is about ``max(workspace limit, one image's share) + 2 * BLOCK_BYTES``
+(benchmarks/bench_memory.py).
 """
 
 from __future__ import annotations
