@@ -90,11 +90,11 @@ def _segments(t0: int, t1: int, ho: int, wo: int):
 class _Product:
     """The block products of one call for ``groups`` conv groups; ``w2`` ``[C_out, K * Cq]``.
 
-    A block's columns are ``[P, groups * K * Cq]``. Output (gradient) blocks come in two layouts:
-    *rows* ``[P, C_out]`` (blocks of whole images: one product per block, the caller permutes)
-    or one image's *segment* ``[C_out, P]`` (a strided view of the NCHW tensor, written or read
-    in place: blocks inside big images). Many small products cost more than one big one, so
-    blocks of many images use rows."""
+    A block's columns are ``[P, groups * K * Cq]``. The forward writes *rows* ``[P, C_out]``
+    (the caller moves them to NCHW). The backward reads the output gradient as rows too (blocks
+    of whole images: one product per block after one transposing copy) or as one image's
+    *segment* ``[C_out, P]``, a strided view of the NCHW tensor read in place (blocks inside big
+    images). Many small products cost more than one big one, so blocks of many images use rows."""
 
     def __init__(self, w2: Tensor, groups: int, bias: Tensor | None) -> None:
         self.groups, self.co, self.kc = groups, w2.shape[0] // groups, w2.shape[1]
@@ -106,10 +106,10 @@ class _Product:
         for q in range(self.groups):
             yield q, slice(q * self.co, (q + 1) * self.co), slice(q * self.kc, (q + 1) * self.kc)
 
-    def forward(self, cols: Tensor, out: Tensor, rows: bool) -> None:
-        """``out = cols @ W^T (+ bias)`` as rows ``[P, C_out]``, or its transpose, a segment."""
+    def forward(self, cols: Tensor, out: Tensor) -> None:
+        """``out [P, C_out] = cols @ W^T (+ bias)``."""
         for q, o, c in self._slices():
-            dst = out[:, o].t() if rows else out[o]  # [C_out/groups, P] either way
+            dst = out[:, o].t()  # [C_out/groups, P], written through its transpose
             if self.bias is None:
                 torch.mm(self.w[q], cols[:, c].t(), out=dst)
             else:
@@ -162,7 +162,7 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
             # one product per block into rows [P, C_out], then to NCHW: one copy for whole
             # images, one per image otherwise
             r = rows[: (t1 - t0) * wo]
-            product.forward(cols, r, rows=True)
+            product.forward(cols, r)
             if per_block:
                 n0 = a + t0 // ho
                 out[n0 : n0 + (t1 - t0) // ho].copy_(r.view(-1, ho * wo, c_out).transpose(1, 2))
