@@ -92,11 +92,14 @@ def _tables():
             for n in (0, 1, 2, 3, 6)
         },
         # v1 paper Table 3 (Faster R-CNN rows): RoI pooling plain / deformable, +- deformable conv
+        # (offset multiplier 0.01: v1's best on the validation splits, docs/ablations.md)
         "v1_table3": {
             "roi pool": base.replace(roi_pool="roi_pool"),
-            "deform roi pool": base.replace(roi_pool="deform"),
-            "v1 conv + roi pool": base.replace(deform=v1, roi_pool="roi_pool"),
-            "v1 conv + deform roi pool": base.replace(deform=v1, roi_pool="deform"),
+            "deform roi pool": base.replace(roi_pool="deform", offset_lr_mult=0.01),
+            "v1 conv + roi pool": base.replace(deform=v1, roi_pool="roi_pool", offset_lr_mult=0.01),
+            "v1 conv + deform roi pool": base.replace(
+                deform=v1, roi_pool="deform", offset_lr_mult=0.01
+            ),
         },
         # tuning on the validation splits: the offset learning rate of v1 / v2
         "tune_offset_lr": {
