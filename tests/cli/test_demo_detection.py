@@ -141,8 +141,15 @@ def test_tiny_detection_demo_end_to_end(tmp_path, capsys):
 
 
 def test_roi_bins_without_detections_tile_the_largest_ground_truth_box():
-    from torchdcn.cli.demo_detection import roi_bins_overlay
+    from torchdcn.analysis.roi_bins_overlay import roi_bins_overlay
     from torchdcn.cli.scene_recipe import build_scene_model
+
+    def draw(model, image, target):
+        def digit(label):
+            return f"digit {label - 1}"
+
+        boxes, labels = target["boxes"], target["labels"]
+        return roi_bins_overlay(model, image, "t", boxes, labels, "largest", digit)
 
     torch.manual_seed(0)
     recipes = DetectionDemoConfig(pretrain_steps=0).recipes()
@@ -152,8 +159,8 @@ def test_roi_bins_without_detections_tile_the_largest_ground_truth_box():
         "boxes": torch.tensor([[10.0, 20, 30, 40], [40, 8, 100, 120], [70, 70, 90, 80]]),
         "labels": torch.tensor([2, 5, 9]),
     }
-    overlay = roi_bins_overlay(model, torch.rand(3, 128, 128), target, "t")
-    assert overlay.title == "t\nno detection\nground-truth digit 4"
+    overlay = draw(model, torch.rand(3, 128, 128), target)
+    assert overlay.title == "t\nno detection\nlargest ground truth, digit 4"
     regular = overlay.regular_boxes  # [49, 4], the 7 x 7 undeformed bins in pixels
     assert regular.shape == (49, 4)
     torch.testing.assert_close(regular[:, :2].min(0).values, torch.tensor([40.0, 8.0]))
@@ -161,10 +168,7 @@ def test_roi_bins_without_detections_tile_the_largest_ground_truth_box():
     widths = regular[:, 2] - regular[:, 0]
     torch.testing.assert_close(widths, torch.full((49,), 60 / 7))
     assert overlay.boxes.shape == (49, 4) and overlay.points.shape == (49, 2)
-    assert (
-        roi_bins_overlay(build_scene_model(recipes["plain"]), torch.rand(3, 64, 64), target, "t")
-        is None
-    )
+    assert draw(build_scene_model(recipes["plain"]), torch.rand(3, 64, 64), target) is None
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@
 - :mod:`~torchdcn.analysis.effective_sampling`: sampling locations weighted by the node's gradient
   (v2).
 - :mod:`~torchdcn.analysis.saliency`: error-bounded saliency regions (v2).
-- :mod:`~torchdcn.analysis.roi_bins`: deformed RoI pooling bins (v1 Fig. 7) and their weights.
+- :mod:`~torchdcn.analysis.roi_bins`: deformed RoI pooling bins (v1 Fig. 7) and their weights;
+  :mod:`~torchdcn.analysis.roi_bins_overlay`: one detection's bins drawn on its image.
 - :mod:`~torchdcn.analysis.probe`: the hooks and eval-mode helpers the tools share (a model is
   never changed); :mod:`~torchdcn.analysis.figures`: their pictures.
 - :mod:`~torchdcn.analysis.complexity`: parameters and multiply-adds of plain vs deformable models

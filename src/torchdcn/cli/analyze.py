@@ -271,9 +271,9 @@ def _per_image(m, sample, image, layer, below, node, stride, s, forward, draw) -
                         title=f"{title}\narea {area:.0f} px")
             )  # fmt: skip
     if "roi-bins" in tools and draw and m.detector:
-        from .analyze_report import roi_bins_overlay
+        from ..analysis.roi_bins_overlay import roi_bins_overlay
 
-        overlay = roi_bins_overlay(m, image, title, sample.boxes)
+        overlay = roi_bins_overlay(m.model, image[0], title, sample.boxes)
         if overlay is not None:
             m.rows.setdefault("roi-bins", []).append(overlay)
 

@@ -6,8 +6,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import torch
-
 #: figure file and caption per tool
 FIGURES = {
     "erf": ("erf.png", "effective receptive field: |d node / d pixel| (green cross: the node)"),
@@ -25,75 +23,6 @@ FIGURES = {
         "bin centres by effective weight",
     ),
 }
-
-
-def roi_bins_overlay(m: Any, image: torch.Tensor, title: str, gt_boxes: torch.Tensor) -> Any:
-    """The deformed RoI bins of the top-scoring detection of a detector on ``image``
-    ``[1, 3, H, W]`` (without detections: of the largest ground-truth box of ``gt_boxes``
-    ``[M, 4]``, scored for class 1) as an :class:`~torchdcn.analysis.figures.Overlay`, or
-    ``None`` (no deformable RoI pooling, or neither a detection nor a box). R-FCN's deformable
-    PS pooling draws the offsets of the detection's class (class-specific offset pairs) and
-    weights the bins by that class's voted score."""
-    from ..analysis.figures import Overlay
-    from ..analysis.probe import detector_forward, evaluating
-    from ..analysis.roi_bins import (
-        DEFORMABLE_ROI_MODULES,
-        deformed_bins,
-        offset_group,
-        record_roi_inputs,
-    )
-    from ..nn import DeformPSRoIPool
-
-    model = m.model
-    modules = {
-        n: mod for n, mod in model.named_modules() if isinstance(mod, DEFORMABLE_ROI_MODULES)
-    }
-    if not modules:
-        return None
-    with torch.no_grad(), evaluating(model), record_roi_inputs(model) as rec:
-        dets = detector_forward(model, image)[0]
-    if not rec:
-        return None
-    if len(dets["boxes"]):
-        box, label = dets["boxes"][:1], int(dets["labels"][0])
-        caption = f"label {label} score {float(dets['scores'][0]):.2f}"
-    elif len(gt_boxes):
-        areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
-        box, label = gt_boxes[int(areas.argmax())][None].to(image.device), 1
-        caption = "no detection: the largest ground-truth box"
-    else:
-        return None
-    name = next(iter(rec))  # the first called: R-FCN's class-score pooling
-    call, module = rec[name], modules[name]
-    ps_class = isinstance(module, DeformPSRoIPool) and label < module.out_channels
-    group = offset_group(module, label) if ps_class else 0
-    heads = getattr(model, "roi_heads", None)
-    score_fn = None
-    if isinstance(module, DeformPSRoIPool):
-        if ps_class:  # the class score is the vote (mean) of the class's bins
-
-            def score_fn(pooled: torch.Tensor) -> torch.Tensor:
-                return pooled[:, label].mean((1, 2))
-
-    elif heads is not None and hasattr(heads, "head") and hasattr(heads, "predictor"):
-
-        def score_fn(pooled: torch.Tensor) -> torch.Tensor:
-            return heads.predictor(heads.head(pooled))[0][:, label]
-
-    with evaluating(model):
-        bins = deformed_bins(
-            module, call.features, box, group=group, score_fn=score_fn, feature=call.feature
-        )
-    centres = bins.centres.reshape(-1, 2)
-    weights = None if bins.weights is None else bins.weights.reshape(-1)
-    return Overlay(
-        image[0].cpu(),
-        boxes=bins.deformed.reshape(-1, 4),
-        regular_boxes=bins.regular.reshape(-1, 4),
-        points=centres,
-        weights=weights,
-        title=f"{title}\n{caption}",
-    )
 
 
 def write_figures(models: list, samples: list, out: Path, layer: str, below: str | None) -> dict:

@@ -327,62 +327,22 @@ def detections_figure(
     )
 
 
-def roi_bins_overlay(model: torch.nn.Module, image: torch.Tensor, target: dict, title: str) -> Any:
-    """An :class:`~torchdcn.analysis.figures.Overlay` of the deformed RoI bins of ``model`` (a
-    detector with deformable RoI pooling) on ``image`` ``[3, H, W]``, for its highest-scoring
-    detection that overlaps the largest ground-truth box of ``target`` at IoU >= 0.5 (else its
-    top detection, else that box itself, scored for its class); dots: bin centres weighted by
-    ``|d class score / d offset|`` (:func:`~torchdcn.analysis.roi_bins.deformed_bins`)."""
-    from ..analysis.figures import Overlay
-    from ..analysis.probe import evaluating
-    from ..analysis.roi_bins import DEFORMABLE_ROI_MODULES, deformed_bins, record_roi_inputs
-    from ..ops import box_iou
-
-    modules = {n: m for n, m in model.named_modules() if isinstance(m, DEFORMABLE_ROI_MODULES)}
-    gt_boxes, gt_labels = target["boxes"], target["labels"]
-    if not modules or not len(gt_boxes):
-        return None
-    with torch.no_grad(), evaluating(model), record_roi_inputs(model) as rec:
-        dets = model([image])[0]
-    largest = int(((gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])).argmax())
-    if len(dets["boxes"]):
-        overlap = box_iou(dets["boxes"], gt_boxes[largest : largest + 1])[:, 0] >= 0.5
-        pick = int(overlap.nonzero()[0]) if overlap.any() else 0  # detections come by score
-        box, label = dets["boxes"][pick : pick + 1], int(dets["labels"][pick])
-        which = "detection of the largest digit" if overlap.any() else "top detection (elsewhere)"
-        caption = f"{which}\ndigit {label - 1}, score {float(dets['scores'][pick]):.2f}"
-    else:
-        box, label = gt_boxes[largest : largest + 1], int(gt_labels[largest])
-        caption = f"no detection\nground-truth digit {label - 1}"
-    name = next(iter(rec))
-    heads = model.roi_heads
-
-    def score_fn(pooled: torch.Tensor) -> torch.Tensor:
-        return heads.predictor(heads.head(pooled))[0][:, label]
-
-    with evaluating(model):
-        bins = deformed_bins(modules[name], rec[name].features, box, score_fn=score_fn)
-    return Overlay(
-        image,
-        boxes=bins.deformed.reshape(-1, 4),
-        regular_boxes=bins.regular.reshape(-1, 4),
-        points=bins.centres.reshape(-1, 2),
-        weights=None if bins.weights is None else bins.weights.reshape(-1),
-        title=f"{title}\n{caption}",
-    )
-
-
 def roi_bins_figure(
     model: torch.nn.Module, scenes: Path, path: Path, config: DetectionDemoConfig
 ) -> Path | None:
-    """``path``: the deformed RoI bins of ``model`` (v1 paper Fig. 7, :func:`roi_bins_overlay`)
+    """``path``: the deformed RoI bins of ``model`` (v1 paper Fig. 7,
+    :func:`~torchdcn.analysis.roi_bins_overlay.roi_bins_overlay`)
     on the ``config.figure_images`` held-out test scenes with the largest digits; ``None`` if
     the model has no deformable RoI pooling."""
     from ..analysis.figures import draw_overlays
+    from ..analysis.roi_bins_overlay import roi_bins_overlay
 
     row = []
     for i, image, target in _heldout_samples(scenes, config.figure_images, largest=True):
-        overlay = roi_bins_overlay(model, image, target, f"test_heldout image {i + 1}")
+        overlay = roi_bins_overlay(
+            model, image, f"test_heldout image {i + 1}", target["boxes"], target["labels"],
+            prefer="largest", label_text=lambda label: f"digit {label - 1}",
+        )  # fmt: skip
         if overlay is not None:
             row.append(overlay)
     if not row:
