@@ -33,7 +33,8 @@ import os
 import platform
 from collections.abc import Callable
 
-# before torch starts its OpenMP pool (as `import torchdcn` would): idle threads do not spin
+# before torch starts its OpenMP pool: idle threads do not spin (what `import torchdcn` did
+# until 2026-11-30, when the figures in RESULTS.md were taken; it now leaves the policy alone)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch

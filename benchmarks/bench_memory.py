@@ -87,9 +87,7 @@ def child(args: argparse.Namespace) -> None:
     again = peak_extra_mib(call)
     padded = c_in * (h + 2) * (w + 2) * 4
     try:
-        share = _deform_conv_cpu._item_bytes(
-            torch.empty(1, c_in, h, w), torch.empty(1, c_out, h, w)
-        )
+        share = _deform_conv_cpu._item_bytes(torch.empty(1, c_in, h, w), backward=True)
     except TypeError:  # a checkout before the backward's share was counted
         share = _deform_conv_cpu._item_bytes(torch.empty(1, c_in, h, w))
     chunk = min(n, max(1, workspace_limit() // share))

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..nn import DeformPSRoIPool
 from ..ops import box_iou
 from .figures import Overlay
-from .probe import evaluating
+from .probe import detector_forward, evaluating
 from .roi_bins import DEFORMABLE_ROI_MODULES, deformed_bins, offset_group, record_roi_inputs
 
 
@@ -71,7 +71,7 @@ def roi_bins_overlay(
     if not modules:
         return None
     with torch.no_grad(), evaluating(model), record_roi_inputs(model) as rec:
-        dets = model([image])[0]
+        dets = detector_forward(model, image[None])[0]
     if not rec:
         return None
     picked = _pick(dets, gt_boxes, gt_labels, prefer, label_text)

@@ -124,15 +124,12 @@ class _Product:
             self.g_w[o].addmm_(g, cols[:, c])
 
 
-def _item_bytes(input: Tensor, grad: Tensor | None = None) -> int:
-    """Working bytes per image: the padded copy (forward); with the output gradient ``grad``
-    (backward) also a padded accumulator per thread (an upper bound: whole-image blocks need
-    one in all)."""
+def _item_bytes(input: Tensor, backward: bool = False) -> int:
+    """Working bytes per image: the padded copy (forward); for the backward also a padded
+    accumulator per thread (an upper bound: whole-image blocks need one in all)."""
     _, c, h, w = input.shape
     padded = c * (h + 2) * (w + 2) * input.element_size()
-    if grad is None:
-        return padded
-    return (1 + numba.get_num_threads()) * padded
+    return (1 + numba.get_num_threads()) * padded if backward else padded
 
 
 @thread_budget
@@ -194,7 +191,7 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
     product = _Product(w2, groups, None)
     width = groups * w2.shape[1]  # columns per position
     row_bytes = 2 * wo * width * input.element_size()
-    for a, b in batch_chunks(n, _item_bytes(input, grad)):
+    for a, b in batch_chunks(n, _item_bytes(input, backward=True)):
         xpad = _padded_channels_last(input[a:b])
         blocks, per_block = _blocks(b - a, ho, row_bytes)
         by_image = threads > 1 and per_block >= threads  # one accumulator, a thread per image

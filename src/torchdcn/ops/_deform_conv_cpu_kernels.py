@@ -64,6 +64,17 @@ def _point(offset, n, g, kk, oy, ox, geom, height, width):
     return 0, 0, y - y, x - x, False
 
 
+@njit(cache=True, inline="always")
+def _weights(wts, ly, lx, m):
+    """The four bilinear corner weights of a point (mask ``m`` folded in) into ``wts [4]``, an
+    array of the input's dtype: rounded to the input's precision, as torchvision computes them,
+    so the channel loops that use them stay in that precision."""
+    wts[0] = (1 - ly) * (1 - lx) * m
+    wts[1] = (1 - ly) * lx * m
+    wts[2] = ly * (1 - lx) * m
+    wts[3] = ly * lx * m
+
+
 @njit(parallel=True, cache=True)
 def columns_kernel(xpad, offset, mask, use_mask, table, step, geom, t0, cols):
     """``cols[r, ox, column]`` = 4 corners of ``xpad`` at output row ``t0 + r`` (x mask)."""
@@ -91,10 +102,7 @@ def columns_kernel(xpad, offset, mask, use_mask, table, step, geom, t0, cols):
                         continue
                     m = mask[n, kk, oy, ox] if use_mask else 1.0
                     p = (n * hp + iy) * wp + ix
-                    wts[0] = (1 - ly) * (1 - lx) * m  # rounded to the input's precision
-                    wts[1] = (1 - ly) * lx * m
-                    wts[2] = ly * (1 - lx) * m
-                    wts[3] = ly * lx * m
+                    _weights(wts, ly, lx, m)
                     _sample_run(dst, xf[p], xf[p + 1], xf[p + wp], xf[p + wp + 1],
                                 wts[0], wts[1], wts[2], wts[3])  # fmt: skip
             continue
@@ -103,10 +111,7 @@ def columns_kernel(xpad, offset, mask, use_mask, table, step, geom, t0, cols):
                 for g in range(groups):
                     iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
                     m = mask[n, g * nk + kk, oy, ox] if use_mask else 1.0
-                    wts[0] = (1 - ly) * (1 - lx) * m
-                    wts[1] = (1 - ly) * lx * m
-                    wts[2] = ly * (1 - lx) * m
-                    wts[3] = ly * lx * m
+                    _weights(wts, ly, lx, m)
                     p = ((n * hp + iy) * wp + ix) * s_runs
                     base = ox * per_pos + kk * step
                     for s in range(g * per_group, (g + 1) * per_group):
@@ -151,10 +156,7 @@ def _grad_row(gcols, xf, hp, wp, offset, mask, use_mask, table, step, geom, t0, 
                 if not ok:
                     continue
                 m = mask[n, g * nk + kk, oy, ox] if use_mask else 1.0
-                wts[0] = (1 - ly) * (1 - lx) * m  # rounded to the input's precision
-                wts[1] = (1 - ly) * lx * m
-                wts[2] = ly * (1 - lx) * m
-                wts[3] = ly * lx * m
+                _weights(wts, ly, lx, m)
                 for s in range(g * per_group, (g + 1) * per_group):
                     _grad_run(grow[ox * per_pos + table[s, 1] + kk * step], xf, gxf,
                               ((n * hp + iy) * wp + ix) * s_runs + s, wp * s_runs, s_runs,
