@@ -104,6 +104,47 @@ def _tables():
                 deform=v1, roi_pool="deform", offset_lr_mult=0.01
             ),
         },
+        # v1 paper Table 1, the other columns: class-aware RPN, R-FCN (aligned PS pooling, as the
+        # Faster R-CNN column uses RoIAlign) and DeepLab (``--metrics mIoU``)
+        **{
+            f"v1_table1_{column}": {
+                f"last {n}": base.replace(
+                    model=model,
+                    deform=_deform_last(n),
+                    offset_lr_mult=0.01 if n else None,
+                    **extra,
+                )
+                for n in (0, 1, 2, 3, 6)
+            }
+            for column, model, extra in (
+                ("rpn", "rpn_detector", {}),
+                ("rfcn", "rfcn", {"ps_pool": "ps_align"}),
+                ("deeplab", "deeplab", {}),
+            )
+        },
+        # v1 paper Table 3, R-FCN rows: PS RoI pooling plain / deformable, +- deformable conv;
+        # aligned PS pooling (bilinear bins, no offsets) as the control
+        "v1_table3_rfcn": {
+            "ps roi pool": base.replace(model="rfcn", ps_pool="ps"),
+            "ps roi align": base.replace(model="rfcn", ps_pool="ps_align"),
+            "deform ps roi pool": base.replace(model="rfcn", ps_pool="deform", offset_lr_mult=0.01),
+            "v1 conv + ps roi pool": base.replace(
+                model="rfcn", deform=v1, ps_pool="ps", offset_lr_mult=0.01
+            ),
+            "v1 conv + deform ps roi pool": base.replace(
+                model="rfcn", deform=v1, ps_pool="deform", offset_lr_mult=0.01
+            ),
+        },
+        # v2 paper Table 1, Mask R-CNN rows (offset multiplier 0.01, chosen on validation)
+        "v2_table1_mask": {
+            "plain": base.replace(model="mask_rcnn", roi_pool="roi_align"),
+            "v1 conv, deform pool, mult 0.01": base.replace(
+                model="mask_rcnn", deform=v1_c345, roi_pool="deform", offset_lr_mult=0.01
+            ),
+            "v2 conv, mdeform pool, mult 0.01": base.replace(
+                model="mask_rcnn", deform=v2_c345, roi_pool="mdeform", offset_lr_mult=0.01
+            ),
+        },
         # tuning on the validation splits: the offset learning rate of v1 / v2
         "tune_offset_lr": {
             "plain": base.replace(roi_pool="roi_align"),
