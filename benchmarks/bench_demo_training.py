@@ -6,6 +6,11 @@ on two cores), so this times one thread by default: per model, AdamW steps on ba
 every model sees the same machine state; prints median milliseconds per step and the ratio to
 the plain model. The demo's equal-epoch comparison costs these ratios in wall time.
 
+The "floor" rows bound what any kernel can reach: each deformable layer keeps its offset (and
+mask) predictor, forward and backward, but convolves densely at the regular grid (sampling for
+free, the products at oneDNN's speed). A v1/v2 training can be no faster than its floor with
+these predictors, whatever the deformable kernel does.
+
 Run: ``python benchmarks/bench_demo_training.py [--threads 1] [--steps 20] [--rounds 5]``.
 """
 
@@ -20,10 +25,27 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from torchdcn.cli.demo import DemoConfig
 from torchdcn.data.distorted_mnist import CANVAS
 from torchdcn.models.classification.mnist_cnn import mnist_cnn
+
+
+class SamplingFree(nn.Module):
+    """A deformable layer with free sampling: its predictor runs (forward and backward) and its
+    weight convolves densely at the regular grid, ``[N, C, H, W] -> [N, C_out, H, W]``."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        layer = self.layer
+        offset, mask = layer.predict(x)
+        out = F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation)
+        keep = offset.sum() if mask is None else offset.sum() + mask.sum()
+        return out + 0.0 * keep  # the predictor's output stays in the graph
 
 
 def main() -> None:
@@ -38,11 +60,14 @@ def main() -> None:
     images = torch.rand(cfg.batch_size, 1, CANVAS, CANVAS, generator=gen)
     labels = torch.randint(0, 10, (cfg.batch_size,), generator=gen)
     models, optims = {}, {}
-    for name, deform in (("plain", None), ("v1", "v1"), ("v2", "v2")):
+    rows = (("plain", None), ("v1", "v1"), ("v2", "v2"), ("v1 floor", "v1"), ("v2 floor", "v2"))
+    for name, deform in rows:
         torch.manual_seed(0)
         model = mnist_cnn(deform, **cfg.model_kwargs(deform))
         for layer in model.deformable_layers().values():  # offsets as after some training
             torch.nn.init.normal_(layer.conv_offset.weight, std=0.05)
+        if name.endswith("floor"):
+            model.body = nn.ModuleList(SamplingFree(layer) for layer in model.body)
         models[name] = model.train()
         optims[name] = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..analysis.zero_offsets import offset_modules, zeroed_offsets
 from ..data.coco import CocoDetection
 from ..engine.coco_eval import CocoEvaluator
+from ..engine.optim import fused_kwargs
 from ..nn import param_groups
 from .scene_pretrain import load_trunk
 from .scene_recipe import SCENE_AREA_RANGES, SceneRecipe, build_scene_model
@@ -92,9 +93,11 @@ def train_scene_model(
     _set_offset_mult(model, recipe.offset_lr_mult)
     groups = param_groups(model, recipe.lr, recipe.weight_decay)
     if recipe.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
+        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=recipe.lr, **fused_kwargs(groups))
     else:
-        opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+        opt = torch.optim.SGD(
+            groups, lr=recipe.lr, momentum=recipe.momentum, **fused_kwargs(groups)
+        )
     offset_ids = {id(p) for m in offset_modules(model).values() for p in m.offset_parameters()}
     is_offset = [any(id(p) in offset_ids for p in g["params"]) for g in opt.param_groups]
     segmentation = recipe.model == "deeplab"

@@ -1,0 +1,140 @@
+"""Where a digit-scenes detector's training step spends its time (issue 15: RoI family and NMS).
+
+Builds the ablation tables' models (:class:`~torchdcn.cli.scene_recipe.SceneRecipe`: ResNet-18
+at width 16, 128 x 128 scenes, batch 4) and profiles AdamW training steps on real training
+scenes with ``torch.profiler`` (self CPU time of every operator, forward and backward). Every
+torchdcn op is a ``torch.library`` op, so it shows up under its own name; the rest is grouped:
+
+- ``dense conv``: oneDNN's convolutions (forward and backward);
+- ``products``: ``mm`` / ``addmm`` / ``bmm`` (the fc heads, and inside our deformable conv);
+- ``deform conv``, ``RoI pooling`` (every RoI op and its backward), ``NMS``: torchdcn's ops;
+- ``optimizer``: the ``_foreach`` / fused AdamW ops;
+- ``glue``: everything else (element-wise, indexing, sorting, box coding, matching, losses).
+
+Prints, per configuration, milliseconds per step of each group and its share, and the ten
+largest operators. Run (one thread, as the tables run their jobs)::
+
+    python benchmarks/profile_detector_step.py [--model faster_rcnn] [--steps 10] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from torchdcn.cli.scene_recipe import SceneRecipe, build_scene_model
+from torchdcn.cli.scene_train import _detection_targets, load_split
+from torchdcn.nn import param_groups
+
+V2 = {"stages": [3, 4, 5], "modulated": True}
+V1 = {"stages": [3, 4, 5], "modulated": False}
+CONFIGS = {
+    "faster_rcnn": {
+        "plain": {"roi_pool": "roi_align"},
+        "v1": {"deform": V1, "roi_pool": "deform"},
+        "v2": {"deform": V2, "roi_pool": "mdeform"},
+    },
+    "mask_rcnn": {
+        "plain": {"roi_pool": "roi_align"},
+        "v2": {"deform": V2, "roi_pool": "mdeform"},
+    },
+    "rfcn": {"plain": {"ps_pool": "ps"}, "v2": {"deform": V2, "ps_pool": "deform"}},
+}
+
+
+def group_of(name: str) -> str:
+    """The group of one profiler event (module docstring)."""
+    if name.startswith("torchdcn::"):
+        if "deform_conv" in name:
+            return "deform conv"
+        return "NMS" if "nms" in name else "RoI pooling"
+    if "convolution" in name or name.startswith("aten::conv"):
+        return "dense conv"
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+        return "products"
+    if "_foreach" in name or "adam" in name.lower():
+        return "optimizer"
+    return "glue"
+
+
+def profile_config(model_name: str, overrides: dict, scenes: str, steps: int) -> tuple:
+    """``(ms per step, {group: ms per step}, [(op, ms per step)] top 10)``."""
+    recipe = SceneRecipe(model=model_name, **overrides)
+    torch.manual_seed(0)
+    model = build_scene_model(recipe).train()
+    opt = torch.optim.AdamW(param_groups(model, recipe.lr, recipe.weight_decay), lr=recipe.lr)
+    masks = model_name == "mask_rcnn"
+    _, samples = load_split(scenes, "train", masks)
+    rng = np.random.default_rng(0)
+
+    def step() -> None:
+        picks = rng.integers(0, len(samples), recipe.batch_size)
+        images = [samples[i][0] for i in picks]
+        targets = _detection_targets([samples[i][1] for i in picks], masks)
+        loss = sum(model(images, targets).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):  # warm-up: compile, allocate
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    groups: dict[str, float] = defaultdict(float)
+    ops = []
+    for event in prof.key_averages():
+        ms = event.self_cpu_time_total / 1e3 / steps
+        groups[group_of(event.key)] += ms
+        ops.append((event.key, ms))
+    total = sum(groups.values())
+    return total, dict(groups), sorted(ops, key=lambda o: -o[1])[:10]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(CONFIGS), default="faster_rcnn")
+    parser.add_argument(
+        "--scenes", default="runs/scenes", help="digit scenes (generated if absent)"
+    )
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not (Path(args.scenes) / "annotations" / "instances_train.json").exists():
+        from torchdcn.data import generate_digit_scenes
+
+        generate_digit_scenes(args.scenes)
+    print(
+        f"# {args.model} training step on digit scenes (batch 4, 128 x 128), {args.threads} "
+        f"thread(s), self CPU time over {args.steps} profiled steps; {datetime.date.today()}, "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    )
+    names = ["dense conv", "products", "deform conv", "RoI pooling", "NMS", "optimizer", "glue"]
+    lines = [
+        "| config | ms per step | " + " | ".join(names) + " |",
+        "|" + "---|" * (len(names) + 2),
+    ]
+    tops = {}
+    for config, overrides in CONFIGS[args.model].items():
+        total, groups, tops[config] = profile_config(args.model, overrides, args.scenes, args.steps)
+        cells = [
+            f"{groups.get(n, 0.0):.1f} ({100 * groups.get(n, 0.0) / total:.0f}%)" for n in names
+        ]
+        lines.append(f"| {config} | {total:.1f} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    for config, top in tops.items():
+        print(f"\n{config}, largest operators (ms per step): ")
+        print(", ".join(f"{name} {ms:.1f}" for name, ms in top))
+
+
+if __name__ == "__main__":
+    main()
