@@ -284,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--twin-of", default=None, help="the plain twin matches this run's time (default: slowest)"
     )
+    parser.add_argument(
+        "--twin",
+        default=None,
+        help="the plain row the twin extends (default: the first plain RoIAlign row)",
+    )
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides key=json")
     args = parser.parse_args(argv)
 
@@ -306,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         overrides["steps"] = args.steps
     configs = {k: v.replace(**overrides) for k, v in configs.items()}
+    if args.twin is not None and args.twin not in configs:
+        parser.error(f"--twin {args.twin!r} is not a row of {args.table}: {list(configs)}")
 
     scenes = Path(args.scenes)
     if not (scenes / "annotations" / "instances_train.json").exists():
@@ -337,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"done {result['name']} seed {result['seed']}: {result['info']}", flush=True)
         # the control: the plain twin trained as long as the slowest deformable run
         plain = [n for n, r in configs.items() if r.deform is None and r.roi_pool == "roi_align"]
+        if args.twin is not None:
+            plain = [args.twin]
         if plain and not args.no_equal_time:
             name, twin_jobs = f"{plain[0]}, equal time", []
             results[name] = []
