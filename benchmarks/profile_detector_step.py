@@ -34,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from torchdcn.cli.scene_recipe import SceneRecipe, build_scene_model
 from torchdcn.cli.scene_train import _detection_targets, load_split
+from torchdcn.engine.optim import fused_kwargs
 from torchdcn.nn import param_groups
 
 V2 = {"stages": [3, 4, 5], "modulated": True}
@@ -44,9 +45,9 @@ CONFIGS = {
         "v1": {"deform": V1, "roi_pool": "deform"},
         "v2": {"deform": V2, "roi_pool": "mdeform"},
     },
-    "mask_rcnn": {
-        "plain": {"roi_pool": "roi_align"},
-        "v2": {"deform": V2, "roi_pool": "mdeform"},
+    "mask_rcnn": {  # the mask head at the tables' width (benchmarks/ablation_digit_scenes.py)
+        "plain": {"roi_pool": "roi_align", "extra": {"mask_channels": 64}},
+        "v2": {"deform": V2, "roi_pool": "mdeform", "extra": {"mask_channels": 64}},
     },
     "rfcn": {"plain": {"ps_pool": "ps"}, "v2": {"deform": V2, "ps_pool": "deform"}},
 }
@@ -74,7 +75,8 @@ def profile_config(model_name: str, overrides: dict, scenes: str, steps: int) ->
     recipe = SceneRecipe(model=model_name, **overrides)
     torch.manual_seed(0)
     model = build_scene_model(recipe).train()
-    opt = torch.optim.AdamW(param_groups(model, recipe.lr, recipe.weight_decay), lr=recipe.lr)
+    params = param_groups(model, recipe.lr, recipe.weight_decay)
+    opt = torch.optim.AdamW(params, lr=recipe.lr, **fused_kwargs(params))
     masks = model_name == "mask_rcnn"
     _, samples = load_split(scenes, "train", masks)
     rng = np.random.default_rng(0)
