@@ -41,6 +41,10 @@ def _deform_last(n: int, modulated: bool = False):
     return {"stages": stages, "last_n": n, "modulated": modulated}
 
 
+DETECTION_METRICS = ["AP", "AP50", "mAP@0.7", "APs", "APl"]
+SEGMENTATION_METRICS = ["miou", "pixel_accuracy", "mean_accuracy"]
+
+
 def _tables():
     from torchdcn.cli.scene_recipe import SceneRecipe
 
@@ -119,7 +123,7 @@ def _tables():
             ),
         },
         # v1 paper Table 1, the other columns: class-aware RPN, R-FCN (aligned PS pooling, as the
-        # Faster R-CNN column uses RoIAlign) and DeepLab (``--metrics mIoU``)
+        # Faster R-CNN column uses RoIAlign) and DeepLab (scored by mIoU)
         **{
             f"v1_table1_{column}": {
                 f"last {n}": base.replace(
@@ -236,6 +240,18 @@ def _finished(out: Path, job: dict) -> dict | None:
     return None
 
 
+def _saved_elsewhere(out: Path, recipe) -> list[dict]:
+    """Saved runs of ``recipe`` under any table of ``out``, one per seed."""
+    from torchdcn.cli.scene_recipe import SceneRecipe
+
+    runs: dict[int, dict] = {}
+    for path in sorted(out.glob("*/*.json")):
+        run = json.loads(path.read_text())
+        if SceneRecipe(**run["recipe"]) == recipe:
+            runs.setdefault(run["seed"], run)
+    return [runs[s] for s in sorted(runs)]
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
@@ -261,7 +277,14 @@ def print_table(results: dict[str, list[dict]], splits: list[str], metrics: list
             row.append(f"{statistics.mean(r['info']['train_seconds'] for r in runs):.0f}")
             for s in splits:
                 for m in metrics:
-                    row.append(_fmt([r["scores"][s + suffix][m] for r in runs]))
+                    scores = [r["scores"][s + suffix] for r in runs]
+                    missing = [k for k in scores if m not in k]
+                    if missing:
+                        raise ValueError(
+                            f"metric {m!r} is not among the scores of {name!r}: "
+                            f"{sorted(missing[0])}"
+                        )
+                    row.append(_fmt([k[m] for k in scores]))
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -275,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="runs/ablations")
     parser.add_argument("--splits", nargs="+", default=["test", "test_heldout"])
-    parser.add_argument("--metrics", nargs="+", default=["AP", "AP50", "mAP@0.7", "APs", "APl"])
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="score columns (default: AP, AP50, mAP@0.7, APs, APl; DeepLab tables: miou, "
+        "pixel_accuracy, mean_accuracy)",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="override every recipe's steps")
@@ -298,11 +327,19 @@ def main(argv: list[str] | None = None) -> int:
     tables = _tables()
     if args.table not in tables:
         parser.error(f"--table must be one of {sorted(tables)}")
+    if args.metrics is None:
+        segmentation = all(r.model == "deeplab" for r in tables[args.table].values())
+        args.metrics = SEGMENTATION_METRICS if segmentation else DETECTION_METRICS
     if args.report:
         saved: dict[str, list[dict]] = {}
         for path in sorted((Path(args.out) / args.table).glob("*.json")):
             run = json.loads(path.read_text())
             saved.setdefault(run["name"], []).append(run)
+        for name, recipe in tables[args.table].items():
+            if name not in saved:  # a row another table ran (the run was reused)
+                reused = _saved_elsewhere(Path(args.out), recipe)
+                if reused:
+                    saved[name] = reused
         order = [*tables[args.table], *(n for n in saved if n not in tables[args.table])]
         table = print_table({n: saved[n] for n in order if n in saved}, args.splits, args.metrics)
         print(table)
