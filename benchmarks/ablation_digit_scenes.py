@@ -43,6 +43,7 @@ def _deform_last(n: int, modulated: bool = False):
 
 DETECTION_METRICS = ["AP", "AP50", "mAP@0.7", "APs", "APl"]
 SEGMENTATION_METRICS = ["miou", "pixel_accuracy", "mean_accuracy"]
+MASK_METRICS = ["AP", "AP50", "APl", "segm_AP", "segm_AP50", "segm_APs", "segm_APl"]
 
 
 def _tables():
@@ -303,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=None,
         help="score columns (default: AP, AP50, mAP@0.7, APs, APl; DeepLab tables: miou, "
-        "pixel_accuracy, mean_accuracy)",
+        "pixel_accuracy, mean_accuracy; Mask R-CNN tables: box AP, AP50, APl and segm_AP, "
+        "segm_AP50, segm_APs, segm_APl)",
     )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -328,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.table not in tables:
         parser.error(f"--table must be one of {sorted(tables)}")
     if args.metrics is None:
-        segmentation = all(r.model == "deeplab" for r in tables[args.table].values())
-        args.metrics = SEGMENTATION_METRICS if segmentation else DETECTION_METRICS
+        models = {r.model for r in tables[args.table].values()}
+        args.metrics = {
+            frozenset({"deeplab"}): SEGMENTATION_METRICS,
+            frozenset({"mask_rcnn"}): MASK_METRICS,
+        }.get(frozenset(models), DETECTION_METRICS)
     if args.report:
         saved: dict[str, list[dict]] = {}
         for path in sorted((Path(args.out) / args.table).glob("*.json")):

@@ -152,7 +152,8 @@ def evaluate_scenes(
 ) -> dict[str, float]:
     """Score ``model`` on ``split``: COCO box metrics (``AP``, ``AP50``, ``mAP@0.7``, ``APs`` /
     ``APm`` / ``APl`` under :data:`SCENE_AREA_RANGES`; ``segm_*`` too for Mask R-CNN), or
-    ``mIoU`` for a segmenter; fractions in [0, 1]. ``zero_offsets``: every learned offset
+    ``miou``, ``pixel_accuracy``, ``mean_accuracy`` and ``iou/<class>`` for a segmenter;
+    fractions in [0, 1]. ``zero_offsets``: every learned offset
     replaced by 0 (the control)."""
     segmentation = not hasattr(model, "roi_heads") and not hasattr(model, "rpn")
     masks = hasattr(getattr(model, "roi_heads", None), "mask_head")
