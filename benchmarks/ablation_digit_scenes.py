@@ -227,44 +227,44 @@ def _trunk(job: tuple) -> str:
     return str(pretrain_trunk(SceneRecipe(**recipe_dict), seed, cache, log=print))
 
 
-def _finished(out: Path, job: dict) -> dict | None:
-    """A saved run of the same recipe, seed and splits under ``out`` (any table), if any."""
+def _saved_runs(out: Path, recipe):
+    """The saved runs of ``recipe`` (a ``SceneRecipe``) under any table of ``out``."""
     from torchdcn.cli.scene_recipe import SceneRecipe
 
     for path in sorted(out.glob("*/*.json")):
         run = json.loads(path.read_text())
         # a recipe saved before a field was added compares with that field's default
-        same = SceneRecipe(**run["recipe"]) == SceneRecipe(**job["recipe"])
-        same = same and all(run.get(k) == job[k] for k in ("seed", "splits", "trunk"))
+        if SceneRecipe(**run["recipe"]) == recipe:
+            yield run
+
+
+def _finished(out: Path, job: dict) -> dict | None:
+    """A saved run of the same recipe, seed and splits under ``out`` (any table), if any."""
+    from torchdcn.cli.scene_recipe import SceneRecipe
+
+    for run in _saved_runs(out, SceneRecipe(**job["recipe"])):
+        same = all(run.get(k) == job[k] for k in ("seed", "splits", "trunk"))
         if same and run.get("steps") == job.get("steps"):
             return run
     return None
-
-
-def _saved_elsewhere(out: Path, recipe) -> list[dict]:
-    """Saved runs of ``recipe`` under any table of ``out``, one per seed."""
-    from torchdcn.cli.scene_recipe import SceneRecipe
-
-    runs: dict[int, dict] = {}
-    for path in sorted(out.glob("*/*.json")):
-        run = json.loads(path.read_text())
-        if SceneRecipe(**run["recipe"]) == recipe:
-            runs.setdefault(run["seed"], run)
-    return [runs[s] for s in sorted(runs)]
 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], per_seed: bool = False) -> str:
+    """Percent: ``mean ± std`` over seeds (and each seed's value, in seed order)."""
     values = [100 * v for v in values]
     if len(values) == 1:
         return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    text = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    return text + f" ({' / '.join(f'{v:.1f}' for v in values)})" if per_seed else text
 
 
-def print_table(results: dict[str, list[dict]], splits: list[str], metrics: list[str]) -> str:
+def print_table(
+    results: dict[str, list[dict]], splits: list[str], metrics: list[str], per_seed: bool = False
+) -> str:
     """Markdown: one row per configuration (and its zeroed-offset control), one column per
     (split, metric)."""
     head = ["model", "seeds", "steps", "train s"] + [f"{s} {m}" for s in splits for m in metrics]
@@ -285,7 +285,7 @@ def print_table(results: dict[str, list[dict]], splits: list[str], metrics: list
                             f"metric {m!r} is not among the scores of {name!r}: "
                             f"{sorted(missing[0])}"
                         )
-                    row.append(_fmt([k[m] for k in scores]))
+                    row.append(_fmt([k[m] for k in scores], per_seed))
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -324,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the plain row the twin extends (default: the first plain RoIAlign row)",
     )
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides key=json")
+    parser.add_argument(
+        "--per-seed", action="store_true", help="also print each seed's value (seed order)"
+    )
     args = parser.parse_args(argv)
 
     tables = _tables()
@@ -342,11 +345,14 @@ def main(argv: list[str] | None = None) -> int:
             saved.setdefault(run["name"], []).append(run)
         for name, recipe in tables[args.table].items():
             if name not in saved:  # a row another table ran (the run was reused)
-                reused = _saved_elsewhere(Path(args.out), recipe)
-                if reused:
-                    saved[name] = reused
+                by_seed: dict[int, dict] = {}
+                for run in _saved_runs(Path(args.out), recipe):
+                    by_seed.setdefault(run["seed"], run)
+                if by_seed:
+                    saved[name] = list(by_seed.values())
         order = [*tables[args.table], *(n for n in saved if n not in tables[args.table])]
-        table = print_table({n: saved[n] for n in order if n in saved}, args.splits, args.metrics)
+        saved = {n: sorted(saved[n], key=lambda r: r["seed"]) for n in order if n in saved}
+        table = print_table(saved, args.splits, args.metrics, args.per_seed)
         print(table)
         return 0
     configs = tables[args.table]
@@ -412,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                     twin_jobs.append(job)
             for result in pool.map(_run_one, twin_jobs):
                 results[name].append(result)
-    table = print_table(results, args.splits, args.metrics)
+    results = {n: sorted(rs, key=lambda r: r["seed"]) for n, rs in results.items()}
+    table = print_table(results, args.splits, args.metrics, args.per_seed)
     print(f"\n# {args.table}: seeds {args.seeds}, {time.perf_counter() - started:.0f} s wall\n")
     print(table)
     (Path(args.out) / f"{args.table}.md").write_text(table + "\n")

@@ -13,8 +13,10 @@ torchdcn op is a ``torch.library`` op, so it shows up under its own name; the re
 - ``optimizer``: the ``_foreach`` / fused AdamW ops;
 - ``glue``: everything else (element-wise, indexing, sorting, box coding, matching, losses).
 
-Prints, per configuration, milliseconds per step of each group and its share, and the ten
-largest operators. Run (one thread, as the tables run their jobs)::
+Prints, per configuration, milliseconds per step of each group and its share, the AdamW step's
+own time (``--optimizer``: PyTorch's fused step as the recipe takes, ``foreach`` or the
+per-parameter ``loop``, whose element-wise ops otherwise count as glue), and the ten largest
+operators. Run (one thread, as the tables run their jobs)::
 
     python benchmarks/profile_detector_step.py [--model faster_rcnn] [--steps 10] [--threads 1]
 """
@@ -70,13 +72,23 @@ def group_of(name: str) -> str:
     return "glue"
 
 
-def profile_config(model_name: str, overrides: dict, scenes: str, steps: int) -> tuple:
-    """``(ms per step, {group: ms per step}, [(op, ms per step)] top 10)``."""
+#: AdamW implementations: PyTorch's fused step (what the recipe takes), its ``_foreach`` step,
+#: and its per-parameter loop (PyTorch's default on CPU)
+OPTIMIZERS = {"fused": "fused", "foreach": {"foreach": True}, "loop": {"foreach": False}}
+
+
+def profile_config(
+    model_name: str, overrides: dict, scenes: str, steps: int, optimizer: str = "fused"
+) -> tuple:
+    """``(ms per step, {group: ms per step}, [(op, ms per step)] top 10, AdamW step ms)``; the
+    last is the inclusive time of PyTorch's ``Optimizer.step`` region, whatever ops it runs."""
     recipe = SceneRecipe(model=model_name, **overrides)
     torch.manual_seed(0)
     model = build_scene_model(recipe).train()
     params = param_groups(model, recipe.lr, recipe.weight_decay)
-    opt = torch.optim.AdamW(params, lr=recipe.lr, **fused_kwargs(params))
+    kind = OPTIMIZERS[optimizer]
+    kwargs = fused_kwargs(params) if kind == "fused" else kind
+    opt = torch.optim.AdamW(params, lr=recipe.lr, **kwargs)
     masks = model_name == "mask_rcnn"
     _, samples = load_split(scenes, "train", masks)
     rng = np.random.default_rng(0)
@@ -96,13 +108,15 @@ def profile_config(model_name: str, overrides: dict, scenes: str, steps: int) ->
         for _ in range(steps):
             step()
     groups: dict[str, float] = defaultdict(float)
-    ops = []
+    ops, step_ms = [], 0.0
     for event in prof.key_averages():
+        if event.key.startswith("Optimizer.step"):
+            step_ms += event.cpu_time_total / 1e3 / steps
         ms = event.self_cpu_time_total / 1e3 / steps
         groups[group_of(event.key)] += ms
         ops.append((event.key, ms))
     total = sum(groups.values())
-    return total, dict(groups), sorted(ops, key=lambda o: -o[1])[:10]
+    return total, dict(groups), sorted(ops, key=lambda o: -o[1])[:10], step_ms
 
 
 def main() -> None:
@@ -113,6 +127,9 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--optimizer", choices=sorted(OPTIMIZERS), default="fused", help="AdamW implementation"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not (Path(args.scenes) / "annotations" / "instances_train.json").exists():
@@ -121,21 +138,24 @@ def main() -> None:
         generate_digit_scenes(args.scenes)
     print(
         f"# {args.model} training step on digit scenes (batch 4, 128 x 128), {args.threads} "
-        f"thread(s), self CPU time over {args.steps} profiled steps; {datetime.date.today()}, "
+        f"thread(s), {args.optimizer} AdamW, self CPU time over {args.steps} profiled steps; "
+        f"{datetime.date.today()}, "
         f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     )
     names = ["dense conv", "products", "deform conv", "RoI pooling", "NMS", "optimizer", "glue"]
     lines = [
-        "| config | ms per step | " + " | ".join(names) + " |",
-        "|" + "---|" * (len(names) + 2),
+        "| config | ms per step | " + " | ".join(names) + " | AdamW step |",
+        "|" + "---|" * (len(names) + 3),
     ]
     tops = {}
     for config, overrides in CONFIGS[args.model].items():
-        total, groups, tops[config] = profile_config(args.model, overrides, args.scenes, args.steps)
+        total, groups, tops[config], step_ms = profile_config(
+            args.model, overrides, args.scenes, args.steps, args.optimizer
+        )
         cells = [
             f"{groups.get(n, 0.0):.1f} ({100 * groups.get(n, 0.0) / total:.0f}%)" for n in names
         ]
-        lines.append(f"| {config} | {total:.1f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {config} | {total:.1f} | " + " | ".join(cells) + f" | {step_ms:.1f} |")
     print("\n".join(lines))
     for config, top in tops.items():
         print(f"\n{config}, largest operators (ms per step): ")

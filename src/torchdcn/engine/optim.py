@@ -21,9 +21,10 @@ def fused_kwargs(params: Iterable[Any]) -> dict[str, bool]:
     ``"params"``) is a floating-point tensor on one of :data:`FUSED_DEVICES`, else ``{}``.
 
     PyTorch picks its per-parameter loop on CPU by default; the fused step computes the same
-    update (to float rounding) in one kernel per parameter list: on this project's 2-core VM an
-    AdamW step over a digit-scenes Faster R-CNN's 2.4 M parameters took 25.6 ms as a loop and
-    2.0 ms fused (``benchmarks/profile_detector_step.py``, RESULTS.md).
+    update (to float rounding) in one kernel per parameter list: on this project's 2-core VM, one
+    thread, an AdamW step of the digit-scenes Faster R-CNN took 11.3 ms as a loop, 7.5 ms with
+    ``foreach`` and 2.0 ms fused (``benchmarks/profile_detector_step.py --optimizer``,
+    RESULTS.md).
     """
     tensors = []
     for p in params:
