@@ -53,13 +53,20 @@ def peak_extra_mib(fn: Callable[[], object]) -> float:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2, block: int = 5
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 2,
+    block: int = 5,
+    settle: float = 0.05,
 ) -> dict[str, float]:
     """Median seconds of each function. The functions take turns in blocks of ``block``
     consecutive calls, rounds repeated until each has ``repeats`` calls: every function sees the
     same machine over time, and none is timed right after another library's threads were busy
     (several thread pools share the cores; a call made just after another pool ran pays for it).
-    The first call of each block is a warm-up and is not timed."""
+    The first call of each block is a warm-up and is not timed, and each block starts after
+    ``settle`` seconds of sleep: the previous block's library may keep its threads spinning
+    after returning (onnxruntime's pool does; a call of ours made right after an onnxruntime
+    block ran 2.7x slower at (64, 32, 12x12)), and the next block should not pay for that."""
     pin_malloc(1 << 30)
     for _ in range(warmup):
         for fn in fns.values():
@@ -67,6 +74,7 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     while min(len(s) for s in samples.values()) < repeats:
         for name, fn in fns.items():
+            time.sleep(settle)
             fn()
             for _ in range(block):
                 t0 = time.perf_counter()

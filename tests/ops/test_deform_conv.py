@@ -546,7 +546,8 @@ def test_cpu_deterministic_mode_repeats_bitwise(route):
     """The CPU kernels are deterministic whether or not ``torch.use_deterministic_algorithms``
     is on (they do not consult it): every output row is written by one thread, the input
     gradient is summed per image by one thread or in per-thread partial sums over fixed row runs
-    added in a fixed order, and the products split no reduction across threads."""
+    added in a fixed order, and the products (oneDNN's 1x1 convolution and its weight backward,
+    ``torch.mm``) partition their work statically for a given thread count."""
     torch.use_deterministic_algorithms(True)
     cfg = (3, 8, 6, 12, 11, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True)
     x, offset, weight, bias, mask, st, pd, dl = _make(cfg, dtype=torch.float32, seed=8)

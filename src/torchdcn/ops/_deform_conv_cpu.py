@@ -8,13 +8,14 @@ call. Writing all of an image's columns instead costs a trip to memory, and past
 mmap ceiling fresh page faults on every call. Backward recomputes each block's columns instead of
 keeping them.
 
-The products are ``torch.mm`` / ``addmm`` on strided views, one per block and conv group
-(:class:`_Product`): a block of whole images multiplies into rows ``[positions, C_out]`` and one
-transposing copy moves them to the NCHW output, a block inside a big image writes each image's
-part the same way; the backward reads the NCHW output gradient in place for blocks inside an
-image and through one transposing copy for blocks of whole images. This is a plain API on
-PyTorch's thread pool: no optional package, no raw pointers (benchmarks/bench_deform_conv.py
-measures it against onnxruntime's and OpenVINO's ops).
+The products are PyTorch's own, one call per block (:class:`_Product`): the block's columns seen
+as a channels-last image of ``P`` pixels, multiplied by a 1x1 convolution (all conv groups in
+one call) into rows ``[positions, C_out]`` that one transposing copy moves to the NCHW output (a
+block inside a big image writes each image's part the same way); the backward reads the NCHW
+output gradient in place for blocks inside an image and through one transposing copy for
+blocks of whole images. These are plain APIs on PyTorch's thread pool: no optional package, no
+raw pointers (benchmarks/bench_deform_conv.py measures the op against onnxruntime's and
+OpenVINO's).
 
 Memory beyond the inputs and results, per batch chunk (:func:`_item_bytes`; the chunk is as many
 images as fit :func:`~torchdcn.ops.set_workspace_limit`, at least one): forward, a padded
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import numba
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._backend import batch_chunks
@@ -87,41 +89,75 @@ def _segments(t0: int, t1: int, ho: int, wo: int):
         yield n, slice((a - t0) * wo, (b - t0) * wo), slice((a - n * ho) * wo, (b - n * ho) * wo)
 
 
+def _as_image(rows: Tensor) -> Tensor:
+    """Rows ``[P, C]`` (unit stride along C) as a channels-last image ``[1, C, 1, P]`` of the
+    same memory, the layout oneDNN's 1x1 convolution reads in place."""
+    return rows.unsqueeze(0).unsqueeze(0).permute(0, 3, 1, 2)
+
+
 class _Product:
     """The block products of one call for ``groups`` conv groups; ``w2`` ``[C_out, K * Cq]``.
 
-    A block's columns are ``[P, groups * K * Cq]``. The forward writes *rows* ``[P, C_out]``
-    (the caller moves them to NCHW). The backward reads the output gradient as rows too (blocks
-    of whole images: one product per block after one transposing copy) or as one image's
-    *segment* ``[C_out, P]``, a strided view of the NCHW tensor read in place (blocks inside big
-    images). Many small products cost more than one big one, so blocks of many images use rows."""
+    A block's columns are ``[P, groups * K * Cq]``, which is also a channels-last image of ``P``
+    pixels and ``groups * K * Cq`` channels: on more than one thread the forward product and the
+    weight gradient run as a 1x1 convolution over that image and its weight backward (oneDNN, all
+    groups in one call), on one thread as ``torch.mm`` per group. On this project's 2-core VM
+    the convolution took 0.71-0.93x ``torch.mm``'s time for the forward blocks of the benchmark
+    shapes and 0.82-0.93x for the weight gradient (1.05-1.14x for the short blocks at C >= 256),
+    but 0.96-1.08x forward on one thread (benchmarks/bench_cpu_products.py, RESULTS.md).
 
-    def __init__(self, w2: Tensor, groups: int, bias: Tensor | None) -> None:
+    The forward returns *rows* ``[P, C_out]`` (the caller moves them to NCHW). The backward reads
+    the output gradient as rows too (blocks of whole images, after one transposing copy) or as one
+    image's *segment* ``[C_out, P]``, a strided view of the NCHW tensor read in place (blocks
+    inside big images); the columns' gradient ``g_out @ W`` is ``torch.mm`` per group (the
+    convolution's input backward took 0.90-1.00x of its time on two threads, 1.04-1.40x on one)."""
+
+    _ARGS = ((1, 1), (0, 0), (1, 1), False, (0, 0))  # stride, padding, dilation, transposed, pad
+
+    def __init__(
+        self, w2: Tensor, groups: int, bias: Tensor | None, conv: bool | None = None
+    ) -> None:
+        """``conv``: run the convolution route (default: when torch has more than one thread)."""
         self.groups, self.co, self.kc = groups, w2.shape[0] // groups, w2.shape[1]
         self.w = [w2[q * self.co : (q + 1) * self.co] for q in range(groups)]
-        self.bias = None if bias is None else bias.view(-1, 1)
+        self.conv = torch.get_num_threads() > 1 if conv is None else conv
+        if self.conv:
+            self.w4 = w2[:, :, None, None].contiguous(memory_format=torch.channels_last)
+        self.bias = bias
         self.g_w = torch.zeros_like(w2)
 
     def _slices(self):
         for q in range(self.groups):
             yield q, slice(q * self.co, (q + 1) * self.co), slice(q * self.kc, (q + 1) * self.kc)
 
-    def forward(self, cols: Tensor, out: Tensor) -> None:
-        """``out [P, C_out] = cols @ W^T (+ bias)``."""
+    def forward(self, cols: Tensor) -> Tensor:
+        """``cols @ W^T (+ bias)`` as rows ``[P, C_out]`` (unit stride along C_out)."""
+        if self.conv:
+            out = F.conv2d(_as_image(cols), self.w4, self.bias, groups=self.groups)
+            return out[0, :, 0].t().contiguous()  # a view of oneDNN's channels-last result
+        out = cols.new_empty(cols.shape[0], self.groups * self.co)
         for q, o, c in self._slices():
             dst = out[:, o].t()  # [C_out/groups, P], written through its transpose
             if self.bias is None:
                 torch.mm(self.w[q], cols[:, c].t(), out=dst)
             else:
-                torch.addmm(self.bias[o], self.w[q], cols[:, c].t(), out=dst)
+                torch.addmm(self.bias[o, None], self.w[q], cols[:, c].t(), out=dst)
+        return out
 
     def backward(self, g_out: Tensor, cols: Tensor, g_cols: Tensor, rows: bool) -> None:
         """``g_cols = g_out @ W`` (rows) or ``g_out^T @ W`` (segment) and ``g_W += g_out^T @ cols``
         (rows) or ``g_out @ cols`` (segment)."""
+        if self.conv:
+            g = _as_image(g_out) if rows else g_out[None, :, None]  # [1, C_out, 1, P] either way
+            g_w = torch.ops.aten.convolution_backward(
+                g, _as_image(cols), self.w4, None, *self._ARGS, self.groups, (False, True, False)
+            )[1]
+            self.g_w += g_w.view_as(self.g_w)
         for q, o, c in self._slices():
             g = g_out[:, o].t() if rows else g_out[o]  # [C_out/groups, P] either way
             torch.mm(g.t(), self.w[q], out=g_cols[:, c])
-            self.g_w[o].addmm_(g, cols[:, c])
+            if not self.conv:
+                self.g_w[o].addmm_(g, cols[:, c])
 
 
 def _item_bytes(input: Tensor, backward: bool = False) -> int:
@@ -151,22 +187,20 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
         off, m = offset[a:b].numpy(), mask[a:b].numpy()
         blocks, per_block = _blocks(b - a, ho, wo * width * input.element_size())
         buf = input.new_empty((blocks[0][1] - blocks[0][0]) * wo * width)
-        rows = input.new_empty(buf.numel() // width, c_out)
         for t0, t1 in blocks:
             cols = buf[: (t1 - t0) * wo * width].view(t1 - t0, wo, width)
             columns_kernel(xpad.numpy(), off, m, use_mask, *layout, geom, t0, cols.numpy())
             cols = cols.view((t1 - t0) * wo, width)
             # one product per block into rows [P, C_out], then to NCHW: one copy for whole
             # images, one per image otherwise
-            r = rows[: (t1 - t0) * wo]
-            product.forward(cols, r)
+            r = product.forward(cols)
             if per_block:
                 n0 = a + t0 // ho
                 out[n0 : n0 + (t1 - t0) // ho].copy_(r.view(-1, ho * wo, c_out).transpose(1, 2))
             else:
                 for i, in_block, in_image in _segments(t0, t1, ho, wo):
                     out[a + i][:, in_image].copy_(r[in_block].t())
-        xpad = buf = cols = rows = None  # freed before the next chunk allocates its own
+        xpad = buf = cols = r = None  # freed before the next chunk allocates its own
     return out.view(n, c_out, ho, wo)
 
 

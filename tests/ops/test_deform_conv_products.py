@@ -1,0 +1,73 @@
+"""The CPU deform_conv2d's block products: the 1x1-convolution route (more than one thread) and
+the ``torch.mm`` route (one thread) give the same forward rows, columns' gradient and weight
+gradient, for each conv-group count, dtype and way the backward reads the output gradient."""
+
+import pytest
+import torch
+
+from torchdcn.ops._deform_conv_cpu import _Product
+
+
+def _mm_reference(w2, groups, bias, cols, g_rows):
+    """Plain per-group products in float64: (rows, g_cols, g_w)."""
+    co, kc = w2.shape[0] // groups, w2.shape[1]
+    w2, cols, g_rows = w2.double(), cols.double(), g_rows.double()
+    rows, g_cols, g_w = [], [], []
+    for q in range(groups):
+        w, c, g = (
+            w2[q * co : (q + 1) * co],
+            cols[:, q * kc : (q + 1) * kc],
+            g_rows[:, q * co : (q + 1) * co],
+        )
+        rows.append(c @ w.t())
+        g_cols.append(g @ w)
+        g_w.append(g.t() @ c)
+    rows = torch.cat(rows, 1)
+    if bias is not None:
+        rows = rows + bias.double()
+    return rows, torch.cat(g_cols, 1), torch.cat(g_w, 0)
+
+
+@pytest.mark.parametrize("conv", [True, False])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows_layout", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_products_match_plain_matrix_products(conv, groups, dtype, rows_layout, with_bias):
+    gen = torch.Generator().manual_seed(groups + 2 * conv)
+    c_out, kc, p = 6 * groups, 9 * 3, 37
+    w2 = torch.randn(c_out, kc, generator=gen, dtype=dtype)
+    bias = torch.randn(c_out, generator=gen, dtype=dtype) if with_bias else None
+    cols = torch.randn(p, groups * kc, generator=gen, dtype=dtype)
+    g_rows = torch.randn(p, c_out, generator=gen, dtype=dtype)
+    product = _Product(w2, groups, bias, conv=conv)
+    assert product.conv is conv
+    rows = product.forward(cols)
+    assert rows.shape == (p, c_out) and rows.dtype == dtype and rows.stride(1) == 1
+    g_cols = torch.full_like(cols, float("nan"))  # every element must be written
+    if rows_layout:
+        product.backward(g_rows, cols, g_cols, rows=True)
+    else:  # a segment of an NCHW gradient [C_out, H*W]: a strided view, read in place
+        nchw = torch.randn(c_out, p + 11, generator=gen, dtype=dtype)
+        nchw[:, 5 : 5 + p] = g_rows.t()
+        product.backward(nchw[:, 5 : 5 + p], cols, g_cols, rows=False)
+    want_rows, want_g_cols, want_g_w = _mm_reference(w2, groups, bias, cols, g_rows)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rows.double(), want_rows, **tol)
+    torch.testing.assert_close(g_cols.double(), want_g_cols, **tol)
+    torch.testing.assert_close(product.g_w.double(), want_g_w, **tol)
+    # a second block accumulates into the weight gradient
+    product.backward(g_rows, cols, g_cols, rows=True)
+    torch.testing.assert_close(product.g_w.double(), 2 * want_g_w, **tol)
+
+
+def test_default_route_follows_torch_threads():
+    w2 = torch.randn(4, 9)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert _Product(w2, 1, None).conv is False
+        torch.set_num_threads(2)
+        assert _Product(w2, 1, None).conv is True
+    finally:
+        torch.set_num_threads(before)
