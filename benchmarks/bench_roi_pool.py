@@ -3,6 +3,9 @@ PyTorch RoIAlign as the baseline.
 
 512 RoIs on a (2, 256, 38, 50) float32 map (stride 16 of a 608 x 800 image), 7 x 7 bins, sampling
 ratio 2; the position-sensitive ops read a (2, 245, 38, 50) map (5 output channels x 49 bins).
+The last row is R-FCN's deformable PS pooling of the class score maps as the digit-scenes tables
+run it: 512 RoIs of 4 images, a (4, 539, 8, 8) map (11 classes x 49 bins), one offset pair per
+class and bin (one channel per offset group).
 Two threads (torch and Numba), glibc malloc thresholds pinned, all runs interleaved, medians
 (``_harness.time_interleaved``).
 
@@ -77,11 +80,18 @@ def make_inputs(seed: int = 0):
     offset = 0.3 * torch.randn(r, 2, K, K, generator=gen)
     offset_cls = 0.3 * torch.randn(r, 2 * 5, K, K, generator=gen)
     mask = torch.rand(r, 1, K, K, generator=gen)
-    return x, xp, rois, offset, offset_cls, mask
+    # R-FCN on the digit scenes: 128 x 128 images at stride 16, 11 classes, 128 RoIs per image
+    scenes = torch.randn(4, 11 * K * K, 8, 8, generator=gen)
+    wh = torch.rand(r, 2, generator=gen) * 96 + 8
+    xy = torch.rand(r, 2, generator=gen) * (128 - wh)
+    scene_rois = torch.cat([torch.arange(r).remainder(4).float()[:, None], xy, xy + wh], 1)
+    scene_offset = 0.1 * torch.randn(r, 2 * 11, K, K, generator=gen)
+    return x, xp, rois, offset, offset_cls, mask, (scenes, scene_rois, scene_offset)
 
 
-def cases(x, xp, rois, offset, offset_cls, mask) -> dict[str, tuple[Callable, list]]:
+def cases(x, xp, rois, offset, offset_cls, mask, scenes) -> dict[str, tuple[Callable, list]]:
     """name -> (function of the differentiable tensors, those tensors)."""
+    scene_maps, scene_rois, scene_offset = scenes
     return {
         "baseline roi_align (vectorised torch)": (
             lambda t: baseline_roi_align(t, rois, K, SCALE, RATIO),
@@ -106,6 +116,10 @@ def cases(x, xp, rois, offset, offset_cls, mask) -> dict[str, tuple[Callable, li
         "deform_ps_roi_pool (5 classes)": (
             lambda t, o: deform_ps_roi_pool(t, rois, o, K, SCALE, RATIO),
             [xp, offset_cls],
+        ),
+        "deform_ps_roi_pool (R-FCN digit scenes, 11 classes)": (
+            lambda t, o: deform_ps_roi_pool(t, scene_rois, o, K, SCALE, RATIO),
+            [scene_maps, scene_offset],
         ),
     }
 
