@@ -5,8 +5,10 @@ at width 16, 128 x 128 scenes, batch 4) and profiles AdamW training steps on rea
 scenes with ``torch.profiler`` (self CPU time of every operator, forward and backward). Every
 torchdcn op is a ``torch.library`` op, so it shows up under its own name; the rest is grouped:
 
-- ``dense conv``: oneDNN's convolutions (forward and backward);
-- ``products``: ``mm`` / ``addmm`` / ``bmm`` (the fc heads, and inside our deformable conv);
+- ``dense conv``: PyTorch's convolutions, forward and backward (oneDNN's, and ``_slow_conv2d``,
+  which PyTorch takes for unstrided 1x1 convolutions on one thread with a batch under 16);
+- ``products``: ``mm`` / ``addmm`` / ``addmm_`` / ``bmm`` (the fc heads, and inside our
+  deformable conv);
 - ``deform conv``, ``RoI pooling`` (every RoI op and its backward), ``NMS``: torchdcn's ops
   (their forward kernels run in the autograd node the profiler calls
   ``GeneratedBackwardFor_torchdcn_<op>``, counted here too);
@@ -63,9 +65,9 @@ def group_of(name: str) -> str:
         if "deform_conv" in name:
             return "deform conv"
         return "NMS" if "nms" in name else "RoI pooling"
-    if "convolution" in name or name.startswith("aten::conv"):
+    if "convolution" in name or name.startswith("aten::conv") or "slow_conv" in name:
         return "dense conv"
-    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+    if name in ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"):
         return "products"
     if "_foreach" in name or "adam" in name.lower():
         return "optimizer"
