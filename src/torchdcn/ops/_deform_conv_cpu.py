@@ -54,7 +54,16 @@ def _setup(input, offset, weight, stride, padding, dilation):
 
 
 def _padded_channels_last(input: Tensor) -> Tensor:
+    """``[N, C, H, W]`` -> ``[N, H + 2, W + 2, C]`` with a zero border, contiguous.
+
+    When a channel plane is a multiple of 4 KiB (32 x 32 float32, ...) the transposing copy's
+    reads of one pixel's channels all fall in one L1 cache set; padding first moves the planes
+    (H + 2)(W + 2) apart: 0.26 instead of 0.76 ms at (8, 64, 32x32) on this project's VM,
+    2 threads, where elsewhere the direct copy is the faster (0.34 vs 0.95 ms at (1, 128,
+    75x100))."""
     n, c, h, w = input.shape
+    if (h * w * input.element_size()) % 4096 == 0:
+        return F.pad(input, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
     xpad = input.new_zeros(n, h + 2, w + 2, c)
     xpad[:, 1:-1, 1:-1].copy_(input.permute(0, 2, 3, 1))
     return xpad
