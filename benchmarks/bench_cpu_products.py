@@ -1,16 +1,23 @@
-"""The matrix products inside the CPU deform_conv2d: oneDNN's 1x1 convolution against torch.mm.
+"""The CPU deform_conv2d's building blocks around its sampling: block products and padded copy.
 
 For each benchmark shape (3x3, float32) the op multiplies column blocks ``[P, 9 * C]`` by the
-weight ``[C, 9 * C]`` (forward), and in the backward forms the weight gradient ``g^T @ cols``
-and the columns' gradient ``g @ W``. This script times each product on one block of the size the
-op uses for that shape (``_deform_conv_cpu._blocks``), both ways, interleaved in one process:
+weight ``[C, 9 * C]`` (forward), and in the backward forms the weight gradient ``g^T @ cols`` (added
+into one accumulator) and the columns' gradient ``g @ W``. Two tables:
 
-* forward: ``torch.mm`` into rows vs a 1x1 convolution over the block seen as a channels-last
-  image (what the op runs),
-* weight gradient: ``torch.mm`` vs the 1x1 convolution's weight backward (what the op runs),
-* columns' gradient: ``torch.mm`` (what the op runs) vs the 1x1 convolution's input backward.
+* blocks: each product on one block of the size the op uses for that shape
+  (``_deform_conv_cpu._blocks``), both ways, exactly as ``_Product`` calls them: the output
+  gradient as rows for blocks of whole images and as a strided segment of the NCHW gradient for
+  blocks inside an image; the weight gradient added in place (``addmm_``) or computed by the
+  convolution's weight backward and added;
+* the op: ``deform_conv2d`` forward and forward+backward (v2, with mask) with the products on
+  ``torch.mm``, with the convolution for the forward only, and for the forward and the weight
+  gradient (``_deform_conv_cpu.PRODUCTS``), dense ``conv2d`` alongside, all interleaved in one
+  process;
+* copies: the padded channels-last copy of the input (``_padded_channels_last``) both ways,
+  directly and padding first, for channel planes of several sizes.
 
-Run: ``python benchmarks/bench_cpu_products.py [--threads 2] [--repeats 15]``.
+Run: ``python benchmarks/bench_cpu_products.py [--threads 2] [--repeats 15]
+[--part blocks|op|copies]``.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import torch.nn.functional as F
 from _harness import time_interleaved
 
 from torchdcn.ops import _deform_conv_cpu as cpu
+from torchdcn.ops import deform_conv2d
 
 SHAPES = [(1, 512, 38, 50), (1, 256, 38, 50), (1, 128, 75, 100), (8, 64, 32, 32), (64, 32, 12, 12)]
+ROUTES = ("mm", "conv-forward", "conv")
 _CONV = ((1, 1), (0, 0), (1, 1), False, (0, 0), 1)
 
 
@@ -35,57 +44,161 @@ def _image(rows: torch.Tensor) -> torch.Tensor:
     return rows[None, None].permute(0, 3, 1, 2)  # [P, C] -> channels-last [1, C, 1, P]
 
 
-def bench(n, c, h, w, repeats, backward):
+def bench_blocks(n, c, h, w, repeats):
+    """``(P forward, P backward, whole images?, {name: ms})`` for one shape's first blocks."""
     width = 9 * c
-    row_bytes = (2 if backward else 1) * w * width * 4
-    blocks, _ = cpu._blocks(n, h, row_bytes)
-    p = (blocks[0][1] - blocks[0][0]) * w
     gen = torch.Generator().manual_seed(0)
-    cols = torch.randn(p, width, generator=gen)
     w2 = torch.randn(c, width, generator=gen)
     w4 = w2[:, :, None, None].contiguous(memory_format=torch.channels_last)
-    g = torch.randn(p, c, generator=gen)
-    rows, g_cols = torch.empty(p, c), torch.empty(p, width)
     cb = torch.ops.aten.convolution_backward
+    f_blocks, _ = cpu._blocks(n, h, w * width * 4)
+    p_f = (f_blocks[0][1] - f_blocks[0][0]) * w
+    b_blocks, whole = cpu._blocks(n, h, 2 * w * width * 4)
+    p_b = (b_blocks[0][1] - b_blocks[0][0]) * w
+    cols_f = torch.randn(p_f, width, generator=gen)
+    cols = torch.randn(p_b, width, generator=gen)
+    rows_f = torch.empty(p_f, c)
+    nchw = torch.randn(c, h * w * n, generator=gen)  # one image's gradient, [C, H*W]
+    g_t = torch.randn(p_b, c, generator=gen).t() if whole else nchw[:, :p_b]  # [C, P] as the op
+    g_img = _image(g_t.t()) if whole else g_t[None, :, None]
+    g_w, g_cols = torch.zeros(c, width), torch.empty(p_b, width)
+
+    def gw_conv():
+        g_w.add_(cb(g_img, _image(cols), w4, None, *_CONV, (False, True, False))[1].view_as(g_w))
+
     fns = {
-        "fwd mm": lambda: torch.mm(cols, w2.t(), out=rows),
-        "fwd conv": lambda: F.conv2d(_image(cols), w4),
-        "gW mm": lambda: torch.mm(g.t(), cols),
-        "gW conv": lambda: cb(_image(g), _image(cols), w4, None, *_CONV, (False, True, False)),
-        "gcols mm": lambda: torch.mm(g, w2, out=g_cols),
-        "gcols conv": lambda: cb(_image(g), _image(cols), w4, None, *_CONV, (True, False, False)),
+        "fwd mm": lambda: torch.mm(w2, cols_f.t(), out=rows_f.t()),
+        "fwd conv": lambda: F.conv2d(_image(cols_f), w4)[0, :, 0].t().contiguous(),
+        "gW mm": lambda: g_w.addmm_(g_t, cols),
+        "gW conv": gw_conv,
+        "gcols mm": lambda: torch.mm(g_t.t(), w2, out=g_cols),
+        "gcols conv": lambda: cb(g_img, _image(cols), w4, None, *_CONV, (True, False, False)),
     }
-    return p, {k: v * 1e3 for k, v in time_interleaved(fns, repeats).items()}
+    times = time_interleaved(fns, repeats)
+    return p_f, p_b, bool(whole), {k: v * 1e3 for k, v in times.items()}
+
+
+def bench_op(n, c, h, w, repeats):
+    """``{name: ms}``: the op's forward and forward+backward on each product route, and dense."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=gen, requires_grad=True)
+    weight = (0.05 * torch.randn(c, c, 3, 3, generator=gen)).requires_grad_()
+    offset = torch.randn(n, 18, h, w, generator=gen).requires_grad_()
+    mask = torch.rand(n, 9, h, w, generator=gen).requires_grad_()
+    grad = torch.randn(n, c, h, w, generator=gen)
+
+    def on(route, backward):
+        def run():
+            cpu.PRODUCTS = route
+            if not backward:
+                with torch.no_grad():
+                    return deform_conv2d(x, offset, weight, padding=1, mask=mask)
+            out = deform_conv2d(x, offset, weight, padding=1, mask=mask)
+            return torch.autograd.grad(out, (x, offset, weight, mask), grad)
+
+        return run
+
+    def dense_f():
+        with torch.no_grad():
+            return F.conv2d(x, weight, padding=1)
+
+    def dense_fb():
+        return torch.autograd.grad(F.conv2d(x, weight, padding=1), (x, weight), grad)
+
+    fns = {"dense f": dense_f, "dense f+b": dense_fb}
+    for route in ROUTES:
+        fns[f"{route} f"] = on(route, False)
+        fns[f"{route} f+b"] = on(route, True)
+    try:
+        times = time_interleaved(fns, repeats)
+    finally:
+        cpu.PRODUCTS = "auto"
+    return {k: v * 1e3 for k, v in times.items()}
+
+
+COPY_SHAPES = [(8, 64, 16, 16), (8, 64, 16, 32), (8, 64, 24, 32), (8, 64, 32, 32), (8, 64, 32, 64),
+               (2, 128, 32, 48), (16, 32, 16, 32), (4, 64, 20, 20), (64, 32, 12, 12),
+               (1, 128, 75, 100)]  # fmt: skip
+
+
+def bench_copies(n, c, h, w, repeats):
+    """``{route: ms}`` of the padded channels-last copy, directly and padding first."""
+    x = torch.randn(n, c, h, w)
+
+    def direct():
+        xpad = x.new_zeros(n, h + 2, w + 2, c)
+        xpad[:, 1:-1, 1:-1].copy_(x.permute(0, 2, 3, 1))
+        return xpad
+
+    def pad_first():
+        return F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
+
+    assert torch.equal(direct(), pad_first())
+    times = time_interleaved({"direct": direct, "pad first": pad_first}, repeats)
+    return {k: v * 1e3 for k, v in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--part", choices=["blocks", "op", "copies", "all"], default="all")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
-    print(
-        f"# deform_conv2d's block products, float32, {args.threads} thread(s), medians of "
-        f"{args.repeats}; {datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}"
+    head = (
+        f"float32, {args.threads} thread(s), medians of {args.repeats}; {datetime.date.today()}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}"
     )
-    print("| shape (N, C, HxW) | block P (fwd / bwd) | fwd mm / conv ms (ratio) "
-          "| gW mm / conv ms (ratio) | gcols mm / conv ms (ratio) |")  # fmt: skip
-    print("|---|---|---|---|---|")
-    for n, c, h, w in SHAPES:
-        p_f, t_f = bench(n, c, h, w, args.repeats, backward=False)
-        p_b, t_b = bench(n, c, h, w, args.repeats, backward=True)
+    if args.part in ("blocks", "all"):
+        print(f"# deform_conv2d's block products, {head}")
+        print("| shape (N, C, HxW) | block P fwd / bwd (gradient as) | fwd mm / conv ms (ratio) "
+              "| gW mm / conv ms (ratio) | gcols mm / conv ms (ratio) |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        for n, c, h, w in SHAPES:
+            p_f, p_b, whole, t = bench_blocks(n, c, h, w, args.repeats)
 
-        def cell(t, key):
-            mm, conv = t[f"{key} mm"], t[f"{key} conv"]
-            return f"{mm:.2f} / {conv:.2f} ({conv / mm:.2f}x)"
+            def cell(key, t=t):
+                mm, conv = t[f"{key} mm"], t[f"{key} conv"]
+                return f"{mm:.2f} / {conv:.2f} ({conv / mm:.2f}x)"
 
-        print(
-            f"| ({n}, {c}, {h}x{w}) | {p_f} / {p_b} | {cell(t_f, 'fwd')} | {cell(t_b, 'gW')} "
-            f"| {cell(t_b, 'gcols')} |",
-            flush=True,
-        )
+            layout = "rows" if whole else "NCHW segment"
+            print(
+                f"| ({n}, {c}, {h}x{w}) | {p_f} / {p_b} ({layout}) | {cell('fwd')} | {cell('gW')} "
+                f"| {cell('gcols')} |",
+                flush=True,
+            )
+    if args.part in ("op", "all"):
+        print(f"\n# deform_conv2d (v2) by product route, {head}; ms (x dense)")
+        cols = " | ".join(f"{r} f | {r} f+b" for r in ROUTES)
+        print(f"| shape (N, C, HxW) | dense f | dense f+b | {cols} |")
+        print("|---|---|---|" + "---|" * (2 * len(ROUTES)))
+        for n, c, h, w in SHAPES:
+            t = bench_op(n, c, h, w, args.repeats)
+            cells = " | ".join(
+                f"{t[f'{r} {k}']:.1f} ({t[f'{r} {k}'] / t[f'dense {k}']:.2f}x)"
+                for r in ROUTES
+                for k in ("f", "f+b")
+            )
+            print(
+                f"| ({n}, {c}, {h}x{w}) | {t['dense f']:.1f} | {t['dense f+b']:.1f} | {cells} |",
+                flush=True,
+            )
+
+    if args.part in ("copies", "all"):
+        print(f"\n# padded channels-last copy, {head}")
+        print("| shape (N, C, HxW) | plane bytes | direct ms | pad first ms (ratio) | op takes |")
+        print("|---|---|---|---|---|")
+        for n, c, h, w in COPY_SHAPES:
+            t = bench_copies(n, c, h, w, args.repeats)
+            plane = h * w * 4
+            route = "pad first" if plane % cpu.PAD_FIRST_BYTES == 0 else "direct"
+            print(
+                f"| ({n}, {c}, {h}x{w}) | {plane} | {t['direct']:.3f} "
+                f"| {t['pad first']:.3f} ({t['pad first'] / t['direct']:.2f}x) | {route} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 Which route runs depends on the shapes and the thread count (``torchdcn.ops._deform_conv_cpu``):
 
-- ``numba``: the defaults. With N >= 2 images a column block holds whole images, the products
-  write rows and one copy moves them to NCHW, and the backward scatters into one input-gradient
-  accumulator with a thread per image; at N = 1 the block is the one image and the backward uses
-  a per-thread accumulator.
+- ``numba``: the defaults, but the block products always on oneDNN's 1x1-convolution route
+  (``PRODUCTS = "conv"``, the default only with more than one thread). With N >= 2 images a
+  column block holds whole images, the products write rows and one copy moves them to NCHW, and
+  the backward scatters into one input-gradient accumulator with a thread per image; at N = 1
+  the block is the one image and the backward uses a per-thread accumulator.
 - ``numba-rowblocks``: blocks of a few output rows (a tiny ``BLOCK_BYTES``), as for big images:
   blocks cut through images, each image's part of a product is a strided NCHW segment, the
   backward uses per-thread accumulators over row runs.
-- ``numba-1thread``: one thread (``torch.set_num_threads(1)``), one accumulator.
+- ``numba-1thread``: one thread (``torch.set_num_threads(1)``), one accumulator, and the block
+  products on ``torch.mm`` (the default on one thread).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def cpu_route(route: str) -> Iterator[None]:
     """Run the ``with`` block on ``route`` (one of :data:`CPU_ROUTES`, or ``"reference"``)."""
     backend = "reference" if route == "reference" else "numba"
     block, threads = _deform_conv_cpu.BLOCK_BYTES, torch.get_num_threads()
+    products = _deform_conv_cpu.PRODUCTS
+    if route in ("numba", "numba-rowblocks"):  # the convolution route even on a 1-core machine
+        _deform_conv_cpu.PRODUCTS = "conv"
     if route == "numba-rowblocks":
         _deform_conv_cpu.BLOCK_BYTES = 4096
     elif route == "numba-1thread":
@@ -40,4 +45,5 @@ def cpu_route(route: str) -> Iterator[None]:
             yield
     finally:
         _deform_conv_cpu.BLOCK_BYTES = block
+        _deform_conv_cpu.PRODUCTS = products
         torch.set_num_threads(threads)

@@ -195,13 +195,18 @@ def test_low_precision_batch_one_values(mode):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("hw", [(32, 32), (16, 32), (5, 7)], ids=["4KiB-f32", "2KiB-f32", "odd"])
-def test_padded_copy_routes(dtype, hw):
-    """The padded channels-last copy pads first when a channel plane is a multiple of 4 KiB (32 x
-    32 float32, 16 x 32 float64) and copies straight otherwise; both give the same buffer, and
-    the op on such a plane matches the reference, output and every gradient."""
-    from torchdcn.ops._deform_conv_cpu import _padded_channels_last
+@pytest.mark.parametrize("hw", [(32, 32), (16, 32), (5, 7), (12, 12)], ids=str)
+def test_padded_copy_routes(dtype, hw, monkeypatch):
+    """The padded channels-last copy pads first when a channel plane is a multiple of
+    :data:`PAD_FIRST_BYTES` and copies straight otherwise; both give the same buffer, the route
+    taken is the one the rule names, and the op on such planes matches the reference, output and
+    every gradient."""
+    from torchdcn.ops import _deform_conv_cpu as cpu
 
+    pads = []
+    real_pad = cpu.F.pad
+    monkeypatch.setattr(cpu.F, "pad", lambda *a, **k: pads.append(1) or real_pad(*a, **k))
+    _padded_channels_last = cpu._padded_channels_last
     h, w = hw
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, h, w, generator=gen, dtype=dtype)
@@ -209,6 +214,8 @@ def test_padded_copy_routes(dtype, hw):
     want[:, 1:-1, 1:-1] = x.permute(0, 2, 3, 1)
     got = _padded_channels_last(x)
     assert got.is_contiguous() and torch.equal(got, want)
+    assert bool(pads) == (h * w * x.element_size() % cpu.PAD_FIRST_BYTES == 0)
+    assert bool(pads) == (hw in ((32, 32), (16, 32)))
     offset = torch.randn(2, 18, h, w, generator=gen, dtype=dtype)
     weight = torch.randn(4, 3, 3, 3, generator=gen, dtype=dtype) / 5
     grad = torch.randn(2, 4, h, w, generator=gen, dtype=dtype)

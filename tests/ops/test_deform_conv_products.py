@@ -5,6 +5,8 @@ gradient, for each conv-group count, dtype and way the backward reads the output
 import pytest
 import torch
 
+from torchdcn.ops import _deform_conv_cpu as cpu
+from torchdcn.ops import deform_conv2d, use_backend
 from torchdcn.ops._deform_conv_cpu import _Product
 
 
@@ -28,20 +30,20 @@ def _mm_reference(w2, groups, bias, cols, g_rows):
     return rows, torch.cat(g_cols, 1), torch.cat(g_w, 0)
 
 
-@pytest.mark.parametrize("conv", [True, False])
+@pytest.mark.parametrize("route", ["conv", "conv-forward", "mm"])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows_layout", [True, False])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_products_match_plain_matrix_products(conv, groups, dtype, rows_layout, with_bias):
-    gen = torch.Generator().manual_seed(groups + 2 * conv)
+def test_products_match_plain_matrix_products(route, groups, dtype, rows_layout, with_bias):
+    gen = torch.Generator().manual_seed(groups)
     c_out, kc, p = 6 * groups, 9 * 3, 37
     w2 = torch.randn(c_out, kc, generator=gen, dtype=dtype)
     bias = torch.randn(c_out, generator=gen, dtype=dtype) if with_bias else None
     cols = torch.randn(p, groups * kc, generator=gen, dtype=dtype)
     g_rows = torch.randn(p, c_out, generator=gen, dtype=dtype)
-    product = _Product(w2, groups, bias, conv=conv)
-    assert product.conv is conv
+    product = _Product(w2, groups, bias, route=route)
+    assert (product.conv, product.conv_grad) == (route != "mm", route == "conv")
     rows = product.forward(cols)
     assert rows.shape == (p, c_out) and rows.dtype == dtype and rows.stride(1) == 1
     g_cols = torch.full_like(cols, float("nan"))  # every element must be written
@@ -71,3 +73,37 @@ def test_default_route_follows_torch_threads():
         assert _Product(w2, 1, None).conv is True
     finally:
         torch.set_num_threads(before)
+
+
+def test_unknown_route_is_refused():
+    with pytest.raises(ValueError, match="route must be"):
+        _Product(torch.randn(4, 9), 1, None, route="gemm")
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch.backends.mkldnn.flags on CPU
+@pytest.mark.parametrize("mkldnn", [True, False], ids=["onednn", "no-mkldnn"])
+@pytest.mark.parametrize("route", ["mm", "conv-forward", "conv"])
+def test_op_on_each_product_route_matches_reference(route, mkldnn):
+    """deform_conv2d (2 conv groups, 2 offset groups, mask, bias, float32) on each product route,
+    also with PyTorch's mkldnn backend switched off (the 1x1 convolution then runs on
+    ``_slow_conv2d``): output and every gradient as the reference backend's."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 8, 7, 9, generator=gen)
+    offset = 2 * torch.randn(3, 2 * 2 * 9, 7, 9, generator=gen)
+    mask = torch.rand(3, 2 * 9, 7, 9, generator=gen)
+    weight = torch.randn(6, 4, 3, 3, generator=gen) / 6
+    bias = torch.randn(6, generator=gen)
+    grad = torch.randn(3, 6, 7, 9, generator=gen)
+    results = []
+    before = cpu.PRODUCTS
+    try:
+        for backend in ("reference", "numba"):
+            cpu.PRODUCTS = route
+            leaves = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
+            with use_backend(backend), torch.backends.mkldnn.flags(enabled=mkldnn):
+                out = deform_conv2d(*leaves[:4], padding=1, mask=leaves[4])
+                results.append((out, *torch.autograd.grad(out, leaves, grad)))
+    finally:
+        cpu.PRODUCTS = before
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -23,10 +23,11 @@ from torch import Tensor
 from ._numba_threads import threads
 from ._roi_common import aligned_tables, as_planes, from_planes
 
-#: below this many channels per group the kernels index elements directly; from it on they take
-#: channel slices, whose loops vectorise but each of which is a new array view. With one channel
-#: per group (R-FCN's deformable PS pooling of the class score maps) the slices made its
-#: forward+backward 61 ms instead of 41 on one thread (benchmarks/bench_roi_pool.py, RESULTS.md)
+#: below this many channels per offset group (forward) or per channel run of the backward's
+#: pieces (a group cut for the threads: ``_pieces``) the kernels index elements directly; from
+#: it on they take channel slices, whose loops vectorise but each of which is a new array view.
+#: With one channel per group (R-FCN's deformable PS pooling of the class score maps) the slices
+#: made its forward+backward 61 ms instead of 41 on one thread (benchmarks/bench_roi_pool.py)
 _SLICE_MIN = 8
 
 
