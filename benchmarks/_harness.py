@@ -81,3 +81,17 @@ def time_interleaved(
                 fn()
                 samples[name].append(time.perf_counter() - t0)
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def deform_inputs(n: int, c: int, h: int, w: int, seed: int = 0):
+    """``(x, weight, offset, mask, grad)`` of a 3x3 v2 deformable layer ``c -> c`` on
+    ``[n, c, h, w]``, float32, the first four requiring gradients: N(0, 1) input, offsets and
+    output gradient, weights of std 0.05, masks uniform in [0, 1)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen, requires_grad=True)
+    weight = (0.05 * torch.randn(c, c, 3, 3, generator=gen)).requires_grad_()
+    offset = torch.randn(n, 18, h, w, generator=gen).requires_grad_()
+    mask = torch.rand(n, 9, h, w, generator=gen).requires_grad_()
+    return x, weight, offset, mask, torch.randn(n, c, h, w, generator=gen)

@@ -37,16 +37,11 @@ import json, sys, time
 import torch.nn.functional as F
 from torchdcn.ops import deform_conv2d
 sys.path.insert(0, {bench_dir!r})
-from _harness import time_interleaved
+from _harness import deform_inputs, time_interleaved
 torch.set_num_threads({threads})
 rows = []
 for n, c, h, w in {shapes!r}:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, c, h, w, generator=gen, requires_grad=True)
-    wt = (0.05 * torch.randn(c, c, 3, 3, generator=gen)).requires_grad_()
-    off = torch.randn(n, 18, h, w, generator=gen).requires_grad_()
-    m = torch.rand(n, 9, h, w, generator=gen).requires_grad_()
-    g = torch.randn(n, c, h, w, generator=gen)
+    x, wt, off, m, g = deform_inputs(n, c, h, w)
     fns = {{
         "dense_f": lambda: F.conv2d(x.detach(), wt.detach(), padding=1),
         "ours_f": lambda: deform_conv2d(x.detach(), off.detach(), wt.detach(), padding=1,

@@ -30,7 +30,7 @@ import platform
 import numba
 import torch
 import torch.nn.functional as F
-from _harness import time_interleaved
+from _harness import deform_inputs, time_interleaved
 
 from torchdcn.ops import _deform_conv_cpu as cpu
 from torchdcn.ops import deform_conv2d
@@ -80,12 +80,7 @@ def bench_blocks(n, c, h, w, repeats):
 
 def bench_op(n, c, h, w, repeats):
     """``{name: ms}``: the op's forward and forward+backward on each product route, and dense."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, c, h, w, generator=gen, requires_grad=True)
-    weight = (0.05 * torch.randn(c, c, 3, 3, generator=gen)).requires_grad_()
-    offset = torch.randn(n, 18, h, w, generator=gen).requires_grad_()
-    mask = torch.rand(n, 9, h, w, generator=gen).requires_grad_()
-    grad = torch.randn(n, c, h, w, generator=gen)
+    x, weight, offset, mask, grad = deform_inputs(n, c, h, w)
 
     def on(route, backward):
         def run():
