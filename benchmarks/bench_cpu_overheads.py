@@ -12,8 +12,11 @@ and masks, medians; ratios against dense ``F.conv2d`` of the same shape in the s
   with ``OMP_WAIT_POLICY=PASSIVE`` set for the whole process.
 - ``first-call``: a fresh process's import and first forward+backward, with Numba's cache warm
   (compiled by an earlier process) and cold (an empty ``NUMBA_CACHE_DIR``).
+- ``processes``: the same timings in ``--processes`` fresh processes one after another, each
+  process's figures on a row: how much one process differs from the next on an idle machine.
 
-Run: ``python benchmarks/bench_cpu_overheads.py [--part all|import-order|contention|first-call]``.
+Run: ``python benchmarks/bench_cpu_overheads.py
+[--part all|import-order|contention|first-call|processes] [--processes 6]``.
 """
 
 from __future__ import annotations
@@ -152,11 +155,30 @@ def first_call() -> None:
             print(f"| {label} | {t[0]:.2f} | {t[1]:.2f} | {t[2] * 1e3:.1f} |", flush=True)
 
 
+def processes(threads: int, repeats: int, count: int) -> None:
+    print(f"\n### {count} fresh processes, one after another (OMP_WAIT_POLICY unset; ms, x dense)")
+    print("| shape | process | dense f | ours f (x dense) | dense f+b | ours f+b (x dense) |")
+    print("|---|---|---|---|---|---|")
+    runs = [_timing("import torch\nimport torchdcn", threads, repeats) for _ in range(count)]
+    for i in range(len(SHAPES)):
+        for k, rows in enumerate(runs):
+            r = rows[i]
+            print(
+                f"| {_shape(r)} | {k + 1} | {r['dense_f']:.2f} | {r['ours_f']:.2f} "
+                f"({r['ours_f'] / r['dense_f']:.2f}x) | {r['dense_fb']:.2f} | {r['ours_fb']:.2f} "
+                f"({r['ours_fb'] / r['dense_fb']:.2f}x) |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--part", choices=["all", "import-order", "contention", "first-call"], default="all"
+        "--part",
+        choices=["all", "import-order", "contention", "first-call", "processes"],
+        default="all",
     )
+    parser.add_argument("--processes", type=int, default=6, help="fresh processes (processes)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument(
@@ -176,6 +198,8 @@ def main() -> None:
         contention(args.threads, args.repeats, args.omp_wait)
     if args.part in ("all", "first-call"):
         first_call()
+    if args.part in ("all", "processes"):
+        processes(args.threads, args.repeats, args.processes)
 
 
 if __name__ == "__main__":
