@@ -4,17 +4,17 @@ For each benchmark shape (3x3, float32) the op multiplies column blocks ``[P, 9 
 weight ``[C, 9 * C]`` (forward), and in the backward forms the weight gradient ``g^T @ cols`` (added
 into one accumulator) and the columns' gradient ``g @ W``. Two tables:
 
-* blocks: each product on one block of the size the op uses for that shape
-  (``_deform_conv_cpu._blocks``), both ways, exactly as ``_Product`` calls them: the output
-  gradient as rows for blocks of whole images and as a strided segment of the NCHW gradient for
-  blocks inside an image; the weight gradient added in place (``addmm_``) or computed by the
-  convolution's weight backward and added;
-* the op: ``deform_conv2d`` forward and forward+backward (v2, with mask) with the products on
-  ``torch.mm``, with the convolution for the forward only, and for the forward and the weight
-  gradient (``_deform_conv_cpu.PRODUCTS``), dense ``conv2d`` alongside, all interleaved in one
-  process;
-* copies: the padded channels-last copy of the input (``_padded_channels_last``) both ways,
-  directly and padding first, for channel planes of several sizes.
+* blocks: on one block of the size the op uses for that shape (``_deform_conv_cpu._blocks``),
+  the op's own ``_Product.forward`` on the ``torch.mm`` and the convolution routes, and the
+  backward's two products as the op runs them (``torch.mm``, the weight gradient accumulated in
+  place) against the 1x1 convolution's weight and input backwards (alternatives the op does not
+  take; the weight gradient computed and added), with the output gradient as the op passes it
+  (rows for blocks of whole images, a strided segment of the NCHW gradient inside big images);
+* the op: ``deform_conv2d`` forward and forward+backward (v2, with mask) with the forward's
+  products on ``torch.mm`` and on the convolution (``_deform_conv_cpu.PRODUCTS``), dense
+  ``conv2d`` alongside, all interleaved in one process;
+* copies: the op's padded channels-last copy of the input (``_padded_channels_last``) forced
+  to copy directly and to pad first, for channel planes of several sizes.
 
 Run: ``python benchmarks/bench_cpu_products.py [--threads 2] [--repeats 15]
 [--part blocks|op|copies]``.
@@ -36,44 +36,40 @@ from torchdcn.ops import _deform_conv_cpu as cpu
 from torchdcn.ops import deform_conv2d
 
 SHAPES = [(1, 512, 38, 50), (1, 256, 38, 50), (1, 128, 75, 100), (8, 64, 32, 32), (64, 32, 12, 12)]
-ROUTES = ("mm", "conv-forward", "conv")
+ROUTES = ("mm", "conv")
 _CONV = ((1, 1), (0, 0), (1, 1), False, (0, 0), 1)
 
 
-def _image(rows: torch.Tensor) -> torch.Tensor:
-    return rows[None, None].permute(0, 3, 1, 2)  # [P, C] -> channels-last [1, C, 1, P]
-
-
 def bench_blocks(n, c, h, w, repeats):
-    """``(P forward, P backward, whole images?, {name: ms})`` for one shape's first blocks."""
+    """``(P forward, P backward, whole images?, {name: ms})`` for one shape's first blocks: the
+    op's own ``_Product.forward`` on both routes; the weight gradient and the columns' gradient
+    as the op computes them (``torch.mm``) and as the 1x1 convolution's weight and input
+    backwards would (alternatives the op does not take)."""
     width = 9 * c
     gen = torch.Generator().manual_seed(0)
     w2 = torch.randn(c, width, generator=gen)
-    w4 = w2[:, :, None, None].contiguous(memory_format=torch.channels_last)
-    cb = torch.ops.aten.convolution_backward
     f_blocks, _ = cpu._blocks(n, h, w * width * 4)
     p_f = (f_blocks[0][1] - f_blocks[0][0]) * w
     b_blocks, whole = cpu._blocks(n, h, 2 * w * width * 4)
     p_b = (b_blocks[0][1] - b_blocks[0][0]) * w
     cols_f = torch.randn(p_f, width, generator=gen)
-    cols = torch.randn(p_b, width, generator=gen)
-    rows_f = torch.empty(p_f, c)
-    nchw = torch.randn(c, h * w * n, generator=gen)  # one image's gradient, [C, H*W]
-    g_t = torch.randn(p_b, c, generator=gen).t() if whole else nchw[:, :p_b]  # [C, P] as the op
-    g_img = _image(g_t.t()) if whole else g_t[None, :, None]
-    g_w, g_cols = torch.zeros(c, width), torch.empty(p_b, width)
+    cols, g_cols = torch.randn(p_b, width, generator=gen), torch.empty(p_b, width)
+    # the output gradient as the op passes it, [C, P]: transposed rows for blocks of whole
+    # images, else a strided segment of one image's NCHW gradient
+    g_t = torch.randn(p_b, c, generator=gen).t() if whole else torch.randn(c, h * w)[:, :p_b]
+    g_image = cpu._as_image(g_t.t()) if whole else g_t[None, :, None]
+    products = {route: cpu._Product(w2, 1, None, route=route) for route in ROUTES}
+    w4, g_w = products["conv"].w4, products["mm"].g_w
+    cb = torch.ops.aten.convolution_backward
 
-    def gw_conv():
-        g_w.add_(cb(g_img, _image(cols), w4, None, *_CONV, (False, True, False))[1].view_as(g_w))
+    def backward_conv(mask):
+        return cb(g_image, cpu._as_image(cols), w4, None, *_CONV, mask)
 
-    fns = {
-        "fwd mm": lambda: torch.mm(w2, cols_f.t(), out=rows_f.t()),
-        "fwd conv": lambda: F.conv2d(_image(cols_f), w4)[0, :, 0].t().contiguous(),
-        "gW mm": lambda: g_w.addmm_(g_t, cols),
-        "gW conv": gw_conv,
-        "gcols mm": lambda: torch.mm(g_t.t(), w2, out=g_cols),
-        "gcols conv": lambda: cb(g_img, _image(cols), w4, None, *_CONV, (True, False, False)),
-    }
+    fns = {f"fwd {route}": lambda p=prod: p.forward(cols_f) for route, prod in products.items()}
+    fns["gW mm"] = lambda: g_w.addmm_(g_t, cols)  # as _Product.backward
+    fns["gW conv"] = lambda: g_w.add_(backward_conv((False, True, False))[1].view_as(g_w))
+    fns["gcols mm"] = lambda: torch.mm(g_t.t(), w2, out=g_cols)  # as _Product.backward
+    fns["gcols conv"] = lambda: backward_conv((True, False, False))
     times = time_interleaved(fns, repeats)
     return p_f, p_b, bool(whole), {k: v * 1e3 for k, v in times.items()}
 
@@ -117,19 +113,24 @@ COPY_SHAPES = [(8, 64, 16, 16), (8, 64, 16, 32), (8, 64, 24, 32), (8, 64, 32, 32
 
 
 def bench_copies(n, c, h, w, repeats):
-    """``{route: ms}`` of the padded channels-last copy, directly and padding first."""
+    """``{route: ms}`` of the op's padded channels-last copy (``_padded_channels_last``),
+    forced to copy directly and to pad first."""
     x = torch.randn(n, c, h, w)
 
-    def direct():
-        xpad = x.new_zeros(n, h + 2, w + 2, c)
-        xpad[:, 1:-1, 1:-1].copy_(x.permute(0, 2, 3, 1))
-        return xpad
+    def on(pad_first_bytes):
+        def run():
+            cpu.PAD_FIRST_BYTES = pad_first_bytes
+            return cpu._padded_channels_last(x)
 
-    def pad_first():
-        return F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
+        return run
 
-    assert torch.equal(direct(), pad_first())
-    times = time_interleaved({"direct": direct, "pad first": pad_first}, repeats)
+    saved = cpu.PAD_FIRST_BYTES
+    fns = {"direct": on(1 << 62), "pad first": on(1)}  # no plane divides 2**62; every one 1
+    try:
+        assert torch.equal(fns["direct"](), fns["pad first"]())
+        times = time_interleaved(fns, repeats)
+    finally:
+        cpu.PAD_FIRST_BYTES = saved
     return {k: v * 1e3 for k, v in times.items()}
 
 

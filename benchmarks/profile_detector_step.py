@@ -8,8 +8,8 @@ torchdcn op is a ``torch.library`` op, so it shows up under its own name; the re
 - ``dense conv``: PyTorch's convolutions, forward and backward (oneDNN's, and ``_slow_conv2d``,
   which PyTorch takes for unstrided 1x1 convolutions on one thread with a batch under 16);
 - ``products``: ``mm`` / ``addmm`` / ``addmm_`` / ``bmm`` (the fc heads, and on one thread the
-  block products inside our deformable conv; on more than one they are 1x1 convolutions and
-  count as dense conv);
+  block products inside our deformable conv; on more than one its forward products are 1x1
+  convolutions and count as dense conv);
 - ``deform conv``, ``RoI pooling`` (every RoI op and its backward), ``NMS``: torchdcn's ops
   (their forward kernels run in the autograd node the profiler calls
   ``GeneratedBackwardFor_torchdcn_<op>``, counted here too);

@@ -12,22 +12,23 @@ The products are PyTorch's own, one call per block (:class:`_Product`): the forw
 the columns into rows ``[positions, C_out]`` that one transposing copy moves to the NCHW output (a
 block inside a big image writes each image's part the same way); the backward reads the output
 gradient as rows for blocks of whole images (one transposing copy) and as a strided view of the
-NCHW tensor for blocks inside an image. With more than one thread the forward and the weight
-gradient are a 1x1 convolution over the columns seen as a channels-last image (oneDNN for
-float32; PyTorch's ``_slow_conv2d`` for float64 or with mkldnn off), on one thread ``torch.mm``
-per conv group; the columns' gradient is ``torch.mm`` always. These are plain APIs on PyTorch's
-thread pool: no optional package, no raw pointers (benchmarks/bench_deform_conv.py measures the
-op against onnxruntime's and OpenVINO's, benchmarks/bench_cpu_products.py the two product routes).
+NCHW tensor read in place for blocks inside an image. With more than one thread the forward is a
+1x1 convolution over the columns seen as a channels-last image (oneDNN for float32; PyTorch's
+``_slow_conv2d`` for float64 or with mkldnn off), on one thread ``torch.mm`` per conv group; the
+backward's products (columns' and weight gradients) are ``torch.mm`` always. These are plain
+APIs on PyTorch's thread pool: no optional package, no raw pointers
+(benchmarks/bench_deform_conv.py measures the op against onnxruntime's and OpenVINO's,
+benchmarks/bench_cpu_products.py the product routes).
 
 Memory beyond the inputs and results, per batch chunk (:func:`_item_bytes`; the chunk is as many
 images as fit :func:`~torchdcn.ops.set_workspace_limit`, at least one): forward, a padded
 channels-last copy of the chunk's input, one column block (:data:`BLOCK_BYTES`) and its product
 rows; backward, the padded copy, the input-gradient accumulator (one per Numba thread unless a
-block holds at least one image per thread: :func:`_blocks`), two column blocks, the product rows
-and, on the convolution route, a weight-sized gradient per block (``C_out x 9 C / groups``,
-9 MiB at C = 512) and oneDNN's copy of a strided gradient segment. So the bound is about
-``max(workspace limit, one image's share) + 2 * BLOCK_BYTES`` plus a weight's size
-(benchmarks/bench_memory.py).
+block holds at least one image per thread: :func:`_blocks`), two column blocks and the product
+rows. So the bound is about ``max(workspace limit, one image's share) + 2 * BLOCK_BYTES``
+(benchmarks/bench_memory.py); where the padded copy pads first
+(:func:`_padded_channels_last`) an NCHW padded temporary of the chunk's input exists while it is
+made.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ BLOCK_BYTES = 16 << 20
 #: (:func:`_padded_channels_last`).
 PAD_FIRST_BYTES = 2048
 
-#: How the block products run (:class:`_Product`): ``"auto"`` (the default), ``"mm"``
-#: (``torch.mm``), ``"conv"`` (oneDNN's 1x1 convolution for the forward and the weight gradient)
-#: or ``"conv-forward"`` (the convolution for the forward only). Private: tests and
-#: benchmarks/bench_cpu_products.py set it to take each route on any machine.
+#: How the forward's block products run (:class:`_Product`): ``"auto"`` (the default: ``"conv"``
+#: with more than one torch thread, else ``"mm"``), ``"mm"`` (``torch.mm``) or ``"conv"``
+#: (oneDNN's 1x1 convolution). Private: tests and benchmarks/bench_cpu_products.py set it to take
+#: each route on any machine.
 PRODUCTS = "auto"
 
 
@@ -72,10 +73,11 @@ def _padded_channels_last(input: Tensor) -> Tensor:
 
     When a channel plane is a multiple of :data:`PAD_FIRST_BYTES` (16 x 32 float32, ...) the
     transposing copy's reads of one pixel's channels fall in a few L1 cache sets; padding first
-    moves the planes (H + 2)(W + 2) apart. On this project's VM, 2 threads, that took 0.31-0.50x
-    the direct copy's time for planes of 2, 4, 6 and 8 KiB with 64-128 channels (0.73x at 2 KiB
-    with 32), and 1.05-1.81x for planes of 576, 1600 and 30000 bytes
-    (benchmarks/bench_cpu_products.py --part copies)."""
+    moves the planes (H + 2)(W + 2) apart. On this project's VM, 2 threads, that took 0.45-0.76x
+    the direct copy's time for planes of 2, 4, 6 and 8 KiB with 64-128 channels (0.94x at 2 KiB
+    with 32), and 1.08-1.65x for planes of 576, 1600 and 30000 bytes
+    (benchmarks/bench_cpu_products.py --part copies). Padding first allocates an NCHW padded
+    temporary besides the result."""
     n, c, h, w = input.shape
     if (h * w * input.element_size()) % PAD_FIRST_BYTES == 0:
         return F.pad(input, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
@@ -123,23 +125,21 @@ class _Product:
     """The block products of one call for ``groups`` conv groups; ``w2`` ``[C_out, K * Cq]``.
 
     A block's columns are ``[P, groups * K * Cq]``, which is also a channels-last image of ``P``
-    pixels and ``groups * K * Cq`` channels. Routes (:data:`PRODUCTS`): with more than one thread
-    the forward product and the weight gradient run as a 1x1 convolution over that image and its
-    weight backward (all groups in one call), on one thread as ``torch.mm`` per group. On this
-    project's 2-core VM, 2 threads, the convolution took 0.85-0.97x ``torch.mm``'s time for the
-    forward blocks and 0.73-0.99x for the weight gradient (1.24x on C = 512's 400-position
-    blocks), and the op's forward 0.79-0.97x (v2, five shapes), its forward+backward 0.89-1.02x;
-    on one thread it was no faster (1.00-1.02x forward, 1.05-1.28x weight gradient):
-    benchmarks/bench_cpu_products.py, RESULTS.md.
+    pixels and ``groups * K * Cq`` channels. The forward product runs (:data:`PRODUCTS`) as a 1x1
+    convolution over that image (all groups in one call) with more than one thread, as
+    ``torch.mm`` per group on one: on this project's 2-core VM, 2 threads, the convolution took
+    0.79-0.96x ``torch.mm``'s time on the forward blocks of the benchmark shapes and the op's
+    forward 0.76-0.98x (v2, five shapes, three runs); on one thread it was no faster (blocks
+    0.94-1.05x, the op's forward 0.99-1.11x): benchmarks/bench_cpu_products.py, RESULTS.md. The
+    backward's products stay ``torch.mm``: the convolution's weight backward, tried as a route,
+    changed the op's forward+backward by 0.92-1.07x in two runs while allocating a weight-sized
+    gradient per block, and its input backward was no faster on the blocks (0.88-1.04x on two
+    threads, 1.03-1.45x on one).
 
     The forward returns *rows* ``[P, C_out]`` (the caller moves them to NCHW). The backward reads
     the output gradient as rows too (blocks of whole images, after one transposing copy) or as one
-    image's *segment* ``[C_out, P]``, a strided view of the NCHW tensor (``torch.mm`` reads it in
-    place, the convolution's weight backward copies it); the columns' gradient ``g_out @ W`` is
-    ``torch.mm`` per group (the convolution's input backward took 0.82-1.05x of its time on two
-    threads, 1.07-1.34x on one)."""
-
-    _ARGS = ((1, 1), (0, 0), (1, 1), False, (0, 0))  # stride, padding, dilation, transposed, pad
+    image's *segment* ``[C_out, P]``, a strided view of the NCHW tensor read in place (blocks
+    inside big images)."""
 
     def __init__(
         self, w2: Tensor, groups: int, bias: Tensor | None, route: str | None = None
@@ -150,11 +150,10 @@ class _Product:
         route = PRODUCTS if route is None else route
         if route == "auto":
             route = "conv" if torch.get_num_threads() > 1 else "mm"
-        if route not in ("mm", "conv", "conv-forward"):
-            raise ValueError(f"route must be auto, mm, conv or conv-forward, got {route!r}")
-        self.conv = route != "mm"  # the forward
-        self.conv_grad = route == "conv"  # the weight gradient
-        if self.conv:
+        if route not in ("mm", "conv"):
+            raise ValueError(f"route must be auto, mm or conv, got {route!r}")
+        self.conv = route == "conv"
+        if self.conv:  # a view: [C_out, K * Cq, 1, 1] is channels-last already
             self.w4 = w2[:, :, None, None].contiguous(memory_format=torch.channels_last)
         self.bias = bias
         self.g_w = torch.zeros_like(w2)
@@ -180,17 +179,10 @@ class _Product:
     def backward(self, g_out: Tensor, cols: Tensor, g_cols: Tensor, rows: bool) -> None:
         """``g_cols = g_out @ W`` (rows) or ``g_out^T @ W`` (segment) and ``g_W += g_out^T @ cols``
         (rows) or ``g_out @ cols`` (segment)."""
-        if self.conv_grad:
-            g = _as_image(g_out) if rows else g_out[None, :, None]  # [1, C_out, 1, P] either way
-            g_w = torch.ops.aten.convolution_backward(
-                g, _as_image(cols), self.w4, None, *self._ARGS, self.groups, (False, True, False)
-            )[1]
-            self.g_w += g_w.view_as(self.g_w)
         for q, o, c in self._slices():
             g = g_out[:, o].t() if rows else g_out[o]  # [C_out/groups, P] either way
             torch.mm(g.t(), self.w[q], out=g_cols[:, c])
-            if not self.conv_grad:
-                self.g_w[o].addmm_(g, cols[:, c])
+            self.g_w[o].addmm_(g, cols[:, c])
 
 
 def _item_bytes(input: Tensor, backward: bool = False) -> int:
