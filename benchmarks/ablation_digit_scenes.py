@@ -212,6 +212,8 @@ def _run_one(job: dict) -> dict:
     result = {**job, "info": info, "scores": scores}
     path = Path(job["path"])
     path.parent.mkdir(parents=True, exist_ok=True)
+    if job.get("save_model"):
+        torch.save(model.state_dict(), path.with_suffix(".pt"))
     path.write_text(json.dumps(result, indent=1))
     return result
 
@@ -325,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides key=json")
     parser.add_argument(
+        "--save-models",
+        action="store_true",
+        help="also save each trained model's state_dict next to its JSON (RUN.pt)",
+    )
+    parser.add_argument(
         "--per-seed", action="store_true", help="also print each seed's value (seed order)"
     )
     args = parser.parse_args(argv)
@@ -383,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 job = {
                     "name": name, "recipe": recipe.to_dict(), "seed": seed, "trunk": trunks[seed],
                     "scenes": str(scenes), "splits": args.splits, "threads": args.threads,
-                    "path": str(path),
+                    "path": str(path), "save_model": args.save_models,
                 }  # fmt: skip
                 done = _finished(Path(args.out), job)
                 if done is not None:
