@@ -192,24 +192,32 @@ def _run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(job["threads"])
-    from torchdcn.cli.scene_recipe import SceneRecipe
+    from torchdcn.cli.scene_recipe import SceneRecipe, build_scene_model
     from torchdcn.cli.scene_train import evaluate_scenes, train_scene_model
 
     recipe = SceneRecipe(**job["recipe"])
-    model, info = train_scene_model(
-        recipe, job["seed"], job["scenes"], job["trunk"], steps=job.get("steps")
-    )
+    scores, reuse = {}, job.get("reuse")
+    if reuse is not None:  # a saved model: score the splits it was not scored on
+        model = build_scene_model(recipe)
+        model.load_state_dict(torch.load(reuse["model"], weights_only=True))
+        model.eval()
+        info, scores = dict(reuse["info"]), dict(reuse["scores"])
+    else:
+        model, info = train_scene_model(
+            recipe, job["seed"], job["scenes"], job["trunk"], steps=job.get("steps")
+        )
     deformable = recipe.deform is not None or (recipe.roi_pool or "").endswith("deform")
     deformable = deformable or recipe.ps_pool == "deform"
-    scores = {}
     for split in job["splits"]:
+        if split in scores:
+            continue
         start = time.perf_counter()
         scores[split] = evaluate_scenes(model, job["scenes"], split)
         if deformable:
             scores[split + " zeroed"] = evaluate_scenes(model, job["scenes"], split, True)
         info.setdefault("eval_seconds", 0.0)
         info["eval_seconds"] += time.perf_counter() - start
-    result = {**job, "info": info, "scores": scores}
+    result = {**{k: v for k, v in job.items() if k != "reuse"}, "info": info, "scores": scores}
     path = Path(job["path"])
     path.parent.mkdir(parents=True, exist_ok=True)
     if job.get("save_model"):
@@ -240,13 +248,18 @@ def _saved_runs(out: Path, recipe):
             yield run
 
 
-def _finished(out: Path, job: dict) -> dict | None:
-    """A saved run of the same recipe, seed and splits under ``out`` (any table), if any."""
+def _finished(out: Path, job: dict, model: bool = False) -> dict | None:
+    """A saved run of the same recipe and seed under ``out`` (any table) scored on every split
+    of ``job``, if any; with ``model``, one scored on other splits whose model was saved."""
     from torchdcn.cli.scene_recipe import SceneRecipe
 
     for run in _saved_runs(out, SceneRecipe(**job["recipe"])):
-        same = all(run.get(k) == job[k] for k in ("seed", "splits", "trunk"))
-        if same and run.get("steps") == job.get("steps"):
+        same = all(run.get(k) == job.get(k) for k in ("seed", "trunk", "steps"))
+        if not same:
+            continue
+        if not model and set(job["splits"]) <= set(run["scores"]):
+            return run
+        if model and Path(run["path"]).with_suffix(".pt").exists():
             return run
     return None
 
@@ -393,8 +406,13 @@ def main(argv: list[str] | None = None) -> int:
                     "path": str(path), "save_model": args.save_models,
                 }  # fmt: skip
                 done = _finished(Path(args.out), job)
+                saved = _finished(Path(args.out), job, model=True)
                 if done is not None:
                     results[name].append({**done, "name": name})
+                elif saved is not None:  # rescore the saved model on the missing splits
+                    model = str(Path(saved["path"]).with_suffix(".pt"))
+                    reuse = {"model": model, "info": saved["info"], "scores": saved["scores"]}
+                    jobs.append({**job, "reuse": reuse})
                 else:
                     jobs.append(job)
         for result in pool.map(_run_one, jobs):
