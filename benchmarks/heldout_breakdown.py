@@ -69,11 +69,15 @@ def score_run(json_path: Path, dirs: dict[str, Path], split: str) -> dict[str, d
     return {"name": run["name"], "seed": run["seed"], "steps": run["info"]["steps"], **scores}
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], per_seed: bool = False) -> str:
+    """Percent: ``mean ± std`` over seeds (and each seed's value, in seed order)."""
     values = [100 * v for v in values]
     if len(values) == 1:
         return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    text = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    if per_seed:
+        text += " (" + " / ".join(f"{v:.1f}" for v in values) + ")"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="seed of the factor sets' drawing")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--per-seed", action="store_true", help="also print each seed's value (seed order)"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in runs:
         result = score_run(path, dirs, args.split)
         rows.setdefault(result["name"], []).append(result)
+        rows[result["name"]].sort(key=lambda r: r["seed"])
         print(f"scored {path.name}", file=sys.stderr, flush=True)
     columns = [(f, m) for f in FACTORS for m in METRICS]
     print("| model | seeds | steps | " + " | ".join(f"{f} {m}" for f, m in columns) + " |")
@@ -103,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, results in rows.items():
         variants = [""] + ([" zeroed"] if f"{next(iter(FACTORS))} zeroed" in results[0] else [])
         for zeroed in variants:
-            cells = [_fmt([r[f + zeroed][m] for r in results]) for f, m in columns]
+            cells = [_fmt([r[f + zeroed][m] for r in results], args.per_seed) for f, m in columns]
             label = name + (" (offsets zeroed)" if zeroed else "")
-            steps = results[0]["steps"]
+            steps = round(statistics.mean(r["steps"] for r in results))
             print(f"| {label} | {len(results)} | {steps} | " + " | ".join(cells) + " |")
     return 0
 
