@@ -202,6 +202,7 @@ def _run_one(job: dict) -> dict:
         model.load_state_dict(torch.load(reuse["model"], weights_only=True))
         model.eval()
         info, scores = dict(reuse["info"]), dict(reuse["scores"])
+        info["rescored"] = sorted(set(job["splits"]) - {s.split(" ")[0] for s in scores})
     else:
         model, info = train_scene_model(
             recipe, job["seed"], job["scenes"], job["trunk"], steps=job.get("steps")
@@ -222,6 +223,9 @@ def _run_one(job: dict) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     if job.get("save_model"):
         torch.save(model.state_dict(), path.with_suffix(".pt"))
+        result["model"] = str(path.with_suffix(".pt"))
+    else:  # a model an earlier run saved here is not this run's
+        path.with_suffix(".pt").unlink(missing_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
 
@@ -259,9 +263,21 @@ def _finished(out: Path, job: dict, model: bool = False) -> dict | None:
             continue
         if not model and set(job["splits"]) <= set(run["scores"]):
             return run
-        if model and Path(run["path"]).with_suffix(".pt").exists():
+        if model and run.get("model") and Path(run["model"]).exists():
             return run
     return None
+
+
+def _plan(out: Path, job: dict) -> tuple[dict | None, dict | None]:
+    """``(saved run, None)`` when a saved run of ``job`` has every split, else ``(None, job to
+    run)``: the job rescores a saved model on the missing splits where there is one."""
+    done = _finished(out, job)
+    if done is not None:
+        return {**done, "name": job["name"]}, None
+    saved = _finished(out, job, model=True)
+    if saved is not None:
+        return None, {**job, "reuse": {k: saved[k] for k in ("model", "info", "scores")}}
+    return None, job
 
 
 def _slug(name: str) -> str:
@@ -405,16 +421,11 @@ def main(argv: list[str] | None = None) -> int:
                     "scenes": str(scenes), "splits": args.splits, "threads": args.threads,
                     "path": str(path), "save_model": args.save_models,
                 }  # fmt: skip
-                done = _finished(Path(args.out), job)
-                saved = _finished(Path(args.out), job, model=True)
+                done, todo = _plan(Path(args.out), job)
                 if done is not None:
-                    results[name].append({**done, "name": name})
-                elif saved is not None:  # rescore the saved model on the missing splits
-                    model = str(Path(saved["path"]).with_suffix(".pt"))
-                    reuse = {"model": model, "info": saved["info"], "scores": saved["scores"]}
-                    jobs.append({**job, "reuse": reuse})
+                    results[name].append(done)
                 else:
-                    jobs.append(job)
+                    jobs.append(todo)
         for result in pool.map(_run_one, jobs):
             results[result["name"]].append(result)
             print(f"done {result['name']} seed {result['seed']}: {result['info']}", flush=True)
@@ -435,12 +446,16 @@ def main(argv: list[str] | None = None) -> int:
                 steps = round(slowest / own["info"]["seconds_per_step"])
                 recipe = configs[plain[0]].replace(steps=steps)
                 path = Path(args.out) / args.table / f"{_slug(name)}-seed{seed}.json"
-                job = {**own, "name": name, "recipe": recipe.to_dict(), "path": str(path)}
-                job.pop("info"), job.pop("scores")
-                if path.exists() and json.loads(path.read_text())["recipe"] == job["recipe"]:
-                    results[name].append(json.loads(path.read_text()))
+                job = {
+                    "name": name, "recipe": recipe.to_dict(), "seed": seed, "trunk": trunks[seed],
+                    "scenes": str(scenes), "splits": args.splits, "threads": args.threads,
+                    "path": str(path), "save_model": args.save_models,
+                }  # fmt: skip
+                done, todo = _plan(Path(args.out), job)
+                if done is not None:
+                    results[name].append(done)
                 else:
-                    twin_jobs.append(job)
+                    twin_jobs.append(todo)
             for result in pool.map(_run_one, twin_jobs):
                 results[name].append(result)
     results = {n: sorted(rs, key=lambda r: r["seed"]) for n, rs in results.items()}

@@ -41,9 +41,12 @@ def factor_sets(root: Path, split: str, images: int, seed: int) -> dict[str, Pat
     dirs = {}
     for name, geometry in FACTORS.items():
         out = root / name
-        if not (out / "annotations" / f"instances_{split}.json").exists():
-            config = SceneConfig(heldout_geometry=Geometry(**geometry))
-            generate_digit_scenes(out, {split: images}, seed=seed, config=config)
+        ann = out / "annotations" / f"instances_{split}.json"
+        config = SceneConfig(heldout_geometry=Geometry(**geometry))
+        info = json.loads(ann.read_text())["info"] if ann.exists() else None
+        same = info is not None and (info["images"], info["seed"]) == (images, seed)
+        if not same or SceneConfig.from_dict(info["config"]) != config:
+            generate_digit_scenes(out, {split: images}, seed=seed, config=config, overwrite=True)
         dirs[name] = out
     return dirs
 
@@ -61,6 +64,7 @@ def score_run(json_path: Path, dirs: dict[str, Path], split: str) -> dict[str, d
     model.load_state_dict(torch.load(json_path.with_suffix(".pt"), weights_only=True))
     model.eval()
     deformable = recipe.deform is not None or (recipe.roi_pool or "").endswith("deform")
+    deformable = deformable or recipe.ps_pool == "deform"
     scores = {}
     for name, folder in dirs.items():
         scores[name] = evaluate_scenes(model, folder, split)
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", required=True, help="a folder of saved runs (*.json, *.pt)")
     parser.add_argument("--split", default="val_heldout")
     parser.add_argument("--factors", default="runs/heldout_factors")
-    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--images", type=int, default=200, help="images per factor set")
     parser.add_argument("--seed", type=int, default=0, help="seed of the factor sets' drawing")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
