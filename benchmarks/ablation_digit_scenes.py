@@ -321,6 +321,31 @@ def print_table(
     return "\n".join(lines)
 
 
+def _report(out: Path, args: argparse.Namespace, configs: dict, selected: bool) -> str:
+    """The table of the runs saved under ``out`` for ``configs`` (rows of ``args.table``; with
+    ``selected``, only those rows at those settings, and their equal-time twins)."""
+    from torchdcn.cli.scene_recipe import SceneRecipe
+
+    saved: dict[str, dict[int, dict]] = {}
+    for path in sorted((out / args.table).glob("*.json")):
+        run = json.loads(path.read_text())
+        name, recipe = run["name"], SceneRecipe(**run["recipe"])
+        base = name.removesuffix(", equal time")
+        if selected:
+            if base not in configs or recipe.replace(steps=configs[base].steps) != configs[base]:
+                continue
+            if base == name and recipe != configs[base]:
+                continue
+        saved.setdefault(name, {}).setdefault(run["seed"], run)
+    for name, recipe in configs.items():
+        if name not in saved:  # a row another table ran (the run was reused)
+            for run in _saved_runs(out, recipe):
+                saved.setdefault(name, {}).setdefault(run["seed"], run)
+    order = [*configs, *(n for n in saved if n not in configs)]
+    rows = {n: [saved[n][k] for k in sorted(saved[n])] for n in order if n in saved}
+    return print_table(rows, args.splits, args.metrics, args.per_seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--table", required=True)
@@ -374,23 +399,6 @@ def main(argv: list[str] | None = None) -> int:
             frozenset({"deeplab"}): SEGMENTATION_METRICS,
             frozenset({"mask_rcnn"}): MASK_METRICS,
         }.get(frozenset(models), DETECTION_METRICS)
-    if args.report:
-        saved: dict[str, list[dict]] = {}
-        for path in sorted((Path(args.out) / args.table).glob("*.json")):
-            run = json.loads(path.read_text())
-            saved.setdefault(run["name"], []).append(run)
-        for name, recipe in tables[args.table].items():
-            if name not in saved:  # a row another table ran (the run was reused)
-                by_seed: dict[int, dict] = {}
-                for run in _saved_runs(Path(args.out), recipe):
-                    by_seed.setdefault(run["seed"], run)
-                if by_seed:
-                    saved[name] = list(by_seed.values())
-        order = [*tables[args.table], *(n for n in saved if n not in tables[args.table])]
-        saved = {n: sorted(saved[n], key=lambda r: r["seed"]) for n in order if n in saved}
-        table = print_table(saved, args.splits, args.metrics, args.per_seed)
-        print(table)
-        return 0
     configs = tables[args.table]
     if args.only:
         configs = {k: v for k, v in configs.items() if k in args.only}
@@ -398,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         overrides["steps"] = args.steps
     configs = {k: v.replace(**overrides) for k, v in configs.items()}
+    if args.report:
+        print(_report(Path(args.out), args, configs, bool(args.only or overrides)))
+        return 0
     if args.twin is not None and args.twin not in configs:
         parser.error(f"--twin {args.twin!r} is not a row of {args.table}: {list(configs)}")
 
