@@ -321,6 +321,16 @@ def print_table(
     return "\n".join(lines)
 
 
+def _job(args: argparse.Namespace, name: str, recipe, seed: int, trunk: str, scenes: Path):
+    """The job of one (configuration, seed) run (a ``_run_one`` argument)."""
+    path = Path(args.out) / args.table / f"{_slug(name)}-seed{seed}.json"
+    return {
+        "name": name, "recipe": recipe.to_dict(), "seed": seed, "trunk": trunk,
+        "scenes": str(scenes), "splits": args.splits, "threads": args.threads,
+        "path": str(path), "save_model": args.save_models,
+    }  # fmt: skip
+
+
 def _report(out: Path, args: argparse.Namespace, configs: dict, selected: bool) -> str:
     """The table of the runs saved under ``out`` for ``configs`` (rows of ``args.table``; with
     ``selected``, only those rows at those settings, and their equal-time twins)."""
@@ -426,12 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs, results = [], {name: [] for name in configs}
         for name, recipe in configs.items():
             for seed in args.seeds:
-                path = Path(args.out) / args.table / f"{_slug(name)}-seed{seed}.json"
-                job = {
-                    "name": name, "recipe": recipe.to_dict(), "seed": seed, "trunk": trunks[seed],
-                    "scenes": str(scenes), "splits": args.splits, "threads": args.threads,
-                    "path": str(path), "save_model": args.save_models,
-                }  # fmt: skip
+                job = _job(args, name, recipe, seed, trunks[seed], scenes)
                 done, todo = _plan(Path(args.out), job)
                 if done is not None:
                     results[name].append(done)
@@ -456,12 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                 own = next(r for r in results[plain[0]] if r["seed"] == seed)
                 steps = round(slowest / own["info"]["seconds_per_step"])
                 recipe = configs[plain[0]].replace(steps=steps)
-                path = Path(args.out) / args.table / f"{_slug(name)}-seed{seed}.json"
-                job = {
-                    "name": name, "recipe": recipe.to_dict(), "seed": seed, "trunk": trunks[seed],
-                    "scenes": str(scenes), "splits": args.splits, "threads": args.threads,
-                    "path": str(path), "save_model": args.save_models,
-                }  # fmt: skip
+                job = _job(args, name, recipe, seed, trunks[seed], scenes)
                 done, todo = _plan(Path(args.out), job)
                 if done is not None:
                     results[name].append(done)
