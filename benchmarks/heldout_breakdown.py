@@ -2,10 +2,11 @@
 
 ``val_heldout`` / ``test_heldout`` change two things at once (heights 9-13 or 52-64 px and
 rotations of 30-45 deg, against 16-44 px and up to 20 deg in training), and every model of the
-ablation tables scores 1-3 AP there. This script draws three one-factor variants of a held-out
-split from the same digits (``large``: 52-64 px at the training rotations; ``small``: 9-13 px
-at the training rotations; ``rotated``: the training heights at 30-45 deg) and scores the models
-that ``ablation_digit_scenes.py --save-models`` saved on each, plus the deformable ones with their
+ablation tables scores 1-3 AP there at 800 steps (9-13 at 3200). This script draws three
+one-factor variants of a held-out split from the same digits (``large``: 52-64 px at the
+training rotations; ``small``: 9-13 px at the training rotations; ``rotated``: the training
+heights at 30-45 deg) and scores the models that ``ablation_digit_scenes.py --save-models``
+saved on each, plus the deformable ones with their
 offsets zeroed. Run::
 
     python benchmarks/ablation_digit_scenes.py --table v2_table1 --seeds 0 --splits val \\
