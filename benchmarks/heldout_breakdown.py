@@ -6,14 +6,14 @@ ablation tables scores 1-3 AP there at 800 steps (9-13 at 3200). This script dra
 one-factor variants of a held-out split from the same digits (``large``: 52-64 px at the
 training rotations; ``small``: 9-13 px at the training rotations; ``rotated``: the training
 heights at 30-45 deg) and scores the models that ``ablation_digit_scenes.py --save-models``
-saved on each, plus the deformable ones with their
-offsets zeroed. Run::
+saved on each, plus the deformable ones with their offsets zeroed. Run::
 
     python benchmarks/ablation_digit_scenes.py --table v2_table1 --seeds 0 --splits val \\
         val_heldout --steps 3200 --no-equal-time --only plain ... --out runs/long --save-models
     python benchmarks/heldout_breakdown.py --runs runs/long/v2_table1 --split val_heldout
 
-The factor sets are written once under ``--factors`` (deterministic from ``--seed``).
+The factor sets are written under ``--factors`` (deterministic from ``--seed``; drawn again
+when ``--images``, ``--seed`` or the geometry differ from those on disk).
 """
 
 from __future__ import annotations
