@@ -192,6 +192,7 @@ def _run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(job["threads"])
+    from torchdcn.analysis.zero_offsets import offset_modules
     from torchdcn.cli.scene_recipe import SceneRecipe, build_scene_model
     from torchdcn.cli.scene_train import evaluate_scenes, train_scene_model
 
@@ -207,8 +208,7 @@ def _run_one(job: dict) -> dict:
         model, info = train_scene_model(
             recipe, job["seed"], job["scenes"], job["trunk"], steps=job.get("steps")
         )
-    deformable = recipe.deform is not None or (recipe.roi_pool or "").endswith("deform")
-    deformable = deformable or recipe.ps_pool == "deform"
+    deformable = bool(offset_modules(model))  # the modules zero_offsets zeroes
     for split in job["splits"]:
         if split in scores:
             continue

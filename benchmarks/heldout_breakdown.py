@@ -56,6 +56,7 @@ def score_run(json_path: Path, dirs: dict[str, Path], split: str) -> dict[str, d
     """``{factor[ zeroed]: scores}`` of the model saved next to ``json_path``."""
     import torch
 
+    from torchdcn.analysis.zero_offsets import offset_modules
     from torchdcn.cli.scene_recipe import SceneRecipe, build_scene_model
     from torchdcn.cli.scene_train import evaluate_scenes
 
@@ -64,8 +65,7 @@ def score_run(json_path: Path, dirs: dict[str, Path], split: str) -> dict[str, d
     model = build_scene_model(recipe)
     model.load_state_dict(torch.load(json_path.with_suffix(".pt"), weights_only=True))
     model.eval()
-    deformable = recipe.deform is not None or (recipe.roi_pool or "").endswith("deform")
-    deformable = deformable or recipe.ps_pool == "deform"
+    deformable = bool(offset_modules(model))  # the modules zero_offsets zeroes
     scores = {}
     for name, folder in dirs.items():
         scores[name] = evaluate_scenes(model, folder, split)
