@@ -117,6 +117,8 @@ def _tables():
         # (offset multiplier 0.01: v1's best on the validation splits, docs/ablations.md)
         "v1_table3": {
             "roi pool": base.replace(roi_pool="roi_pool"),
+            # RoIAlign: the bilinear bins without offsets, and the row the equal-time twin extends
+            "roi align": base.replace(roi_pool="roi_align"),
             "deform roi pool": base.replace(roi_pool="deform", offset_lr_mult=0.01),
             "v1 conv + roi pool": base.replace(deform=v1, roi_pool="roi_pool", offset_lr_mult=0.01),
             "v1 conv + deform roi pool": base.replace(
