@@ -3,6 +3,8 @@
 Each command's options are a table of :class:`Option` rows; the parser
 (:mod:`torchdcn.cli.main`) and the config-file reader (:mod:`torchdcn.cli.settings`) both read
 these tables, so a key in a YAML/TOML file is checked and converted exactly as the flag would be.
+Rows several commands share are in :mod:`.common_options`; ``detect`` and ``segment``'s in
+:mod:`.inference_options`, ``analyze``'s in :mod:`.analyze_options`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,23 @@ from __future__ import annotations
 import textwrap
 
 from .analyze_options import ANALYZE_OPTIONS
+from .common_options import (
+    ANN_FILE,
+    DATA_ROOT,
+    IMAGE_DIR,
+    LIMIT_TEST,
+    LIMIT_TRAIN,
+    MODEL,
+    NUM_WORKERS,
+    PROGRESS,
+    TASK,
+    THREADS,
+    WIDTH,
+    size_option,
+)
 from .data import DATA_OPTIONS
 from .demo_detection import DETECTION_DEMO_OPTIONS
+from .inference_options import DETECT_OPTIONS, SEGMENT_OPTIONS
 from .option import (
     Option,
     _deform,
@@ -54,88 +71,6 @@ ImageSets/Segmentation/train.txt and val.txt).
     )
     + "\n"
 )
-
-
-DATA_ROOT = Option(
-    "data-root",
-    str,
-    None,
-    "folder holding mnist5k/, or a detector's COCO-style folder (none: $TORCHDCN_DATA or "
-    "../shared/data, and coco128/ in it for detectors)",
-    metavar="DIR",
-)
-PROGRESS = Option("progress", None, True, "show a progress bar (tqdm)", flag=True)
-THREADS = Option(
-    "threads",
-    int,
-    0,
-    "CPU threads for torch and Numba (0: torch's, e.g. OMP_NUM_THREADS)",
-    at_least=0,
-)
-WIDTH = Option(
-    "width",
-    int,
-    32,
-    "channels of the CNN body (width // 2 divisible by 4, e.g. 16, 32)",
-    at_least=8,
-)
-LIMIT_TRAIN = Option(
-    "limit-train",
-    _int_or_none,
-    None,
-    "train on N samples: digits spread over the classes, or the first N images (quick "
-    "checks; at least one batch)",
-    metavar="N",
-    at_least=1,
-)
-LIMIT_TEST = Option(
-    "limit-test",
-    _int_or_none,
-    None,
-    "test on N samples: digits spread over the classes, or the first N images (quick checks)",
-    metavar="N",
-    at_least=1,
-)
-NUM_WORKERS = Option(
-    "num-workers",
-    int,
-    0,
-    "DataLoader worker processes per process (0: read data in the main process)",
-    at_least=0,
-)
-MODEL = Option(
-    "model",
-    str,
-    "mnist_cnn",
-    "model preset (torchdcn.cli.presets.MODELS)",
-    tuple(MODELS),
-)
-TASK = Option(
-    "task",
-    str,
-    None,
-    "classification, detection or segmentation; none: the --model's (--task alone picks "
-    "mnist_cnn, faster_rcnn or deeplab)",
-    ("classification", "detection", "segmentation"),
-)
-ANN_FILE = Option(
-    "ann-file",
-    str,
-    None,
-    "detectors: the COCO instances JSON (none: the one under <data-root>/annotations)",
-    metavar="FILE",
-)
-IMAGE_DIR = Option(
-    "image-dir",
-    str,
-    None,
-    "detectors: folder of the images (none: <data-root>/<split> of instances_<split>.json)",
-    metavar="DIR",
-)
-
-
-def _size_option(name: str, default: int | None, what: str) -> Option:
-    return Option(name, int, default, f"detectors: {what}", metavar="PIXELS", at_least=1)
 
 
 DETECTION_TRAIN_OPTIONS = (
@@ -212,8 +147,8 @@ DETECTION_TRAIN_OPTIONS = (
         "detectors: images of --val-ann-file (none: as for --image-dir)",
         metavar="DIR",
     ),
-    _size_option("min-size", 600, "shorter image side after resizing"),
-    _size_option("max-size", 1000, "cap on the longer image side"),
+    size_option("min-size", 600, "shorter image side after resizing"),
+    size_option("max-size", 1000, "cap on the longer image side"),
 )
 SEGMENTATION_TRAIN_OPTIONS = (
     Option(
@@ -339,8 +274,8 @@ EVAL_OPTIONS = (
     DATA_ROOT,
     ANN_FILE,
     IMAGE_DIR,
-    _size_option("min-size", None, "shorter image side (none: the checkpoint's)"),
-    _size_option("max-size", None, "longer side cap (none: the checkpoint's)"),
+    size_option("min-size", None, "shorter image side (none: the checkpoint's)"),
+    size_option("max-size", None, "longer side cap (none: the checkpoint's)"),
     Option(
         "batch-size",
         _int_or_none,
@@ -433,87 +368,6 @@ DEMO_OPTIONS = (
         at_least=0,
     ),
     *DETECTION_DEMO_OPTIONS,
-)
-
-#: the positional images of ``detect`` and ``segment``
-IMAGE_INPUTS = Option(
-    "inputs",
-    str,
-    [],
-    "images, or folders of images (.jpg, .jpeg, .png, .bmp, .webp)",
-    nargs="*",
-    metavar="IMAGE_OR_DIR",
-    positional=True,
-)
-
-DETECT_OPTIONS = (
-    IMAGE_INPUTS,
-    Option(
-        "checkpoint",
-        str,
-        None,
-        "detector checkpoint written by 'torchdcn train' (e.g. runs/train/last.pt); required",
-        metavar="PATH",
-    ),
-    Option(
-        "out", str, "runs/detect", "folder for one PNG per image and detections.json", metavar="DIR"
-    ),
-    Option(
-        "score-thresh",
-        _float,
-        0.5,
-        "draw and keep detections scoring at least this (below the model's own threshold, "
-        "0.05, the model keeps more)",
-        at_least=0,
-    ),
-    Option(
-        "ann-file",
-        str,
-        None,
-        "COCO JSON whose image ids the results take (by file name; none: 1, 2, ... in order)",
-        metavar="FILE",
-    ),
-    _size_option("min-size", None, "shorter image side (none: the checkpoint's)"),
-    _size_option("max-size", None, "longer side cap (none: the checkpoint's)"),
-    Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
-    THREADS,
-)
-
-SEGMENT_OPTIONS = (
-    IMAGE_INPUTS,
-    Option(
-        "checkpoint",
-        str,
-        None,
-        "segmenter checkpoint written by 'torchdcn train --task segmentation'; required",
-        metavar="PATH",
-    ),
-    Option(
-        "out",
-        str,
-        "runs/segment",
-        "folder for a colour-coded overlay PNG and a label PNG per image, and segments.json",
-        metavar="DIR",
-    ),
-    Option("alpha", _float, 0.5, "opacity of the class colours over the image, 0 to 1", at_least=0),
-    Option(
-        "min-size",
-        int,
-        None,
-        "shorter image side (none: the checkpoint's)",
-        metavar="PIXELS",
-        at_least=1,
-    ),
-    Option(
-        "max-size",
-        int,
-        None,
-        "longer side cap (none: the checkpoint's)",
-        metavar="PIXELS",
-        at_least=1,
-    ),
-    Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
-    THREADS,
 )
 
 COMMANDS: dict[str, tuple[str, tuple[Option, ...]]] = {
