@@ -142,7 +142,7 @@ def test_cli_paragraph_states_what_the_cli_does():
     assert "Exit codes: 0 success, 1 failure, 2 bad arguments or config (an error" in text
     assert "3 missing or invalid input." in text
     # "its values are checked as the flags are, so `epochs: 1.7` is refused" and the warm-up
-    # warning: tests/test_cli.py (test_config_values_are_checked_like_flags,
+    # warning: tests/cli/test_main.py (test_config_values_are_checked_like_flags,
     # test_warmup_longer_than_the_run_warns_in_one_line)
     assert "so `epochs: 1.7` is refused" in text and "warned about" in text
     codes = (cli.EXIT_OK, cli.EXIT_FAILURE, cli.EXIT_USAGE, cli.EXIT_INPUT)
