@@ -239,6 +239,10 @@ def faster_rcnn(
             settings (32 positive RoIs per image, 224 px patches, weights 0.1), or a dict of
             :class:`~.mimic.MimicBranch` options (``rois="all"``, ``patch_size=64``...).
 
+    The defaults are the v2 paper's (Detectron) for every ``deform``: 512 RoIs sampled 1:3, conv5
+    reduced to 256 channels. The v1 paper's network: ``faster_rcnn("resnet101", deform="v1",
+    reduce_channels=1024, roi_heads_kwargs={"sampler": BalancedSampler(256, 0.25)})``.
+
     The offset predictors of deformable convs and RoI pooling keep their learning-rate
     multipliers: use ``torchdcn.nn.param_groups(model, lr)`` for the optimizer.
 
