@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .common_options import DEVICE
 from .option import Option, _float
 
 #: the tools ``--tools`` picks from, in report order
@@ -66,7 +67,7 @@ ANALYZE_OPTIONS = (
         metavar="A",
         at_least=0,
     ),
-    Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
+    DEVICE,
     Option("progress", None, True, "show a progress bar (tqdm)", flag=True),
     Option(
         "threads",

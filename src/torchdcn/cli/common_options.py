@@ -83,6 +83,10 @@ IMAGE_DIR = Option(
 )
 
 
-def size_option(name: str, default: int | None, what: str) -> Option:
-    """A detector's image-size row (``--min-size`` / ``--max-size``)."""
-    return Option(name, int, default, f"detectors: {what}", metavar="PIXELS", at_least=1)
+DEVICE = Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE")
+
+
+def size_option(name: str, default: int | None, what: str, who: str | None = "detectors") -> Option:
+    """An image-size row (``--min-size`` / ``--max-size``); ``who`` reads it, in the help."""
+    text = f"{who}: {what}" if who else what
+    return Option(name, int, default, text, metavar="PIXELS", at_least=1)

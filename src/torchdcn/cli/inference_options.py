@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common_options import THREADS, size_option
+from .common_options import DEVICE, THREADS, size_option
 from .option import Option, _float
 
 #: the positional images of ``detect`` and ``segment``
@@ -45,7 +45,7 @@ DETECT_OPTIONS = (
     ),
     size_option("min-size", None, "shorter image side (none: the checkpoint's)"),
     size_option("max-size", None, "longer side cap (none: the checkpoint's)"),
-    Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
+    DEVICE,
     THREADS,
 )
 
@@ -66,22 +66,8 @@ SEGMENT_OPTIONS = (
         metavar="DIR",
     ),
     Option("alpha", _float, 0.5, "opacity of the class colours over the image, 0 to 1", at_least=0),
-    Option(
-        "min-size",
-        int,
-        None,
-        "shorter image side (none: the checkpoint's)",
-        metavar="PIXELS",
-        at_least=1,
-    ),
-    Option(
-        "max-size",
-        int,
-        None,
-        "longer side cap (none: the checkpoint's)",
-        metavar="PIXELS",
-        at_least=1,
-    ),
-    Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
+    size_option("min-size", None, "shorter image side (none: the checkpoint's)", who=None),
+    size_option("max-size", None, "longer side cap (none: the checkpoint's)", who=None),
+    DEVICE,
     THREADS,
 )

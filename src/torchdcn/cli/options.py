@@ -15,6 +15,7 @@ from .analyze_options import ANALYZE_OPTIONS
 from .common_options import (
     ANN_FILE,
     DATA_ROOT,
+    DEVICE,
     IMAGE_DIR,
     LIMIT_TEST,
     LIMIT_TRAIN,
@@ -252,7 +253,7 @@ TRAIN_OPTIONS = (
     Option(
         "overwrite", None, False, "start over even if <output-dir> holds a checkpoint", flag=True
     ),
-    Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
+    DEVICE,
     Option(
         "tensorboard", None, False, "also log to <output-dir>/tb (needs tensorboard)", flag=True
     ),
@@ -284,7 +285,7 @@ EVAL_OPTIONS = (
         metavar="N",
         at_least=1,
     ),
-    Option("device", str, "auto", "cpu, cuda, cuda:N or auto", metavar="DEVICE"),
+    DEVICE,
     Option(
         "json",
         str,
