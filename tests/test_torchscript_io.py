@@ -20,6 +20,8 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated
 
 ROIS = torch.tensor([[0, 8.0, 16.0, 90.0, 70.0], [1, 30.0, 4.0, 60.0, 120.0], [1, -8.0, 0, 40, 30]])
 SCALE = 1 / 8  # 6 x 7 maps of a 48 x 56 image, one RoI partly off the map
+#: the same RoIs as one ``[K_i, 4]`` tensor per image (torchvision's list form)
+LIST_ROIS = [ROIS[:1, 1:], ROIS[1:, 1:]]
 
 
 def _x(channels: int = 12) -> torch.Tensor:
@@ -86,13 +88,18 @@ def test_every_exported_module_is_listed():
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_nn_module_scripts_saves_and_loads(name):
+    """Scripted and reloaded, each module computes what the eager one does; the RoI modules
+    with ``[K, 5]`` and list RoIs."""
     build, inputs = MODULES[name]
     module = _randomise(build())
     args = inputs()
-    want = module(*args)
+    calls = [args] + ([(args[0], LIST_ROIS)] if args[-1] is ROIS else [])
     scripted = torch.jit.script(module)
-    torch.testing.assert_close(scripted(*args), want, rtol=0, atol=0)
-    torch.testing.assert_close(_roundtrip(scripted)(*args), want, rtol=0, atol=0)
+    loaded = _roundtrip(scripted)
+    for call in calls:
+        want = module(*call)
+        torch.testing.assert_close(scripted(*call), want, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(*call), want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("deform", [None, "v1", "v2"])

@@ -52,29 +52,7 @@ def test_plain_modules_are_the_ops():
         RoIPool(7, mode="sum")
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        RoIAlign(2, SCALE, 2),
-        RoIPool(2, SCALE),
-        PSRoIAlign(2, SCALE, 2),
-        PSRoIPool(2, SCALE),
-        DeformRoIPool(12, 2, SCALE, 2),
-        ModulatedDeformRoIPool(12, 2, SCALE, 2, hidden_channels=8),
-        DeformPSRoIPool(3, 2, SCALE, 2),
-    ],
-    ids=lambda m: type(m).__name__,
-)
-def test_torchscript(module):
-    """The RoI modules script (tensor or list RoIs) and compute what the eager ones do."""
-    torch.manual_seed(3)
-    for p in module.parameters():
-        with torch.no_grad():
-            p.normal_(0, 0.05)
-    x = torch.randn(2, 12, 6, 7)
-    scripted = torch.jit.script(module)
-    for rois in (ROIS, [ROIS[:1, 1:], ROIS[1:, 1:]]):
-        torch.testing.assert_close(scripted(x, rois), module(x, rois), rtol=0, atol=0)
+# TorchScript (tensor and list RoIs, save/load): tests/test_torchscript_io.py
 
 
 @pytest.mark.parametrize("rois", [ROIS, [ROIS[:1, 1:], ROIS[1:, 1:]]], ids=["tensor", "list"])
