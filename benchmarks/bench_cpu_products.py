@@ -66,9 +66,9 @@ def bench_blocks(n, c, h, w, repeats):
         return cb(g_image, cpu._as_image(cols), w4, None, *_CONV, mask)
 
     fns = {f"fwd {route}": lambda p=prod: p.forward(cols_f) for route, prod in products.items()}
-    fns["gW mm"] = lambda: g_w.addmm_(g_t, cols)  # as _Product.backward
+    fns["gW mm"] = lambda: g_w.addmm_(g_t, cols)  # as _Product.grad_weight
     fns["gW conv"] = lambda: g_w.add_(backward_conv((False, True, False))[1].view_as(g_w))
-    fns["gcols mm"] = lambda: torch.mm(g_t.t(), w2, out=g_cols)  # as _Product.backward
+    fns["gcols mm"] = lambda: torch.mm(g_t.t(), w2, out=g_cols)  # as _Product.grad_columns
     fns["gcols conv"] = lambda: backward_conv((True, False, False))
     times = time_interleaved(fns, repeats)
     return p_f, p_b, bool(whole), {k: v * 1e3 for k, v in times.items()}

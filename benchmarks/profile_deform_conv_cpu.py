@@ -3,8 +3,10 @@
 Wraps the Numba kernels, the padded copy and the GEMM of ``torchdcn.ops._deform_conv_cpu`` with
 timers, runs forward and backward (v2, 3x3, stride 1, padding 1, float32), and prints the mean
 milliseconds per call of each part and of the whole (the rest is PyTorch glue and thread-pool
-hand-offs). It also times the column sampling of one image into a reused buffer and into a fresh
-buffer of the same size, which shows what page faults cost past glibc's 32 MiB mmap threshold.
+hand-offs; the backward samples its columns inside its gradient pass, so its "sampling" cell is
+0 and the gradient pass's cell includes it). It also times the column sampling of one image into
+a reused buffer and into a fresh buffer of the same size, which shows what page faults cost past
+glibc's 32 MiB mmap threshold.
 Run: ``python benchmarks/profile_deform_conv_cpu.py [--threads 2] [--repeats 20]``.
 """
 
@@ -27,7 +29,7 @@ if os.environ.get("PROFILE_SHAPES"):  # e.g. "64,32,12,12 8,64,32,32"
     SHAPES = [tuple(map(int, s.split(","))) for s in os.environ["PROFILE_SHAPES"].split()]
 PARTS = {
     cpu: ["_padded_channels_last", "columns_kernel", "grad_kernel_images", "grad_kernel_parts"],
-    cpu._Product: ["forward", "backward"],
+    cpu._Product: ["forward", "grad_columns", "grad_weight"],
 }
 
 
@@ -98,7 +100,7 @@ def main() -> None:
     spent: dict[str, float] = collections.defaultdict(float)
     _instrument(spent)
     print(f"# CPU deform_conv2d parts, float32, {args.threads} threads, means of {args.repeats}")
-    print("| shape | call | total ms | padded copy | sampling | GEMM | input+offset grads |")
+    print("| shape | call | total ms | padded copy | sampling | GEMM | gradient pass |")
     print("|---|---|---|---|---|---|---|")
     for (n, c, h, w), (x, offset, mask, weight, grad) in zip(SHAPES, inputs):
         calls = {
@@ -108,7 +110,7 @@ def main() -> None:
         for call, fn in calls.items():
             total, part = _parts_ms(fn, spent, args.repeats)
             cells = [part.get(k, 0.0) for k in ("_padded_channels_last", "columns_kernel")]
-            cells.append(part.get("forward", 0.0) + part.get("backward", 0.0))
+            cells.append(sum(part.get(k, 0.0) for k in ("forward", "grad_columns", "grad_weight")))
             cells.append(part.get("grad_kernel_images", 0.0) + part.get("grad_kernel_parts", 0.0))
             print(f"| ({n}, {c}, {h}x{w}) | {call} | {total:.2f} | " + " | ".join(
                 f"{v:.2f}" for v in cells) + " |")  # fmt: skip

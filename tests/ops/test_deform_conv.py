@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from cpu_routes import CPU_ROUTES, cpu_route
 
-from torchdcn.ops import deform_conv2d, set_workspace_limit, use_backend
+from torchdcn.ops import _deform_conv_cpu, deform_conv2d, set_workspace_limit, use_backend
 
 KERNELS = ("numba", "reference")
 
@@ -535,6 +535,43 @@ def test_cpu_routes_agree_with_reference(route, groups):
     for kernel in (route, "reference"):
         ts = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
         with cpu_route(kernel):
+            out = deform_conv2d(*ts[:4], st, pd, dl, ts[4])
+            results.append((out, *torch.autograd.grad(out, ts, g)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# backward blocks of two whole images of the test below: 2 images x (columns and their gradient)
+# x 8 rows x 8 positions x (2 groups x 9 points x 4 channels) x 4 bytes
+_TWO_IMAGES = 2 * 2 * 8 * 8 * 72 * 4
+
+
+@pytest.mark.parametrize(
+    "route, block_bytes",
+    [(route, None) for route in CPU_ROUTES]
+    + [("numba", _TWO_IMAGES), ("numba-1thread", _TWO_IMAGES)],
+    ids=[*CPU_ROUTES, "numba-2images", "numba-1thread-2images"],
+)
+def test_cpu_routes_points_outside_in_later_blocks(route, block_bytes, monkeypatch):
+    """Rows whose every point lies outside the map (far offsets, NaN) in images after ones that
+    read it: the backward samples the columns for the weight gradient in its gradient pass, and
+    one buffer serves every block of a call (blocks of rows, of two whole images with a thread
+    per image or per-thread accumulators), so a point outside must write zeros into every run of
+    its offset group (2 conv groups, 1 offset group: 2 runs), not leave the previous block's
+    columns for the weight gradient."""
+    cfg = (4, 8, 6, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 2, 1, True)
+    x, offset, weight, bias, mask, st, pd, dl = _make(cfg, dtype=torch.float32, seed=9)
+    offset = offset.clone()
+    offset[2, :, 4:] = 1e6  # image 2: the lower rows read nothing
+    offset[3, :, :3] = float("nan")  # image 3: the upper rows read nothing
+    offset[3, 6:10, 6] = -1e6  # and two points of each position of a row that reads
+    g = torch.randn(4, 6, 8, 8, generator=torch.Generator().manual_seed(10))
+    results = []
+    for kernel in (route, "reference"):
+        ts = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
+        with cpu_route(kernel):
+            if block_bytes is not None and kernel != "reference":
+                monkeypatch.setattr(_deform_conv_cpu, "BLOCK_BYTES", block_bytes)
             out = deform_conv2d(*ts[:4], st, pd, dl, ts[4])
             results.append((out, *torch.autograd.grad(out, ts, g)))
     for a, b in zip(*results, strict=True):

@@ -48,18 +48,20 @@ def test_products_match_plain_matrix_products(route, groups, dtype, rows_layout,
     assert rows.shape == (p, c_out) and rows.dtype == dtype and rows.stride(1) == 1
     g_cols = torch.full_like(cols, float("nan"))  # every element must be written
     if rows_layout:
-        product.backward(g_rows, cols, g_cols, rows=True)
+        g_out = g_rows
     else:  # a segment of an NCHW gradient [C_out, H*W]: a strided view, read in place
         nchw = torch.randn(c_out, p + 11, generator=gen, dtype=dtype)
         nchw[:, 5 : 5 + p] = g_rows.t()
-        product.backward(nchw[:, 5 : 5 + p], cols, g_cols, rows=False)
+        g_out = nchw[:, 5 : 5 + p]
+    product.grad_columns(g_out, g_cols, rows=rows_layout)
+    product.grad_weight(g_out, cols, rows=rows_layout)
     want_rows, want_g_cols, want_g_w = _mm_reference(w2, groups, bias, cols, g_rows)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(rows.double(), want_rows, **tol)
     torch.testing.assert_close(g_cols.double(), want_g_cols, **tol)
     torch.testing.assert_close(product.g_w.double(), want_g_w, **tol)
     # a second block accumulates into the weight gradient
-    product.backward(g_rows, cols, g_cols, rows=True)
+    product.grad_weight(g_rows, cols, rows=True)
     torch.testing.assert_close(product.g_w.double(), 2 * want_g_w, **tol)
 
 

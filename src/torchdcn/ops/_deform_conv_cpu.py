@@ -6,7 +6,7 @@ The output positions are processed in blocks of whole output rows whose columns
 once multiplied by the weight while it is still in cache, and one block buffer serves the whole
 call. Writing all of an image's columns instead costs a trip to memory, and past glibc's 32 MiB
 mmap ceiling fresh page faults on every call. Backward recomputes each block's columns instead of
-keeping them.
+keeping them, in the same pass over the input as its input, offset and mask gradients.
 
 The products are PyTorch's own, one call per block (:class:`_Product`): the forward multiplies
 the columns into rows ``[positions, C_out]`` that one transposing copy moves to the NCHW output (a
@@ -176,12 +176,17 @@ class _Product:
                 torch.addmm(self.bias[o, None], self.w[q], cols[:, c].t(), out=dst)
         return out
 
-    def backward(self, g_out: Tensor, cols: Tensor, g_cols: Tensor, rows: bool) -> None:
-        """``g_cols = g_out @ W`` (rows) or ``g_out^T @ W`` (segment) and ``g_W += g_out^T @ cols``
-        (rows) or ``g_out @ cols`` (segment)."""
+    def grad_columns(self, g_out: Tensor, g_cols: Tensor, rows: bool) -> None:
+        """``g_cols = g_out @ W`` (rows ``[P, C_out]``) or ``g_out^T @ W`` (segment ``[C_out, P]``)
+        into ``g_cols`` ``[P, groups * K * Cq]``."""
         for q, o, c in self._slices():
+            g = g_out[:, o] if rows else g_out[o].t()  # [P, C_out/groups] either way
+            torch.mm(g, self.w[q], out=g_cols[:, c])
+
+    def grad_weight(self, g_out: Tensor, cols: Tensor, rows: bool) -> None:
+        """``g_W += g_out^T @ cols`` (rows) or ``g_out @ cols`` (segment)."""
+        for _, o, c in self._slices():
             g = g_out[:, o].t() if rows else g_out[o]  # [C_out/groups, P] either way
-            torch.mm(g.t(), self.w[q], out=g_cols[:, c])
             self.g_w[o].addmm_(g, cols[:, c])
 
 
@@ -264,23 +269,26 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
             size = (t1 - t0) * wo * width
             cols = bufs[0][:size].view(t1 - t0, wo, width)
             g_cols = bufs[1][:size].view(t1 - t0, wo, width)
-            columns_kernel(xpad.numpy(), off, m, use_mask, *layout, geom, t0, cols.numpy())
             cols2, g_cols2 = cols.view(-1, width), g_cols.view(-1, width)
             if per_block:  # whole images: NCHW -> rows [P, C_out], one product
                 n0 = a + t0 // ho
                 r = rows[: (t1 - t0) * wo]
                 r.view(-1, ho * wo, c_out).copy_(g_rows[n0 : n0 + (t1 - t0) // ho].transpose(1, 2))
-                product.backward(r, cols2, g_cols2, rows=True)
-            else:
-                for i, in_block, in_image in _segments(t0, t1, ho, wo):
-                    g_seg = g_rows[a + i][:, in_image]
-                    product.backward(g_seg, cols2[in_block], g_cols2[in_block], rows=False)
+                parts = [(r, cols2, g_cols2)]
+            else:  # each image's segment of the block, read in place
+                parts = [(g_rows[a + i][:, in_image], cols2[in_block], g_cols2[in_block])
+                         for i, in_block, in_image in _segments(t0, t1, ho, wo)]  # fmt: skip
+            for g, _, g_c in parts:
+                product.grad_columns(g, g_c, rows=bool(per_block))
+            # input, offset and mask gradients; the pass also samples the block's columns
             if by_image:
                 grad_kernel_images(g_cols.numpy(), xpad.numpy(), off, m, use_mask, *layout, geom,
-                                   t0, gxpad[0].numpy(), g_off, g_m)  # fmt: skip
+                                   t0, gxpad[0].numpy(), g_off, g_m, cols.numpy())  # fmt: skip
             else:
                 grad_kernel_parts(g_cols.numpy(), xpad.numpy(), off, m, use_mask, *layout, geom,
-                                  t0, gxpad.numpy(), g_off, g_m)  # fmt: skip
+                                  t0, gxpad.numpy(), g_off, g_m, cols.numpy())  # fmt: skip
+            for g, c, _ in parts:
+                product.grad_weight(g, c, rows=bool(per_block))
         # sum the per-thread accumulators straight into the result (no summed temporary)
         g_chunk = g_input[a:b]
         g_chunk.copy_(gxpad[0, :, 1:-1, 1:-1].permute(0, 3, 1, 2))

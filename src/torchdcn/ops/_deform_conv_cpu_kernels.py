@@ -18,10 +18,12 @@ rows by ``t = n * Ho + oy`` and take the first row ``t0`` of their block; ``cols
 ``[rows, W_out, width]``.
 
 Backward is one pass over the columns' gradient (:func:`_grad_row`): each sampling point's corners
-and weights are computed once and give the input gradient (scattered into ``gxpad``) and the
-offset and mask gradients. Those come from four dot products per point and run, ``D_ab = sum_c
-g[c] * x_ab[c]`` over the corners ``ab``: ``dL/dy = m ((1-lx)(D10-D00) + lx(D11-D01))``, ``dL/dx
-= m ((1-ly)(D01-D00) + ly(D11-D10))`` and ``dL/dm`` is the bilinear mix of the ``D_ab``.
+and weights are computed once and give the input gradient (scattered into ``gxpad``), the
+offset and mask gradients, and the point's columns (which the weight gradient needs: the backward
+samples the input once, in this pass, not in a separate :func:`columns_kernel` call). The
+offset and mask gradients come from four dot products per point and run, ``D_ab = sum_c g[c] *
+x_ab[c]`` over the corners ``ab``: ``dL/dy = m ((1-lx)(D10-D00) + lx(D11-D01))``, ``dL/dx = m
+((1-ly)(D01-D00) + ly(D11-D10))`` and ``dL/dm`` is the bilinear mix of the ``D_ab``.
 """
 
 from __future__ import annotations
@@ -134,10 +136,11 @@ def _sample_run(dst, r00, r01, r10, r11, w00, w01, w10, w11):
 # semantics are kept (no "fast" flags beyond these two).
 @njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
 def _grad_row(gcols, xf, hp, wp, offset, mask, use_mask, table, step, geom, t0, r, gxf, goff,
-              gmask):  # fmt: skip
+              gmask, cols):  # fmt: skip
     """Output row ``t0 + r``: ``gxpad[corner] += weight * gcols[r, ox, column]`` (``gxf``, a run
-    matrix like ``xf``) and the row's offset / mask gradients (``goff``/``gmask`` add up over the
-    runs of one offset group)."""
+    matrix like ``xf``), the row's offset / mask gradients (``goff``/``gmask`` add up over the
+    runs of one offset group) and its columns ``cols[r]`` (as :func:`columns_kernel` writes
+    them)."""
     s_runs, length = table.shape[0], xf.shape[1]
     ho = offset.shape[2]
     wo, width = gcols.shape[1], gcols.shape[2]
@@ -146,6 +149,7 @@ def _grad_row(gcols, xf, hp, wp, offset, mask, use_mask, table, step, geom, t0, 
     n = (t0 + r) // ho
     oy = t0 + r - n * ho
     grow = gcols[r].reshape(wo * per_pos, length)
+    crow = cols[r].reshape(wo * per_pos, length)
     wts = np.empty(4, xf.dtype)
     groups = offset.shape[1] // (2 * nk)
     per_group = s_runs // groups  # runs of one offset group are consecutive
@@ -154,22 +158,25 @@ def _grad_row(gcols, xf, hp, wp, offset, mask, use_mask, table, step, geom, t0, 
             for g in range(groups):
                 iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
                 if not ok:
+                    for s in range(g * per_group, (g + 1) * per_group):
+                        crow[ox * per_pos + table[s, 1] + kk * step][:] = 0
                     continue
                 m = mask[n, g * nk + kk, oy, ox] if use_mask else 1.0
                 _weights(wts, ly, lx, m)
                 for s in range(g * per_group, (g + 1) * per_group):
-                    _grad_run(grow[ox * per_pos + table[s, 1] + kk * step], xf, gxf,
+                    at = ox * per_pos + table[s, 1] + kk * step
+                    _grad_run(grow[at], crow[at], xf, gxf,
                               ((n * hp + iy) * wp + ix) * s_runs + s, wp * s_runs, s_runs,
                               wts[0], wts[1], wts[2], wts[3], ly, lx, m, use_mask, goff, gmask,
                               n, g * nk + kk, oy, ox)  # fmt: skip
 
 
 @njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
-def _grad_run(src, xf, gxf, p, down, right, w00, w01, w10, w11, ly, lx, m, use_mask, goff, gmask,
-              n, j, oy, ox):  # fmt: skip
+def _grad_run(src, dst, xf, gxf, p, down, right, w00, w01, w10, w11, ly, lx, m, use_mask, goff,
+              gmask, n, j, oy, ox):  # fmt: skip
     """One run of one sampling point: scatter ``src`` into the four corners of ``gxf`` (rows
-    ``p``, ``p + right``, ``p + down``, ``p + down + right``) and add the point's offset and mask
-    gradients (``j``: offset group * K + kernel point)."""
+    ``p``, ``p + right``, ``p + down``, ``p + down + right``), add the point's offset and mask
+    gradients (``j``: offset group * K + kernel point) and write its column run ``dst``."""
     length = src.shape[0]
     a00 = gxf[p]
     a01 = gxf[p + right]
@@ -192,6 +199,7 @@ def _grad_run(src, xf, gxf, p, down, right, w00, w01, w10, w11, ly, lx, m, use_m
         d01 += v * r01[ch]
         d10 += v * r10[ch]
         d11 += v * r11[ch]
+        dst[ch] = w00 * r00[ch] + w01 * r01[ch] + w10 * r10[ch] + w11 * r11[ch]
     goff[n, 2 * j, oy, ox] += m * ((1 - lx) * (d10 - d00) + lx * (d11 - d01))
     goff[n, 2 * j + 1, oy, ox] += m * ((1 - ly) * (d01 - d00) + ly * (d11 - d10))
     if use_mask:
@@ -201,7 +209,7 @@ def _grad_run(src, xf, gxf, p, down, right, w00, w01, w10, w11, ly, lx, m, use_m
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def grad_kernel_parts(gcols, xpad, offset, mask, use_mask, table, step, geom, t0, gxpad_parts,
-                      goff, gmask):  # fmt: skip
+                      goff, gmask, cols):  # fmt: skip
     """Backward of one block whose rows may share an image: the rows are cut into as many equal
     runs as there are accumulators, run ``j`` adds into its own copy ``gxpad_parts[j]`` (summed
     by the caller in a fixed order), so no two threads write one cell and the result does not
@@ -215,12 +223,12 @@ def grad_kernel_parts(gcols, xpad, offset, mask, use_mask, table, step, geom, t0
         gxf = gxpad_parts[j].reshape(size, c // table.shape[0])
         for r in range(j * rows // parts, (j + 1) * rows // parts):
             _grad_row(gcols, xf, hp, wp, offset, mask, use_mask, table, step, geom, t0, r, gxf,
-                      goff, gmask)  # fmt: skip
+                      goff, gmask, cols)  # fmt: skip
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def grad_kernel_images(gcols, xpad, offset, mask, use_mask, table, step, geom, t0, gxpad, goff,
-                       gmask):  # fmt: skip
+                       gmask, cols):  # fmt: skip
     """Backward of a block of whole images (``t0`` and the block's rows multiples of ``H_out``):
     one thread per image adds into the one accumulator ``gxpad`` (a sample never leaves its
     image), each image's rows in order, so the sums do not depend on the thread count."""
@@ -233,4 +241,4 @@ def grad_kernel_images(gcols, xpad, offset, mask, use_mask, table, step, geom, t
     for i in prange(images):
         for r in range(i * ho, (i + 1) * ho):
             _grad_row(gcols, xf, hp, wp, offset, mask, use_mask, table, step, geom, t0, r, gxf,
-                      goff, gmask)  # fmt: skip
+                      goff, gmask, cols)  # fmt: skip
