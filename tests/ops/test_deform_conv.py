@@ -561,6 +561,10 @@ def test_cpu_routes_points_outside_in_later_blocks(route, block_bytes, monkeypat
     columns for the weight gradient."""
     cfg = (4, 8, 6, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 2, 1, True)
     x, offset, weight, bias, mask, st, pd, dl = _make(cfg, dtype=torch.float32, seed=9)
+    if block_bytes is not None:  # the blocks this test means: two whole images each
+        monkeypatch.setattr(_deform_conv_cpu, "BLOCK_BYTES", block_bytes)
+        assert _deform_conv_cpu._blocks(4, 8, _TWO_IMAGES // 16) == ([(0, 16), (16, 32)], 2)
+        monkeypatch.undo()
     offset = offset.clone()
     offset[2, :, 4:] = 1e6  # image 2: the lower rows read nothing
     offset[3, :, :3] = float("nan")  # image 3: the upper rows read nothing
