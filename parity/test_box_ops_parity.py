@@ -84,6 +84,32 @@ def test_box_area_and_iou(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", ["xyxy", "xywh", "cxcywh"])
+def test_box_area_and_iou_batched_and_formats(dtype, fmt):
+    # torchvision 0.29's [..., N, 4] boxes and fmt argument; the leading dimensions broadcast
+    a = torch.stack([_boxes(30, s, dtype) for s in range(3)])
+    b = torch.stack([_boxes(20, 10 + s, dtype) for s in range(3)])
+    torch.testing.assert_close(ours.box_area(a, fmt), tv.box_area(a, fmt), rtol=0, atol=0)
+    for other in (b, b[:1]):
+        torch.testing.assert_close(
+            ours.box_iou(a, other, fmt), tv.box_iou(a, other, fmt), rtol=0, atol=0, equal_nan=True
+        )
+
+
+def test_tensor_and_numpy_scalar_arguments():
+    np = pytest.importorskip("numpy")
+    boxes = _boxes(50, 5, torch.float32) - 40
+    size = torch.tensor([100, 150])
+    torch.testing.assert_close(
+        ours.clip_boxes_to_image(boxes, size), tv.clip_boxes_to_image(boxes, size), rtol=0, atol=0
+    )
+    for min_size in (torch.tensor(5.0), np.float32(5.0)):
+        assert torch.equal(
+            ours.remove_small_boxes(boxes, min_size), tv.remove_small_boxes(boxes, min_size)
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("size", [(100, 150), (1, 1), (240, 60)])
 def test_clip_boxes_to_image(dtype, size):
     boxes = _boxes(50, 5, dtype) - 40

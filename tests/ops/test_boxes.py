@@ -129,8 +129,16 @@ def test_torchscript_matches_eager():
 @pytest.mark.parametrize(
     "call, error, words",
     [
-        (lambda: box_area(torch.zeros(3, 5)), ValueError, ["boxes", "[N, 4]", "(3, 5)"]),
-        (lambda: box_area(torch.zeros(4)), ValueError, ["boxes", "(4,)"]),
+        (lambda: box_area(torch.zeros(3, 5)), ValueError, ["boxes", "[..., 4]", "(3, 5)"]),
+        (lambda: box_area(torch.zeros(())), ValueError, ["boxes", "()"]),
+        (lambda: box_area(torch.zeros(2, 4), "xyxyr"), ValueError, ["fmt", "xyxyr", "rotated"]),
+        (lambda: box_iou(torch.zeros(4), torch.zeros(2, 4)), ValueError, ["boxes1", "[..., N, 4]"]),
+        (
+            lambda: box_iou(torch.zeros(2, 3, 4), torch.zeros(3, 1, 4)),
+            ValueError,
+            ["leading dimensions", "(2, 3, 4)", "(3, 1, 4)"],
+        ),
+        (lambda: box_iou(torch.zeros(2, 4), torch.zeros(2, 4), "xy"), ValueError, ["fmt"]),
         (lambda: box_area([[0, 0, 1, 1]]), TypeError, ["boxes", "list"]),
         (lambda: box_area(torch.zeros(2, 4, dtype=torch.bool)), TypeError, ["boxes", "bool"]),
         (lambda: box_iou(torch.zeros(2, 4), torch.zeros(2, 3)), ValueError, ["boxes2", "(2, 3)"]),
@@ -138,6 +146,18 @@ def test_torchscript_matches_eager():
         (lambda: clip_boxes_to_image(torch.zeros(2, 4), 4), TypeError, ["size", "(height"]),
         (lambda: clip_boxes_to_image(torch.zeros(2, 4), (4, -1)), ValueError, ["size", "-1"]),
         (lambda: remove_small_boxes(torch.zeros(2, 4), "1"), TypeError, ["min_size", "str"]),
+        (lambda: remove_small_boxes(torch.zeros(2, 4), True), TypeError, ["min_size", "bool"]),
+        (
+            lambda: remove_small_boxes(torch.zeros(2, 4), torch.ones(2)),
+            TypeError,
+            ["min_size", "0-d"],
+        ),
+        (
+            lambda: clip_boxes_to_image(torch.zeros(2, 4), torch.tensor([True, True])),
+            TypeError,
+            ["size", "(height"],
+        ),
+        (lambda: clip_boxes_to_image(torch.zeros(2, 4), torch.ones(2, 2)), TypeError, ["size"]),
     ],
 )
 def test_bad_input(call, error, words):
@@ -145,3 +165,45 @@ def test_bad_input(call, error, words):
         call()
     for word in words:
         assert word in str(info.value)
+
+
+def _to_format(boxes, fmt):
+    """xyxy -> ``fmt`` (exact for these small binary fractions)."""
+    lo, hi = boxes[..., :2], boxes[..., 2:]
+    if fmt == "xywh":
+        return torch.cat([lo, hi - lo], -1)
+    if fmt == "cxcywh":
+        return torch.cat([(lo + hi) / 2, hi - lo], -1)
+    return boxes
+
+
+@pytest.mark.parametrize("fmt", ["xyxy", "xywh", "cxcywh"])
+def test_batched_boxes_and_formats_match_the_2d_xyxy_result(fmt):
+    # a batch of box sets [B, N, 4] against [B, M, 4] and a broadcast [1, M, 4]: each slice is
+    # the 2-d call; other formats give the xyxy IoUs and areas (torchvision's fmt argument)
+    a = torch.stack([_random_boxes(6, seed=s) for s in range(3)]).round()
+    b = torch.stack([_random_boxes(7, seed=10 + s) for s in range(3)]).round()
+    fa, fb = _to_format(a, fmt), _to_format(b, fmt)
+    iou = box_iou(fa, fb, fmt)
+    assert iou.shape == (3, 6, 7)
+    for i in range(3):
+        torch.testing.assert_close(iou[i], box_iou(a[i], b[i]), rtol=0, atol=0, equal_nan=True)
+    shared = box_iou(fa, fb[:1], fmt)
+    for i in range(3):
+        torch.testing.assert_close(shared[i], box_iou(a[i], b[0]), rtol=0, atol=0, equal_nan=True)
+    area = box_area(fa, fmt)
+    assert area.shape == (3, 6)
+    torch.testing.assert_close(area, box_area(a.reshape(-1, 4)).reshape(3, 6), rtol=0, atol=0)
+    assert box_area(fa[0, 0], fmt).shape == ()  # a single box [4]
+    scripted = torch.jit.script(box_iou)(fa, fb, fmt)
+    torch.testing.assert_close(scripted, iou, rtol=0, atol=0, equal_nan=True)
+
+
+def test_scalar_arguments_of_numpy_and_0d_tensors():
+    boxes = _random_boxes(20)
+    expected = clip_boxes_to_image(boxes, (50, 70))
+    for size in [torch.tensor([50, 70]), (torch.tensor(50), np.int64(70)), [50.0, 70.0]]:
+        torch.testing.assert_close(clip_boxes_to_image(boxes, size), expected, rtol=0, atol=0)
+    expected = remove_small_boxes(boxes, 4.0)
+    for min_size in [torch.tensor(4.0), np.float32(4.0), 4]:
+        assert torch.equal(remove_small_boxes(boxes, min_size), expected)

@@ -12,16 +12,37 @@ from torch import Tensor
 _BOX_LAYOUT = "[N, 4] as (x1, y1, x2, y2)"
 
 
-def check_boxes(boxes: object, name: str = "boxes", *, floating: bool = False) -> Tensor:
-    """``boxes`` is a ``Tensor[N, 4]`` (floating point if ``floating``, else any real dtype)."""
+def check_boxes(
+    boxes: object,
+    name: str = "boxes",
+    *,
+    floating: bool = False,
+    batched: bool = False,
+    sets: bool = False,
+) -> Tensor:
+    """``boxes`` is a ``Tensor[N, 4]`` (floating point if ``floating``, else any real dtype);
+    ``batched``: ``Tensor[..., 4]`` with any leading dimensions (``sets``: at least one,
+    ``[..., N, 4]``)."""
+    layout = ("[..., N, 4]" if sets else "[..., 4]") if batched else _BOX_LAYOUT
     if not isinstance(boxes, Tensor):
-        raise TypeError(
-            f"{name} must be a Tensor of shape {_BOX_LAYOUT}, got {type(boxes).__name__}"
-        )
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name} must have shape {_BOX_LAYOUT}, got shape {tuple(boxes.shape)}")
+        raise TypeError(f"{name} must be a Tensor of shape {layout}, got {type(boxes).__name__}")
+    least = (2 if sets else 1) if batched else 2
+    if boxes.dim() < least or (not batched and boxes.dim() != 2) or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape {layout}, got shape {tuple(boxes.shape)}")
     check_real(boxes, name, floating=floating)
     return boxes
+
+
+def scalar(value: object) -> float | int | None:
+    """``value`` as a Python number if it is a real number (Python, NumPy) or a 0-d real tensor,
+    else ``None`` (a bool is not a number here: surely a mistake)."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+            return None
+        return value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def check_real(t: Tensor, name: str, *, floating: bool) -> None:

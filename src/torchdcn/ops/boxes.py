@@ -9,49 +9,59 @@ in int32 (torchvision's rule: products of small types overflow or round badly).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ._box_checks import check_boxes, check_real
+from ._box_checks import check_boxes, scalar
+
+#: the axis-aligned box formats of ``box_area`` / ``box_iou`` (torchvision's ``fmt``)
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 
-def box_area(boxes: Tensor) -> Tensor:
+def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
     """Area of each box.
 
     Args:
-        boxes (Tensor[N, 4]): boxes as ``(x1, y1, x2, y2)``, any real dtype.
+        boxes (Tensor[..., 4]): boxes in format ``fmt``, any leading dimensions, any real dtype.
+        fmt (str): ``"xyxy"`` ``(x1, y1, x2, y2)``, ``"xywh"`` ``(x1, y1, w, h)`` or
+            ``"cxcywh"`` ``(cx, cy, w, h)``, as torchvision's.
 
     Returns:
-        Tensor[N]: ``(x2 - x1) * (y2 - y1)``; negative for a box with ``x2 < x1`` (exactly one
-        side flipped), as torchvision computes it. Float32/float64/int32/int64 keep their dtype,
-        smaller types are widened (see the module docstring).
+        Tensor[...]: ``(x2 - x1) * (y2 - y1)`` (``w * h`` for the other formats); negative for a
+        box with ``x2 < x1`` (exactly one side flipped), as torchvision computes it.
+        Float32/float64/int32/int64 keep their dtype, smaller types are widened (see the module
+        docstring).
 
     Example:
         >>> box_area(torch.tensor([[0.0, 0.0, 4.0, 2.0], [1.0, 1.0, 1.0, 5.0]]))
         tensor([8., 0.])
     """
     if torch.jit.is_scripting():  # TorchScript: no argument checks
-        return _area(_upcast(boxes))
-    boxes = _upcast(check_boxes(boxes))
-    return _area(boxes)
+        return _area(_upcast(boxes), fmt)
+    _check_fmt(fmt)
+    boxes = _upcast(check_boxes(boxes, batched=True))
+    return _area(boxes, fmt)
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     """Intersection over union of every pair of boxes.
 
     ``IoU = inter / (area1 + area2 - inter)`` with ``inter = max(0, w) * max(0, h)`` of the
     overlap rectangle. Two zero-area boxes have ``0 / 0 = NaN``; a NaN coordinate gives NaN.
 
     Args:
-        boxes1 (Tensor[N, 4]): boxes as ``(x1, y1, x2, y2)``.
-        boxes2 (Tensor[M, 4]): boxes as ``(x1, y1, x2, y2)``, same device.
+        boxes1 (Tensor[..., N, 4]): boxes in format ``fmt``.
+        boxes2 (Tensor[..., M, 4]): boxes in format ``fmt``, same device; the leading
+            dimensions of the two broadcast (a batch of box sets, as torchvision's).
+        fmt (str): ``"xyxy"``, ``"xywh"`` or ``"cxcywh"`` (see :func:`box_area`). torchvision's
+            rotated formats are not implemented (``ValueError``).
 
     Returns:
-        Tensor[N, M]: ``out[i, j]`` is the IoU of ``boxes1[i]`` and ``boxes2[j]``, in the
-        (widened) dtype of the boxes; integer boxes give floating IoUs (true division).
+        Tensor[..., N, M]: ``out[..., i, j]`` is the IoU of ``boxes1[..., i, :]`` and
+        ``boxes2[..., j, :]``, in the (widened) dtype of the boxes; integer boxes give floating
+        IoUs (true division).
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
@@ -60,15 +70,30 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         tensor([[0.3333, 0.0000]])
     """
     if torch.jit.is_scripting():  # TorchScript: no argument checks
-        return pairwise_iou(_upcast(boxes1), _upcast(boxes2))
-    check_boxes(boxes1, "boxes1")
-    check_boxes(boxes2, "boxes2")
+        return pairwise_iou(_upcast(boxes1), _upcast(boxes2), fmt)
+    _check_fmt(fmt)
+    check_boxes(boxes1, "boxes1", batched=True, sets=True)
+    check_boxes(boxes2, "boxes2", batched=True, sets=True)
     if boxes1.device != boxes2.device:
         raise ValueError(
             f"boxes2 is on {boxes2.device} but boxes1 is on {boxes1.device}; both must be on one "
             "device"
         )
-    return pairwise_iou(_upcast(boxes1), _upcast(boxes2))
+    lead1, lead2 = boxes1.shape[:-2][::-1], boxes2.shape[:-2][::-1]
+    if any(a != b and 1 not in (a, b) for a, b in zip(lead1, lead2)):
+        raise ValueError(
+            f"the leading dimensions of boxes1 {tuple(boxes1.shape)} and boxes2 "
+            f"{tuple(boxes2.shape)} must broadcast (boxes1 [..., N, 4], boxes2 [..., M, 4])"
+        )
+    return pairwise_iou(_upcast(boxes1), _upcast(boxes2), fmt)
+
+
+def _check_fmt(fmt: object) -> None:
+    if fmt not in BOX_FORMATS:
+        raise ValueError(
+            f"fmt must be one of {BOX_FORMATS} (axis-aligned boxes), got {fmt!r}; torchvision's "
+            "rotated formats are not implemented"
+        )
 
 
 def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
@@ -85,25 +110,28 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
         >>> clip_boxes_to_image(torch.tensor([[-5.0, 2.0, 30.0, 12.0]]), (10, 20))
         tensor([[ 0.,  2., 20., 10.]])
     """
-    if not torch.jit.is_scripting():  # TorchScript: no argument checks
-        _check_clip(boxes, size)
-    return _clip(boxes, size[0], size[1])
+    if torch.jit.is_scripting():  # TorchScript: no argument checks
+        return _clip(boxes, size[0], size[1])
+    height, width = _check_clip(boxes, size)
+    return _clip(boxes, height, width)
 
 
-def _check_clip(boxes: Tensor, size: Sequence[int]) -> None:
-    if not isinstance(boxes, Tensor):
-        raise TypeError(f"boxes must be a Tensor of shape [..., 4], got {type(boxes).__name__}")
-    if boxes.dim() < 1 or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must have shape [..., 4], got shape {tuple(boxes.shape)}")
-    check_real(boxes, "boxes", floating=False)
+def _check_clip(boxes: Tensor, size: object) -> tuple[float, float]:
+    """The checked ``(height, width)`` as Python numbers: a pair of reals or 0-d real tensors,
+    or a 1-d real tensor of two (what ``image.shape[-2:]`` and torchvision give)."""
+    check_boxes(boxes, batched=True)
+    pair = size.tolist() if isinstance(size, Tensor) and size.dim() == 1 else size
+    if isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2:
+        pair = [scalar(s) for s in pair]
     if (
-        not isinstance(size, Sequence)
-        or len(size) != 2
-        or not all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in size)
+        not isinstance(pair, list)
+        or any(s is None for s in pair)
+        or (isinstance(size, Tensor) and (size.dim() != 1 or size.dtype == torch.bool))
     ):
         raise TypeError(f"size must be a pair (height, width), got {size!r}")
-    if size[0] < 0 or size[1] < 0:
-        raise ValueError(f"size (height, width) must be non-negative, got {tuple(size)}")
+    if pair[0] < 0 or pair[1] < 0:
+        raise ValueError(f"size (height, width) must be non-negative, got {tuple(pair)}")
+    return pair[0], pair[1]
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
@@ -122,16 +150,21 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
         tensor([0])
     """
     if not torch.jit.is_scripting():
-        _check_min_size(boxes, min_size)
+        min_size = _check_min_size(boxes, min_size)
     ws = boxes[:, 2] - boxes[:, 0]
     hs = boxes[:, 3] - boxes[:, 1]
     return torch.where((ws >= min_size) & (hs >= min_size))[0]
 
 
-def _check_min_size(boxes: Tensor, min_size: float) -> None:
+def _check_min_size(boxes: Tensor, min_size: object) -> float:
     check_boxes(boxes)
-    if isinstance(min_size, bool) or not isinstance(min_size, numbers.Real):
-        raise TypeError(f"min_size must be a number, got {type(min_size).__name__} {min_size!r}")
+    value = scalar(min_size)
+    if value is None:
+        raise TypeError(
+            f"min_size must be a number (or a 0-d real tensor), got {type(min_size).__name__} "
+            f"{min_size!r}"
+        )
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,22 +177,36 @@ def _clip(boxes: Tensor, height: int, width: int) -> Tensor:
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
-def _area(boxes: Tensor) -> Tensor:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+def _area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
+    if fmt == "xyxy":
+        return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return boxes[..., 2] * boxes[..., 3]
 
 
-def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """``Tensor[N, M]`` of IoUs of checked ``boxes1`` ``[N, 4]`` and ``boxes2`` ``[M, 4]``.
+def _corners(boxes: Tensor, fmt: str) -> tuple[Tensor, Tensor]:
+    """``(x1, y1)`` and ``(x2, y2)`` of ``boxes [..., 4]`` in ``fmt`` (torchvision's formulas)."""
+    if fmt == "xyxy":
+        return boxes[..., :2], boxes[..., 2:]
+    if fmt == "xywh":
+        return boxes[..., :2], boxes[..., :2] + boxes[..., 2:]
+    return boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2
+
+
+def pairwise_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
+    """``Tensor[..., N, M]`` of IoUs of checked ``boxes1`` ``[..., N, 4]`` and ``boxes2``
+    ``[..., M, 4]`` (leading dimensions broadcast).
 
     Each step is rounded in the boxes' dtype, in this order: ``w = min(x2) - max(x1)`` (likewise
     ``h``), clamped at 0 with NaN kept, ``inter = w * h``, ``union = (area1 + area2) - inter``,
-    ``iou = inter / union``. The Numba NMS kernel repeats exactly these operations, so every
-    backend computes bit-identical IoUs."""
-    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    ``iou = inter / union``. The Numba NMS kernel repeats exactly these operations (xyxy), so
+    every backend computes bit-identical IoUs."""
+    lo1, hi1 = _corners(boxes1, fmt)
+    lo2, hi2 = _corners(boxes2, fmt)
+    lt = torch.maximum(lo1[..., :, None, :], lo2[..., None, :, :])
+    rb = torch.minimum(hi1[..., :, None, :], hi2[..., None, :, :])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = _area(boxes1)[:, None] + _area(boxes2)[None, :] - inter
+    union = _area(boxes1, fmt)[..., :, None] + _area(boxes2, fmt)[..., None, :] - inter
     return inter / union
 
 
