@@ -153,3 +153,57 @@ def test_predictor_and_unsupported_padding_are_rejected():
     reflect = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
     with pytest.raises(ValueError, match="padding_mode"):
         convert_to_deformable(reflect, ["0"])
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_frozen_conv_converts_frozen(modulated):
+    model = _small().requires_grad_(False)
+    model.stem.bias.requires_grad_(True)
+    convert_to_deformable(model, ["stem", "body.0"], modulated=modulated)
+    assert not model.stem.weight.requires_grad and model.stem.bias.requires_grad
+    assert not model.body[0].weight.requires_grad
+    # the new offset predictor is what trains
+    assert all(p.requires_grad for p in model.stem.offset_parameters())
+    model.stem.train()
+    model(torch.rand(1, 3, 8, 8, dtype=torch.float64)).sum().backward()
+    assert model.stem.weight.grad is None and model.stem.bias.grad is not None
+
+
+class _Standardised(nn.Conv2d):
+    def forward(self, x):
+        w = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_conv_subclass_with_its_own_forward_is_refused():
+    model = nn.Sequential(_Standardised(2, 2, 3, padding=1))
+    with pytest.raises(TypeError, match="_Standardised, a subclass of nn.Conv2d with its own"):
+        convert_to_deformable(model, ["0"])
+    assert type(model[0]) is _Standardised
+    with pytest.raises(TypeError, match="its own forward"):
+        DeformConv2dPack.from_conv2d(model[0])
+
+
+class _Plain(nn.Conv2d):  # a subclass that computes what nn.Conv2d computes converts
+    pass
+
+
+def test_conv_subclass_without_its_own_forward_converts():
+    model = nn.Sequential(_Plain(2, 2, 3, padding=1)).double()
+    x = torch.rand(1, 2, 5, 5, dtype=torch.float64)
+    expected = model(x)
+    convert_to_deformable(model, ["0"])
+    assert isinstance(model[0], DeformConv2dPack)
+    torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize("style", ["parametrizations", "hooks"])
+def test_parametrised_weight_is_refused(style):
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    if style == "parametrizations":
+        conv = torch.nn.utils.parametrizations.weight_norm(conv)
+    else:
+        with pytest.warns(FutureWarning):  # deprecated in torch, still used
+            conv = torch.nn.utils.weight_norm(conv)
+    with pytest.raises(ValueError, match="parametrised weight"):
+        convert_to_deformable(nn.Sequential(conv), ["0"])

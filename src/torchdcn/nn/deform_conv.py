@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..ops import IntPair, deform_conv2d, pair
 
@@ -139,9 +140,31 @@ class DeformConv2d(nn.Module):
         offsets (a fresh Pack layer) it computes what ``conv`` computes, up to float rounding (v2:
         masks start at 0.5, so half of ``conv`` without its bias, plus the bias). Any zero
         padding converts (ints, ``'same'``, ``'valid'``); another ``padding_mode`` is a
-        ``ValueError``."""
+        ``ValueError``. The weight and bias keep ``requires_grad`` (a frozen conv converts to a
+        frozen one whose new offset predictor trains) and the layer its train/eval mode.
+
+        Only what ``nn.Conv2d.forward`` computes converts: a subclass with its own ``forward``
+        (e.g. a weight-standardised conv) is a ``TypeError``, and a conv with a parametrised
+        weight (``torch.nn.utils.parametrizations.weight_norm``...) a ``ValueError``, since the
+        twin would silently compute something else or lose the parametrisation."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        own = [
+            m
+            for m in ("forward", "_conv_forward")
+            if getattr(type(conv), m) is not getattr(nn.Conv2d, m)
+        ]
+        if own:
+            raise TypeError(
+                f"conv is a {type(conv).__name__}, a subclass of nn.Conv2d with its own {own[0]}; "
+                "from_conv2d converts what nn.Conv2d computes, and that forward would be dropped"
+            )
+        if parametrize.is_parametrized(conv) or hasattr(conv, "weight_g"):
+            raise ValueError(
+                "conv has a parametrised weight (weight_norm or torch.nn.utils.parametrize); the "
+                "deformable twin would keep only its current value: remove the parametrisation "
+                "first (torch.nn.utils.parametrize.remove_parametrizations(conv, 'weight'))"
+            )
         if conv.padding_mode != "zeros":
             raise ValueError(
                 "only zero padding converts (a deformable layer reads zeros outside the map), "
@@ -164,6 +187,9 @@ class DeformConv2d(nn.Module):
             new.weight.copy_(conv.weight)
             if conv.bias is not None:
                 new.bias.copy_(conv.bias)
+        new.weight.requires_grad_(conv.weight.requires_grad)
+        if conv.bias is not None:
+            new.bias.requires_grad_(conv.bias.requires_grad)
         new.train(conv.training)
         return new
 
