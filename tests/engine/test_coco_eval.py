@@ -162,6 +162,43 @@ def test_label_mapping_back_to_category_ids(gt_file):
         evaluator.process([detections(1)], [])
 
 
+def test_an_image_processed_twice_in_one_process_counts_once(gt_file):
+    # it used to count its detections twice (AP 0.70 instead of 1.0); as across processes
+    # (gathered()), the first results of an image are kept
+    evaluator = CocoEvaluator(gt_file)
+    evaluator.process([detections(1), detections(2)], [target(1), target(2)])
+    with pytest.warns(UserWarning, match="image_id 1 was already processed"):
+        evaluator.process([detections(1, shift=0.5)], [target(1)])  # wrong boxes: ignored
+    assert len(evaluator.results()) == 4
+    assert evaluator.summarize() == pytest.approx(dict.fromkeys(metric_names(), 1.0))
+    with pytest.warns(UserWarning, match="image_id 2 was already processed"):
+        evaluator.process([detections(2), detections(2)], [target(2), target(2)])
+    evaluator.reset()  # forgets the images too
+    evaluator.process([detections(1, shift=0.5)], [target(1)])
+    assert evaluator.summarize()["AP"] == 0.0
+
+
+def test_predicted_boxes_must_be_xyxy_and_finite(gt_file):
+    evaluator = CocoEvaluator(gt_file)
+    xywh = detections(1)
+    xywh["boxes"] = torch.tensor([[10.0, 10.0, 20.0, 20.0], [100.0, 100.0, 50.0, 50.0]])
+    with pytest.raises(
+        ValueError,
+        match=r"outputs\[1\]\['boxes'\] \(image 1\) must be finite "
+        r"\(x1, y1, x2, y2\) with x2 >= x1 .* row 1 = \[100.0, 100.0, 50.0, 50.0\]",
+    ):
+        evaluator.process([detections(2), xywh], [target(2), target(1)])
+    nan = detections(1)
+    nan["boxes"][0, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"outputs\[0\]\['boxes'\].* row 0"):
+        evaluator.process([nan], [target(1)])
+    # a refused image is not recorded; zero-width boxes (clipped at a border) are accepted
+    flat = detections(1)
+    flat["boxes"][1, 2] = flat["boxes"][1, 0]
+    evaluator.process([flat], [target(1)])
+    assert [r["image_id"] for r in evaluator.results()] == [2, 2, 1, 1]
+
+
 def test_no_detections_and_no_images(gt_file):
     evaluator = CocoEvaluator(gt_file)
     for i in (1, 2, 3):

@@ -80,8 +80,9 @@ def _one_hot_scores(preds: torch.Tensor, k: int) -> torch.Tensor:
 def test_evaluator_on_padded_batches_equals_the_hand_case():
     evaluator = MIoUEvaluator(2, ["cat", "dog"])
     assert isinstance(evaluator, Evaluator)
-    # the 8 pixels split over three images of two batches; scores padded to the batch's
-    # largest size with label 2 everywhere outside the images (it must not count)
+    # the 8 pixels split over three images of two batches; scores padded beyond the batch's
+    # largest size with label 2 everywhere outside the images (it must not count); the targets
+    # record their image sizes, as the data sets do, which is what explains that padding
     maps = [
         (LABELS[:4].view(2, 2), PREDS[:4].view(2, 2)),
         (LABELS[4:6].view(1, 2), PREDS[4:6].view(1, 2)),
@@ -92,7 +93,7 @@ def test_evaluator_on_padded_batches_equals_the_hand_case():
     for i, (label, pred) in enumerate(maps):
         h, w = label.shape
         batch1[i, :, :h, :w] = _one_hot_scores(pred, 3)
-        targets1.append({"semantic": label})
+        targets1.append({"semantic": label, "size": (h, w)})
     evaluator.reset()
     evaluator.process(batch1, targets1)
     evaluator.process(PREDS[6:].view(1, 1, 2), LABELS[6:].view(1, 1, 2))  # labels, not scores
@@ -145,3 +146,58 @@ def test_two_processes_sum_their_confusion_matrices(tmp_path):
         assert got["world"] == 2
         assert torch.equal(got["confusion"], HAND)
         assert got["metrics"]["miou"] == pytest.approx(sum(HAND_IOU) / 3)
+
+
+def test_label_maps_at_another_resolution_are_refused():
+    full = torch.zeros(8, 8, dtype=torch.int64)
+    full[:, 4:] = 1
+    scores = _one_hot_scores(full, 3)[None]  # a perfect prediction [1, 3, 8, 8]
+    half = full[::2, ::2]  # the same label map at 4 x 4: used to score miou 0.25 silently
+    evaluator = MIoUEvaluator(2)
+    with pytest.raises(ValueError, match=r"targets\[0\]\['semantic'\] is 4x4 but the outputs "
+                       r"are 8x8"):  # fmt: skip
+        evaluator.process(scores, [{"semantic": half}])
+    # a recorded image size that the label map does not match
+    with pytest.raises(ValueError, match=r"targets\[0\]\['size'\] .* is 8x8"):
+        evaluator.process(scores, [{"semantic": half, "size": (8, 8)}])
+    # a batch of two whose second map is at half resolution, its size recorded
+    two = torch.cat([scores, scores])
+    with pytest.raises(ValueError, match=r"targets\[1\]\['semantic'\] is 4x4 but "
+                       r"targets\[1\]\['size'\]"):  # fmt: skip
+        evaluator.process(
+            two, [{"semantic": full, "size": (8, 8)}, {"semantic": half, "size": (8, 8)}]
+        )
+    with pytest.raises(ValueError, match="at the resolution"):
+        evaluator.process(scores, [{"semantic": torch.zeros(9, 8, dtype=torch.int64)}])
+    assert evaluator.summarize()["miou"] == 0.0  # nothing was counted
+    evaluator.process(scores, [{"semantic": full}])
+    assert evaluator.summarize()["miou"] == 1.0
+
+
+def test_padded_batches_are_still_scored():
+    # DeepLab's outputs of a batch end at its largest image: smaller maps sit top-left
+    big = torch.zeros(8, 8, dtype=torch.int64)
+    big[:, 4:] = 1
+    small = torch.ones(4, 6, dtype=torch.int64)
+    scores = torch.zeros(2, 3, 8, 8)
+    scores[0] = _one_hot_scores(big, 3)
+    scores[1, :, :4, :6] = _one_hot_scores(small, 3)
+    scores[1, 2, 4:, :] = scores[1, 2, :, 6:] = 9.0  # padding votes for label 2: not counted
+    for targets in (
+        [{"semantic": big}, {"semantic": small}],  # no sizes: explained by the largest image
+        [{"semantic": big, "size": (8, 8)}, {"semantic": small, "size": (4, 6)}],
+    ):
+        evaluator = MIoUEvaluator(2)
+        evaluator.process(scores, targets)
+        assert evaluator.summarize()["miou"] == 1.0
+        assert int(evaluator.confusion.sum()) == 64 + 24
+    # padded beyond the largest image (to a multiple of a stride): needs the recorded sizes
+    wide = torch.zeros(2, 3, 16, 16)
+    wide[:, :, :8, :8] = scores
+    evaluator = MIoUEvaluator(2)
+    with pytest.raises(ValueError, match=r"no label map of the batch is 16 high and 16 wide"):
+        evaluator.process(wide, [{"semantic": big}, {"semantic": small}])
+    evaluator.process(
+        wide, [{"semantic": big, "size": (8, 8)}, {"semantic": small, "size": [4, 6]}]
+    )
+    assert evaluator.summarize()["miou"] == 1.0

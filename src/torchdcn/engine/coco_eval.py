@@ -8,7 +8,12 @@
 ``[x, y, w, h]`` boxes in the pixels of the annotation file, RLE masks) and keeps them.
 ``summarize()`` gathers the results of every process (:func:`~.distributed.all_gather_object`)
 and scores the union with ``COCOeval`` on every image processed (an image without detections
-counts its ground truth as missed). Numbers are fractions in [0, 1]:
+counts its ground truth as missed). Each image counts once: an image given again keeps the
+results it was first given, whether the repeat comes in the same process (a warning then says
+so; call ``reset()`` between evaluations) or in another one, so one process and many agree.
+Predicted boxes must be finite ``(x1, y1, x2, y2)`` with ``x2 >= x1`` and ``y2 >= y1`` (a
+``ValueError`` names the output's ``'boxes'`` otherwise, e.g. for ``(x, y, w, h)`` boxes).
+Numbers are fractions in [0, 1]:
 
 - ``AP`` (IoU 0.50:0.95), ``AP50``, ``AP75``, ``APs`` / ``APm`` / ``APl`` (small / medium /
   large objects): COCOeval's own summary, 100 detections per image;
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -148,29 +154,52 @@ class CocoEvaluator:
     def reset(self) -> None:
         self._results: dict[str, list[dict[str, Any]]] = {t: [] for t in self.iou_types}
         self._image_ids: list[int] = []
+        self._seen: set[int] = set()
 
     # -- collecting -----------------------------------------------------------------------------
 
     def process(self, outputs: Sequence[Mapping[str, Tensor]], targets: Sequence[Mapping]) -> None:
         """Keep the COCO results of one batch: ``outputs[i]`` are the detections of the image of
-        ``targets[i]``."""
+        ``targets[i]``. An image already processed keeps its first results (a warning says so;
+        the repeat is still checked)."""
         if len(outputs) != len(targets):
             raise ValueError(
                 f"outputs and targets must have one entry per image, got {len(outputs)} outputs "
                 f"and {len(targets)} targets"
             )
-        for output, target in zip(outputs, targets):
+        for i, (output, target) in enumerate(zip(outputs, targets)):
             image_id = int(target["image_id"])
             if image_id not in self.coco_gt.imgs:
                 raise ValueError(f"image_id {image_id} is not in the ground truth")
+            results = self._convert(i, image_id, output, target)
+            if image_id in self._seen:
+                warnings.warn(
+                    f"image_id {image_id} was already processed; its first results are kept and "
+                    f"these are ignored (call reset() before evaluating again)",
+                    stacklevel=2,
+                )
+                continue
+            for kind, rows in results.items():
+                self._results[kind] += rows
             self._image_ids.append(image_id)
-            self._add(image_id, output, target)
+            self._seen.add(image_id)
 
-    def _add(self, image_id: int, output: Mapping[str, Tensor], target: Mapping) -> None:
+    def _convert(
+        self, index: int, image_id: int, output: Mapping[str, Tensor], target: Mapping
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The COCO results ``{iou type: [result, ...]}`` of ``outputs[index]``, checked."""
         for key in ("boxes", "labels", "scores"):
             if key not in output:
                 raise ValueError(f"each output must have '{key}', got keys {sorted(output)}")
         boxes = output["boxes"].detach().float().cpu().reshape(-1, 4)
+        ok = torch.isfinite(boxes).all(dim=1) & (boxes[:, 2:] >= boxes[:, :2]).all(dim=1)
+        if not bool(ok.all()):
+            row = int(torch.nonzero(~ok)[0])
+            raise ValueError(
+                f"outputs[{index}]['boxes'] (image {image_id}) must be finite (x1, y1, x2, y2) "
+                f"with x2 >= x1 and y2 >= y1, got row {row} = {boxes[row].tolist()}; (x, y, w, h) "
+                f"boxes must be converted first"
+            )
         labels = output["labels"].detach().cpu().reshape(-1).tolist()
         scores = output["scores"].detach().float().cpu().reshape(-1).tolist()
         if not len(boxes) == len(labels) == len(scores):
@@ -194,19 +223,21 @@ class CocoEvaluator:
             boxes = boxes * torch.tensor([orig_w / in_w, orig_h / in_h] * 2)
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         categories = [self.label_to_category_id[int(lab)] for lab in labels]
-        if "bbox" in self._results:
-            self._results["bbox"] += [
+        results: dict[str, list[dict[str, Any]]] = {}
+        if "bbox" in self.iou_types:
+            results["bbox"] = [
                 {"image_id": image_id, "category_id": c, "bbox": b, "score": s}
                 for c, b, s in zip(categories, xywh, scores)
             ]
-        if "segm" in self._results:
+        if "segm" in self.iou_types:
             if "masks" not in output:
                 raise ValueError(f"iou_types has 'segm' but the output of {image_id} has no masks")
             rles = self._encode_masks(output["masks"], len(labels), target, (orig_h, orig_w))
-            self._results["segm"] += [
+            results["segm"] = [
                 {"image_id": image_id, "category_id": c, "segmentation": r, "score": s}
                 for c, r, s in zip(categories, rles, scores)
             ]
+        return results
 
     def _encode_masks(
         self, masks: Tensor, count: int, target: Mapping, orig_size: tuple[int, int]
@@ -247,7 +278,8 @@ class CocoEvaluator:
 
     def gathered(self) -> tuple[list[int], dict[str, list[dict[str, Any]]]]:
         """``(image ids, {iou type: results})`` of every process, each image once (an image
-        processed by several processes keeps the results of the first)."""
+        processed by several processes keeps the results of the lowest rank; within a process
+        :meth:`process` already kept only the first)."""
         shares = distributed.all_gather_object((self._image_ids, self._results))
         image_ids: list[int] = []
         results: dict[str, list[dict[str, Any]]] = {t: [] for t in self.iou_types}

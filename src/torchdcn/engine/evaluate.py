@@ -39,11 +39,22 @@ def evaluate(
         batch_size: samples per batch on each process.
         device: where the model is; batches are moved there (:func:`~.device.to_device`).
         amp: autocast (float16 on CUDA, bfloat16 on CPU).
-        collate_fn: samples -> batch (:func:`~torchdcn.data.collate.list_collate` for detection).
+        collate_fn: samples -> batch ``(inputs, targets)``. The default
+            :func:`~torchdcn.data.collate.stack_collate` stacks images into one
+            ``Tensor[N, C, H, W]`` (classifiers, DeepLab on equal-size images). Detectors take a
+            list of images ``[3, H_i, W_i]`` and a list of target dicts: pass
+            ``collate_fn=list_collate`` (:func:`~torchdcn.data.collate.list_collate`) for them
+            (and with :class:`~.coco_eval.CocoEvaluator`), as for segmentation images of
+            different sizes; a stacked batch is refused with a ``TypeError`` saying so.
         num_workers: DataLoader worker processes (0: read in this process).
 
     In a distributed run process ``r`` of ``W`` reads samples ``r, r + W, ...``
     (:class:`~.sampler.ShardSampler`), and the evaluator combines the shares.
+
+    Example (a detector on a :class:`~torchdcn.data.CocoDetection`):
+        >>> from torchdcn.data.collate import list_collate
+        >>> metrics = evaluate(model, dataset, CocoEvaluator.from_dataset(dataset),
+        ...                    batch_size=2, collate_fn=list_collate)
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(

@@ -86,7 +86,18 @@ class MIoUEvaluator:
     ``process(outputs, targets)``: ``outputs`` the eval-mode scores ``[N, K, H, W]`` of
     :class:`~torchdcn.models.segmentation.DeepLab` (image ``i`` in ``[i, :, :H_i, :W_i]``) or
     predicted labels ``[N, H, W]``; ``targets`` a list of dicts with ``"semantic"`` ``[H_i,
-    W_i]`` or a Tensor ``[N, H, W]``. ``summarize()`` returns ``{"miou", "pixel_accuracy",
+    W_i]`` (and, as the data sets give it, ``"size"`` ``(H_i, W_i)``: the size of image ``i``
+    as the model saw it), or a Tensor ``[N, H, W]``.
+
+    Label maps must be at the resolution of the images the model was given. A label map smaller
+    than the outputs is read as batch padding only when that is what it can be: its target
+    records ``"size"`` equal to the map's shape (then the outputs may be padded further, e.g. to
+    a multiple of the stride), or, without ``"size"``, the batch's largest label height and
+    width are the outputs' (DeepLab's outputs end at the largest image). Anything else (a map at
+    half resolution, a map that does not match its ``"size"``) is a ``ValueError`` naming
+    ``targets[i]``.
+
+    ``summarize()`` returns ``{"miou", "pixel_accuracy",
     "mean_accuracy"}`` (fractions in [0, 1]) and ``"iou/<class name>"`` per present class;
     :attr:`table` is the per-class table as text, :attr:`confusion` the summed matrix.
 
@@ -135,16 +146,54 @@ class MIoUEvaluator:
             labels = [t["semantic"] if isinstance(t, dict) else t for t in targets]
         if len(labels) != len(outputs):
             raise ValueError(f"targets must hold {len(outputs)} label maps, got {len(labels)}")
-        for i, (pred, label) in enumerate(zip(outputs, labels)):
+        self._check_sizes(outputs.shape[-2:], labels, targets)
+        for pred, label in zip(outputs, labels):
             h, w = label.shape[-2:]
-            if h > pred.shape[0] or w > pred.shape[1]:
-                raise ValueError(
-                    f"targets[{i}] is {h}x{w} but the outputs are {pred.shape[0]}x{pred.shape[1]}"
-                )
             counts = confusion_matrix(
                 pred[:h, :w], label.to(pred.device), self.num_labels, self.ignore_index
             )
             self._counts = counts if self._counts is None else self._counts + counts
+
+    @staticmethod
+    def _check_sizes(out_size: Sequence[int], labels: list[Tensor], targets: Any) -> None:
+        """``ValueError`` unless every label map is the outputs' size or smaller by batch padding
+        (class docstring)."""
+        out_h, out_w = int(out_size[0]), int(out_size[1])
+        unexplained = []
+        for i, label in enumerate(labels):
+            if not isinstance(label, Tensor) or label.dim() != 2:
+                got = tuple(label.shape) if isinstance(label, Tensor) else type(label).__name__
+                raise ValueError(f"targets[{i}]['semantic'] must be a Tensor[H, W], got {got}")
+            h, w = (int(v) for v in label.shape)
+            if h > out_h or w > out_w:
+                raise ValueError(
+                    f"targets[{i}]['semantic'] is {h}x{w} but the outputs are {out_h}x{out_w}: "
+                    f"label maps must be at the resolution of the images the model was given"
+                )
+            target = targets[i] if not isinstance(targets, Tensor) else None
+            size = target.get("size") if isinstance(target, dict) else None
+            if size is not None:
+                size = tuple(int(v) for v in size)
+                if size != (h, w):
+                    raise ValueError(
+                        f"targets[{i}]['semantic'] is {h}x{w} but targets[{i}]['size'] (the image "
+                        f"the model was given) is {size[0]}x{size[1]}: label maps must be at the "
+                        f"resolution of their images"
+                    )
+            elif (h, w) != (out_h, out_w):
+                unexplained.append(i)
+        if unexplained:
+            largest = (max(lab.shape[0] for lab in labels), max(lab.shape[1] for lab in labels))
+            if largest != (out_h, out_w):
+                i = unexplained[0]
+                h, w = labels[i].shape
+                raise ValueError(
+                    f"targets[{i}]['semantic'] is {h}x{w} but the outputs are {out_h}x{out_w}, "
+                    f"and no label map of the batch is {out_h} high and {out_w} wide (the outputs "
+                    f"of a padded batch end at its largest image): label maps must be at the "
+                    f"resolution of the images the model was given; give targets[i]['size'] "
+                    f"(h, w) where the outputs are padded further"
+                )
 
     def summarize(self) -> dict[str, float]:
         device = "cuda" if distributed.backend_needs_cuda() else "cpu"

@@ -193,7 +193,40 @@ def test_bad_targets_are_named():
         heads.select_training_samples(
             props, [{"boxes": torch.tensor([[5.0, 0, 5, 5]]), "labels": torch.tensor([1])}]
         )
-    with pytest.raises(ValueError, match=r"boxes \[G, 4\] and labels \[G\]"):
+    with pytest.raises(ValueError, match=r"labels'\] must be a Tensor\[G\] with G = 1"):
         heads.select_training_samples(
             props, [{"boxes": torch.tensor([[0.0, 0, 5, 5]]), "labels": torch.tensor([1, 2])}]
         )
+    # the shared check (.inputs.check_target): non-finite boxes and non-integer labels too
+    with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\] must be finite.*nan"):
+        heads.select_training_samples(
+            props,
+            [{"boxes": torch.tensor([[0.0, 0, float("nan"), 5]]), "labels": torch.tensor([1])}],
+        )
+    with pytest.raises(TypeError, match=r"targets\[0\]\['labels'\] must be an integer Tensor"):
+        heads.select_training_samples(
+            props, [{"boxes": torch.tensor([[0.0, 0, 5, 5]]), "labels": torch.tensor([1.7])}]
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"nms_thresh": 50}, ValueError, r"nms_thresh must be in \[0, 1\].*got 50"),
+        ({"nms_thresh": -1.0}, ValueError, "nms_thresh must be in"),
+        ({"score_thresh": 5}, ValueError, "score_thresh must be in"),
+        ({"score_thresh": "0.5"}, TypeError, "score_thresh must be a number"),
+        ({"score_thresh": True}, TypeError, "score_thresh must be a number"),
+        ({"detections_per_img": 10.0}, TypeError, "detections_per_img must be a positive int"),
+        ({"detections_per_img": 0}, ValueError, "detections_per_img must be a positive int"),
+    ],
+)
+def test_post_processing_arguments_are_checked(kwargs, error, message):
+    pooler = RoIPooler("roi_align", ["f"], [8], channels=4)
+    with pytest.raises(error, match=message):
+        RoIHeads(pooler, TwoFCHead(4, 7, 16), FastRCNNPredictor(16, 3), **kwargs)
+    heads = RoIHeads(
+        pooler, TwoFCHead(4, 7, 16), FastRCNNPredictor(16, 3),
+        score_thresh=0, nms_thresh=1, detections_per_img=7,
+    )  # fmt: skip
+    assert (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == (0.0, 1.0, 7)

@@ -62,8 +62,15 @@ def test_normalize_and_batch_normalises_pads_and_names_bad_images():
     torch.testing.assert_close(batch.tensors[0, :, :5, :7], (a - mean) / std)
     torch.testing.assert_close(batch.tensors[1, :, :9, :4], (b - mean) / std)
     assert batch.tensors[0, :, 5:, :].abs().sum() == 0
-    with pytest.raises(TypeError, match="non-empty list"):
+    # a stacked batch (default_collate): the error says what to pass instead
+    with pytest.raises(
+        TypeError, match=r"got a Tensor of shape \[1, 3, 4, 4\]; pass list\(images\)"
+    ):
         normalize_and_batch(torch.rand(1, 3, 4, 4), mean, std, 1)
+    with pytest.raises(TypeError, match="non-empty list"):
+        normalize_and_batch([], mean, std, 1)
+    with pytest.raises(ValueError, match=r"images\[1\] must have a positive height and width"):
+        normalize_and_batch([a, torch.rand(3, 0, 4)], mean, std, 1)
     with pytest.raises(
         ValueError, match=r"images\[1\] must be a Tensor\[3, H, W\], got \(1, 4, 4\)"
     ):

@@ -171,6 +171,30 @@ def test_training_needs_masks_and_refuses_bad_arguments():
         MaskRCNN(plain.backbone, plain.rpn, box_only, plain.neck)
 
 
+def test_masks_must_be_at_the_size_of_their_image():
+    # masks at another size (e.g. the original image's, not resized with it) used to train
+    # silently on wrong targets; a list of masks raised an AttributeError
+    model = mask_rcnn("resnet18", base_channels=8, **SMALL).train()
+    images, targets = _batch()
+    big = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    big[0, 8:76, 8:56] = 1  # image 1's mask at twice its size (48 x 64)
+    with pytest.raises(
+        ValueError, match=r"targets\[1\]\['masks'\] must be \[G, H, W\] = \[1, 48, 64\].*"
+        r"got \[1, 96, 128\]"
+    ):  # fmt: skip
+        model(images, [targets[0], {**targets[1], "masks": big}])
+    with pytest.raises(TypeError, match=r"targets\[1\]\['masks'\] must be a Tensor.*got list"):
+        model(images, [targets[0], {**targets[1], "masks": list(targets[1]["masks"])}])
+    # the mask head checks it too when used on its own
+    heads = model.roi_heads
+    features = model.features(model.preprocess(images))
+    proposals = [t["boxes"] for t in targets]
+    with pytest.raises(ValueError, match=r"targets\[1\]\['masks'\]"):
+        heads(features, proposals, [(64, 80), (48, 64)], [targets[0], {**targets[1], "masks": big}])
+    losses = model(images, targets)
+    assert set(losses) == LOSSES and all(torch.isfinite(v) for v in losses.values())
+
+
 def test_explicit_pool_choice_and_fpn_structure():
     model = mask_rcnn("resnet18", deform="v2", roi_pool="roi_align", mask_pool="mdeform", **SMALL)
     assert model.roi_heads.pooler.kind == "roi_align"

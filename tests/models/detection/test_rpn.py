@@ -237,7 +237,7 @@ def test_bad_configuration_and_input():
     with pytest.raises(ValueError, match="targets must be given"):
         rpn.train()(images, {"c": torch.zeros(1, 4, 2, 2)})
     aware = _rpn(num_classes=3).train()
-    with pytest.raises(ValueError, match=r"labels'\] must lie in \[1, 3\]"):
+    with pytest.raises(ValueError, match=r"labels'\] must be in 1..3"):
         aware(
             images,
             {"c": torch.zeros(1, 4, 2, 2)},

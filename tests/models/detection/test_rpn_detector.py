@@ -153,6 +153,29 @@ def test_bad_configuration():
         RPNDetector(TinyBackbone(), aware)
     with pytest.raises(ValueError, match=r"images\[0\] must be a Tensor\[3, H, W\]"):
         _detector().eval()([torch.rand(1, 16, 16)])
+    # post-processing as the box head's (.postprocess.check_postprocess_args)
+    with pytest.raises(ValueError, match=r"nms_thresh must be in \[0, 1\]"):
+        _detector(nms_thresh=70)
+    with pytest.raises(TypeError, match="score_thresh must be a number"):
+        _detector(score_thresh="0.5")
+    with pytest.raises(TypeError, match="detections_per_img must be a positive int"):
+        _detector(detections_per_img=10.0)
+
+
+def test_degenerate_and_non_finite_boxes_are_refused():
+    # the RPN of the detector used to train on them silently (no IoU with any anchor)
+    model = _detector().train()
+    for box in ([10.0, 10.0, 10.0, 30.0], [30.0, 30.0, 10.0, 10.0], [10.0, float("nan"), 20, 30]):
+        target = {"boxes": torch.tensor([box]), "labels": torch.tensor([1])}
+        with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\] must be finite"):
+            model([torch.rand(3, 32, 32)], [target])
+    # the RPN on its own too (the same check)
+    anchors, logits, deltas, _ = model.rpn.predict(
+        batch_images([torch.rand(3, 32, 32)], 8), model.backbone(torch.rand(1, 3, 32, 32))
+    )
+    target = {"boxes": torch.tensor([[10.0, 10.0, 10.0, 30.0]]), "labels": torch.tensor([1])}
+    with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\] must be finite"):
+        model.rpn.compute_losses(anchors, logits, deltas, [target])
 
 
 def test_preset_matches_anchors_as_a_detector_leaving_none_out():

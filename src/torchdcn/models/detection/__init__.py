@@ -1,6 +1,7 @@
 """Object detectors and instance segmenters (papers: v1 section 2.3, v2 section 4).
 
-One concept per file: image batching (``image_list``), ``anchors``, ``box_coder``, ``matcher``,
+One concept per file: image batching (``image_list``), the check of targets and original sizes
+every detector runs (``inputs``), ``anchors``, ``box_coder``, ``matcher``,
 ``sampler``, ``losses``, the region proposal network (``rpn``, ``rpn_detector``), RoI poolers
 (``poolers``), RoI heads (``box_head``, ``mask_head`` with ``mask_targets`` and ``paste_masks``),
 the position-sensitive R-FCN head (``ps_head``, ``ohem``), the assembled detectors

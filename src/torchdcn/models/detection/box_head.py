@@ -22,10 +22,11 @@ from torch import Tensor, nn
 
 from ...ops import box_iou
 from .box_coder import BoxCoder
+from .inputs import check_target
 from .losses import smooth_l1_loss
 from .matcher import Matcher
 from .poolers import RoIPooler
-from .postprocess import postprocess_detections
+from .postprocess import check_postprocess_args, postprocess_detections
 from .sampler import BalancedSampler
 
 
@@ -117,7 +118,8 @@ class RoIHeads(nn.Module):
         matcher: RoI-to-ground-truth matching (IoU 0.5: foreground at or above, else background).
         sampler: RoIs per image and foreground fraction (512, 0.25).
         box_coder: delta weights ``(10, 10, 5, 5)``.
-        score_thresh, nms_thresh, detections_per_img: post-processing (0.05, 0.5, 100).
+        score_thresh, nms_thresh, detections_per_img: post-processing (0.05, 0.5, 100):
+            thresholds in ``[0, 1]``, a positive int (:func:`.postprocess.check_postprocess_args`).
         box_loss_beta: smooth-L1 transition point of the box loss (1.0, Detectron; 0 = L1).
         generator: randomness of the RoI sampling (``None``: the global generator).
 
@@ -126,11 +128,15 @@ class RoIHeads(nn.Module):
         ``features`` a mapping of ``[N, C, H_l, W_l]`` maps holding ``pooler.feature_names``;
         ``proposals`` one ``[P_i, 4]`` per image (input pixels); ``image_sizes`` ``(h, w)`` per
         image without padding; ``targets`` in training one dict per image with ``boxes``
-        ``[G_i, 4]`` float and ``labels`` ``[G_i]`` int64 in ``1..C``; ``orig_sizes`` optional
+        ``[G_i, 4]`` float and ``labels`` ``[G_i]`` integer in ``1..C`` (checked by
+        :func:`.inputs.check_target`); ``orig_sizes`` optional
         ``(h, w)`` of the original images. Returns ``(detections, losses)``: in training ``[]``
         and ``{"loss_cls": [], "loss_box_reg": []}`` (scalars), in eval one dict per image
         (:mod:`.postprocess` format) and ``{}``.
     """
+
+    #: whether training targets need ``"masks"`` (:class:`~.mask_rcnn.MaskRoIHeads`)
+    needs_masks: bool = False
 
     def __init__(
         self,
@@ -153,9 +159,9 @@ class RoIHeads(nn.Module):
         self.matcher = matcher if matcher is not None else Matcher(0.5, 0.5, False)
         self.sampler = sampler if sampler is not None else BalancedSampler(512, 0.25)
         self.box_coder = box_coder if box_coder is not None else BoxCoder((10.0, 10.0, 5.0, 5.0))
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.detections_per_img = detections_per_img
+        self.score_thresh, self.nms_thresh, self.detections_per_img = check_postprocess_args(
+            score_thresh, nms_thresh, detections_per_img
+        )
         self.box_loss_beta = box_loss_beta
         self.generator = generator
 
@@ -163,24 +169,6 @@ class RoIHeads(nn.Module):
     def num_classes(self) -> int:
         """Classes including the background, ``C + 1``."""
         return self.predictor.num_classes
-
-    def _check_target(self, i: int, boxes: Tensor, labels: Tensor) -> None:
-        if boxes.dim() != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
-            raise ValueError(
-                f"targets[{i}] must have boxes [G, 4] and labels [G], got "
-                f"{list(boxes.shape)} and {list(labels.shape)}"
-            )
-        c = self.num_classes - 1
-        if labels.numel() and (labels.min() < 1 or labels.max() > c):
-            raise ValueError(
-                f"targets[{i}]['labels'] must be in 1..{c} (0 is the background), got "
-                f"values in {labels.min().item()}..{labels.max().item()}"
-            )
-        if ((boxes[:, 2:] <= boxes[:, :2]).any(dim=1)).any():
-            raise ValueError(
-                f"targets[{i}]['boxes'] must have x2 > x1 and y2 > y1 (drop empty boxes in the "
-                f"dataset), got {boxes[(boxes[:, 2:] <= boxes[:, :2]).any(dim=1)].tolist()}"
-            )
 
     @torch.no_grad()
     def select_training_samples(
@@ -194,11 +182,9 @@ class RoIHeads(nn.Module):
             )
         rois, labels, matched_gt = [], [], []
         for i, (props, target) in enumerate(zip(proposals, targets)):
-            if "boxes" not in target or "labels" not in target:
-                raise ValueError(f"targets[{i}] must have 'boxes' and 'labels', got {list(target)}")
+            check_target(i, target, self.num_classes - 1)
             gt_boxes = target["boxes"].to(props.dtype)
             gt_labels = target["labels"].to(torch.int64)
-            self._check_target(i, gt_boxes, gt_labels)
             props = torch.cat([props.detach(), gt_boxes])
             matches = self.matcher(box_iou(gt_boxes, props))
             if gt_boxes.shape[0] == 0:

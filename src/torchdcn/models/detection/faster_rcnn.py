@@ -26,6 +26,7 @@ from .box_head import FastRCNNPredictor, RoIHeads, TwoFCHead
 from .conv_reduce import ConvReduce
 from .fpn import FPN
 from .image_list import IMAGENET_MEAN, IMAGENET_STD, ImageList, normalize_and_batch
+from .inputs import check_orig_sizes, check_target_list, check_targets
 from .mimic import MimicBranch
 from .poolers import POOLER_KINDS, RoIPooler
 from .rpn import RegionProposalNetwork, RPNHead
@@ -51,10 +52,14 @@ class FasterRCNN(nn.Module):
 
     ``forward(images, targets=None, orig_sizes=None)``:
 
-    - ``images``: ``list[Tensor[3, H_i, W_i]]``, RGB in ``[0, 1]``, already resized;
-    - ``targets`` (training): one dict per image, ``"boxes"`` ``[G_i, 4]`` float
-      ``(x1, y1, x2, y2)`` in input pixels and ``"labels"`` ``[G_i]`` int64 in ``1..C``;
-    - ``orig_sizes`` (eval, optional): ``(h, w)`` of each original image.
+    - ``images``: ``list[Tensor[3, H_i, W_i]]``, RGB in ``[0, 1]``, already resized (a list,
+      not a stacked ``Tensor[N, 3, H, W]``: build loaders with
+      :func:`~torchdcn.data.collate.list_collate`);
+    - ``targets`` (training): a list of one dict per image, ``"boxes"`` ``[G_i, 4]`` float
+      ``(x1, y1, x2, y2)`` in input pixels and ``"labels"`` ``[G_i]`` integer in ``1..C``
+      (checked by :func:`~.inputs.check_targets`, which names the bad ``targets[i]['key']``);
+    - ``orig_sizes`` (eval, optional): ``(h, w)`` of each original image (ints or integer
+      tensors).
 
     Returns in training ``{"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box_reg"}`` (scalar
     tensors), in eval one dict per image: ``"boxes"`` ``[K, 4]`` in original-image pixels if
@@ -128,15 +133,17 @@ class FasterRCNN(nn.Module):
         """Losses in training, detections in eval; see the class docstring."""
         if self.training and targets is None:
             raise ValueError("targets must be given in training mode (one dict per image)")
-        if targets is not None and len(targets) != len(images):
-            raise ValueError(
-                f"targets must hold one dict per image ({len(images)}), got {len(targets)}"
-            )
-        if orig_sizes is not None and len(orig_sizes) != len(images):
-            raise ValueError(
-                f"orig_sizes must give one (h, w) per image ({len(images)}), got {len(orig_sizes)}"
-            )
         batch = self.preprocess(images)
+        if targets is not None:
+            check_target_list(targets, len(batch))
+        if self.training:
+            check_targets(
+                targets,
+                batch.image_sizes,
+                self.num_classes,
+                masks=bool(getattr(self.roi_heads, "needs_masks", False)),
+            )
+        orig_sizes = check_orig_sizes(orig_sizes, len(batch))
         features = self.features(batch)
         proposals, rpn_losses = self.rpn(batch, features, targets if self.training else None)
         detections, head_losses = self.roi_heads(
@@ -158,8 +165,8 @@ def _backbone(
     name: str,
     deform: Any,
     output_stride: int,
-    frozen_bn: bool,
-    freeze_at: int,
+    frozen_bn: bool | None,
+    freeze_at: int | None,
     pretrained: str | None,
     base_channels: int = 64,
 ) -> ResNet:
@@ -196,8 +203,8 @@ def faster_rcnn(
     fpn: bool = False,
     pretrained_backbone: str | None = None,
     *,
-    frozen_bn: bool = True,
-    freeze_at: int = 2,
+    frozen_bn: bool | None = None,
+    freeze_at: int | None = None,
     base_channels: int = 64,
     reduce_channels: int | None = 256,
     fpn_channels: int = 256,
@@ -218,12 +225,19 @@ def faster_rcnn(
         roi_pool: ``"roi_pool"``, ``"roi_align"``, ``"deform"`` (v1 deformable RoI pooling) or
             ``"mdeform"`` (v2 modulated); ``None``: ``"mdeform"`` for ``deform="v2"`` (the v2
             paper's network), else ``"roi_align"``.
-        num_classes: foreground classes ``C`` (80 for COCO).
+        num_classes: foreground classes ``C`` (80 for COCO), the background not counted:
+            target and output labels are ``1..C``, 0 is the background; the classifier has
+            ``C + 1`` outputs. (torchvision counts the background: its COCO 91 is 90 here with
+            its category ids as labels; detectron2 and mmdet use labels ``0..C-1``: add 1.)
+            See ``docs/migration.md``, "Detectors: targets and labels".
         fpn: P2-P6 FPN neck, backbone at output stride 32 (default: papers' stride-16 layout).
         pretrained_backbone: a torchvision/timm ResNet checkpoint file for
             :func:`~torchdcn.models.load_pretrained` (nothing is downloaded).
-        frozen_bn: :class:`~torchdcn.nn.FrozenBatchNorm2d` in the backbone (Detectron).
-        freeze_at: stages whose parameters do not train: 2 = stem and conv2 (Detectron).
+        frozen_bn: :class:`~torchdcn.nn.FrozenBatchNorm2d` in the backbone (Detectron);
+            ``None``: frozen with ``pretrained_backbone``, trainable BatchNorm without it.
+        freeze_at: stages whose parameters do not train: 2 = stem and conv2 (Detectron);
+            ``None``: 2 with ``pretrained_backbone``, 0 without it (a random backbone trains
+            whole, as in torchvision's builders without weights).
         base_channels: backbone width: its stages have ``base_channels * (1, 2, 4, 8)`` planes
             (64: the published ResNets; e.g. 16 for a small detector trained from scratch).
             The heads read the backbone's widths from its ``feature_info``.
@@ -313,8 +327,8 @@ def rpn_detector(
     class_aware: bool = True,
     pretrained_backbone: str | None = None,
     *,
-    frozen_bn: bool = True,
-    freeze_at: int = 2,
+    frozen_bn: bool | None = None,
+    freeze_at: int | None = None,
     base_channels: int = 64,
     anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -326,7 +340,8 @@ def rpn_detector(
 
     Args:
         backbone, deform, num_classes, pretrained_backbone, frozen_bn, freeze_at,
-            base_channels, anchor_sizes, aspect_ratios, rpn_kwargs: as :func:`faster_rcnn`; the
+            base_channels, anchor_sizes, aspect_ratios, rpn_kwargs: as :func:`faster_rcnn`
+            (``num_classes``: foreground classes ``C``, labels ``1..C``, the RPN ``C + 1``-way); the
             anchors are matched by :func:`~.rpn_detector.detector_matcher` (IoU 0.5, no ignored
             band) unless ``rpn_kwargs`` gives a ``matcher``.
         class_aware: must be ``True`` (a plain RPN proposes, it does not detect; use

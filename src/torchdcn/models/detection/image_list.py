@@ -146,8 +146,16 @@ def normalize_and_batch(
     """Normalise ``[0, 1]`` images ``[3, H_i, W_i]`` by ``(image - mean) / std`` (``mean``, ``std``:
     ``[3, 1, 1]``) and pad them into an :class:`ImageList` ``[N, 3, H, W]`` whose sizes are
     multiples of ``size_divisibility``, in ``mean``'s dtype (the model's). ``TypeError`` /
-    ``ValueError`` name a bad ``images[i]`` (integer images are refused: scale them to [0, 1])."""
-    if isinstance(images, Tensor) or not isinstance(images, Sequence) or not images:
+    ``ValueError`` name a bad ``images[i]`` (integer images are refused: scale them to [0, 1];
+    empty ones too). A stacked ``Tensor[N, 3, H, W]`` is refused with a ``TypeError`` that says
+    to pass ``list(images)`` or to batch with :func:`~torchdcn.data.collate.list_collate`."""
+    if isinstance(images, Tensor):
+        raise TypeError(
+            f"images must be a list of Tensor[3, H, W] (one per image, sizes may differ), got a "
+            f"Tensor of shape {list(images.shape)}; pass list(images), or batch the data with "
+            f"collate_fn=torchdcn.data.collate.list_collate (DataLoader, Trainer, evaluate)"
+        )
+    if not isinstance(images, Sequence) or not images:
         raise TypeError(
             f"images must be a non-empty list of Tensor[3, H, W], got {type(images).__name__}"
         )
@@ -156,6 +164,10 @@ def normalize_and_batch(
         if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
             got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
             raise ValueError(f"images[{i}] must be a Tensor[3, H, W], got {got}")
+        if image.shape[1] == 0 or image.shape[2] == 0:
+            raise ValueError(
+                f"images[{i}] must have a positive height and width, got {tuple(image.shape)}"
+            )
         if not image.is_floating_point():
             raise TypeError(
                 f"images[{i}] must be a floating-point Tensor with values in [0, 1] (the model "

@@ -29,6 +29,7 @@ from ...ops import box_iou, clip_boxes_to_image
 from ..backbones import DeformConfig
 from .box_head import FastRCNNPredictor, RoIHeads, _at_least_float32
 from .faster_rcnn import FasterRCNN, faster_rcnn
+from .inputs import check_target
 from .mask_head import MaskHead, MaskPredictor, mask_loss, select_class_masks
 from .mask_targets import mask_targets
 from .paste_masks import paste_masks_in_image
@@ -50,10 +51,13 @@ class MaskRoIHeads(RoIHeads):
 
     Shape:
         As :class:`~.box_head.RoIHeads`; in training each target dict also needs ``"masks"``
-        ``[G_i, H_i, W_i]`` (0/1, in the input image's pixels, one per box) and the losses add
+        ``[G_i, H_i, W_i]`` (0/1, one per box, ``(H_i, W_i) = image_sizes[i]``: the size of the
+        image as given to the model, in whose pixels the boxes are) and the losses add
         ``"loss_mask"``; in eval each detection dict adds ``"masks"`` ``[K, 1, H, W]`` float in
         ``[0, 1]`` (``(H, W)`` = ``orig_sizes[i]`` if given, else ``image_sizes[i]``).
     """
+
+    needs_masks = True
 
     def __init__(
         self,
@@ -89,22 +93,14 @@ class MaskRoIHeads(RoIHeads):
         rois: Sequence[Tensor],
         labels: Tensor,
         targets: Sequence[Mapping[str, Tensor]],
+        image_sizes: Sequence[tuple[int, int]],
     ) -> Tensor:
         boxes, gt_masks, gt_index, fg_labels = [], [], [], []
         for i, (props, lab, target) in enumerate(
             zip(rois, labels.split([len(r) for r in rois]), targets)
         ):
-            if "masks" not in target:
-                raise ValueError(
-                    f"targets[{i}] must have 'masks' [G, H, W] to train the mask head (build the "
-                    f"COCO dataset with masks=True), got keys {sorted(target)}"
-                )
+            check_target(i, target, self.num_classes - 1, tuple(image_sizes[i]))
             gt_boxes, masks = target["boxes"], target["masks"]
-            if masks.dim() != 3 or masks.shape[0] != gt_boxes.shape[0]:
-                raise ValueError(
-                    f"targets[{i}]['masks'] must be [G, H, W] with G = {gt_boxes.shape[0]} "
-                    f"(one per box), got {list(masks.shape)}"
-                )
             fg = torch.nonzero(lab > 0).squeeze(1)
             pos = props[fg]
             match = (
@@ -142,7 +138,9 @@ class MaskRoIHeads(RoIHeads):
                 features, proposals, targets
             )
             losses = self.loss(class_logits, box_deltas, labels, reg_targets)
-            losses["loss_mask"] = self._mask_training_loss(features, rois, labels, targets)
+            losses["loss_mask"] = self._mask_training_loss(
+                features, rois, labels, targets, image_sizes
+            )
             return [], losses
         # boxes in input pixels first: the masks are computed there, then boxes and masks are
         # rescaled / pasted at orig_sizes together
@@ -182,11 +180,13 @@ class MaskRCNN(FasterRCNN):
 
     Arguments and ``forward(images, targets=None, orig_sizes=None)`` as
     :class:`~.faster_rcnn.FasterRCNN`, with: ``targets`` (training) also holding ``"masks"``
-    ``[G_i, H_i, W_i]`` uint8 0/1 in input pixels (:class:`~torchdcn.data.CocoDetection` with
-    ``masks=True``); training returns ``{"loss_rpn_cls", "loss_rpn_box", "loss_cls",
-    "loss_box_reg", "loss_mask"}``; eval adds ``"masks"`` ``[K, 1, H, W]`` float in ``[0, 1]``
-    to each detection dict, ``(H, W)`` the original image size if ``orig_sizes`` is given, else
-    the input image's (binarise at 0.5 for a COCO mask).
+    ``[G_i, H_i, W_i]`` uint8 0/1, ``(H_i, W_i)`` the size of ``images[i]`` as given to the model
+    (:class:`~torchdcn.data.CocoDetection` with ``masks=True`` resizes them with the image; a
+    ``TypeError`` / ``ValueError`` names ``targets[i]['masks']`` otherwise); training returns
+    ``{"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box_reg", "loss_mask"}``; eval adds
+    ``"masks"`` ``[K, 1, H, W]`` float in ``[0, 1]`` to each detection dict, ``(H, W)`` the
+    original image size if ``orig_sizes`` is given, else the input image's (binarise at 0.5 for
+    a COCO mask).
     """
 
     def __init__(self, backbone: nn.Module, rpn: Any, roi_heads: MaskRoIHeads, *args, **kwargs):
@@ -224,8 +224,10 @@ def mask_rcnn(
 
     Args:
         backbone, deform, num_classes, fpn, pretrained_backbone, base_channels, deform_hidden:
-            as :func:`~.faster_rcnn.faster_rcnn` (``base_channels``: backbone width, 64 the
-            published ResNets; the box and mask heads read the widths from ``feature_info``).
+            as :func:`~.faster_rcnn.faster_rcnn` (``num_classes``: foreground classes ``C``,
+            labels ``1..C``, 0 the background, one mask map per class; ``base_channels``:
+            backbone width, 64 the published ResNets; the box and mask heads read the widths
+            from ``feature_info``).
         roi_pool: the box head's 7 x 7 pooling (``"roi_pool"``, ``"roi_align"``, ``"deform"``,
             ``"mdeform"``); ``None``: ``"mdeform"`` for ``deform="v2"``, else ``"roi_align"``.
         mask_pool: the mask head's 14 x 14 pooling, same choices and default (v2 section 4.1:

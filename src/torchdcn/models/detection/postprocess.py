@@ -14,6 +14,7 @@ given), ``labels`` ``[D]`` int64 in ``1..C`` (0 is the background and never retu
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,29 @@ from torch import Tensor
 from ...ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 Size = tuple[int, int]
+
+
+def check_postprocess_args(
+    score_thresh: object, nms_thresh: object, detections_per_img: object
+) -> tuple[float, float, int]:
+    """``(score_thresh, nms_thresh, detections_per_img)`` checked and as ``(float, float, int)``:
+    both thresholds real numbers in ``[0, 1]`` (fractions, not percent), ``detections_per_img``
+    a positive int. ``TypeError`` / ``ValueError`` name the argument.
+
+    Example:
+        >>> check_postprocess_args(0.05, 0.5, 100)
+        (0.05, 0.5, 100)
+    """
+    for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1] (a fraction, not percent), got {value!r}")
+    if isinstance(detections_per_img, bool) or not isinstance(detections_per_img, numbers.Integral):
+        raise TypeError(f"detections_per_img must be a positive int, got {detections_per_img!r}")
+    if detections_per_img < 1:
+        raise ValueError(f"detections_per_img must be a positive int, got {detections_per_img!r}")
+    return float(score_thresh), float(nms_thresh), int(detections_per_img)
 
 
 def rescale_boxes(boxes: Tensor, from_size: Sequence[int], to_size: Sequence[int]) -> Tensor:

@@ -170,8 +170,8 @@ def rfcn(
     pretrained_backbone: str | None = None,
     ohem: bool = False,
     *,
-    frozen_bn: bool = True,
-    freeze_at: int = 2,
+    frozen_bn: bool | None = None,
+    freeze_at: int | None = None,
     base_channels: int = 64,
     reduce_channels: int = 1024,
     output_size: int = 7,
@@ -188,7 +188,8 @@ def rfcn(
     Args:
         backbone, deform, num_classes, pretrained_backbone, frozen_bn, freeze_at,
             base_channels, anchor_sizes, aspect_ratios, rpn_kwargs: as
-            :func:`~.faster_rcnn.faster_rcnn` (``deform="v1"``:
+            :func:`~.faster_rcnn.faster_rcnn` (``num_classes``: foreground classes ``C``, labels
+            ``1..C``, 0 the background; ``deform="v1"``:
             deformable last three 3x3 convs of conv5; ``"v2"``: modulated convs in conv3-conv5).
         ps_pool: ``"ps"`` (PS RoI pooling), ``"deform"`` (deformable PS RoI pooling) or
             ``"ps_align"`` (aligned PS pooling); see :mod:`.ps_head`.

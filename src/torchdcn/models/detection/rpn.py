@@ -33,6 +33,7 @@ from ...ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .image_list import ImageList
+from .inputs import check_target, check_target_list
 from .losses import select_class_deltas, smooth_l1_loss
 from .matcher import Matcher
 from .sampler import BalancedSampler
@@ -113,7 +114,8 @@ class RegionProposalNetwork(nn.Module):
         generator (torch.Generator, optional): randomness of the anchor sampling.
 
     Targets (training): one dict per image with ``"boxes"`` Tensor[G_i, 4] ``(x1, y1, x2, y2)``
-    in input pixels and, for a class-aware RPN, ``"labels"`` Tensor[G_i] int64 in ``[1, C]``.
+    in input pixels and, for a class-aware RPN, ``"labels"`` Tensor[G_i] int64 in ``[1, C]``
+    (checked by :func:`~.inputs.check_target`).
     """
 
     def __init__(
@@ -323,9 +325,7 @@ class RegionProposalNetwork(nn.Module):
         :meth:`predict`; ``targets`` one dict per image; ``image_sizes`` ``[(h_i, w_i), ...]``
         (needed only with ``straddle_thresh``).
         """
-        if isinstance(targets, Mapping) or len(targets) != logits.shape[0]:
-            got = "a dict" if isinstance(targets, Mapping) else f"{len(targets)} dicts"
-            raise ValueError(f"targets must be one dict per image ({logits.shape[0]}), got {got}")
+        check_target_list(targets, logits.shape[0])
         labels, matched = [], []
         for i, target in enumerate(targets):
             lab, gt = self._anchor_labels(anchors, target, i)
@@ -370,29 +370,12 @@ class RegionProposalNetwork(nn.Module):
         self, anchors: Tensor, target: Mapping[str, Tensor], index: int
     ) -> tuple[Tensor, Tensor]:
         """Label per anchor [T] (>= 1 positive, 0 negative, -1 ignored) and matched gt [T, 4]."""
-        if not isinstance(target, Mapping) or "boxes" not in target:
-            raise ValueError(f"targets[{index}] must be a dict with 'boxes' Tensor[G, 4]")
-        gt = target["boxes"]
-        if not isinstance(gt, Tensor) or gt.dim() != 2 or gt.shape[1] != 4:
-            got = tuple(gt.shape) if isinstance(gt, Tensor) else type(gt).__name__
-            raise ValueError(f"targets[{index}]['boxes'] must be a Tensor[G, 4], got {got}")
-        gt = gt.to(device=anchors.device, dtype=anchors.dtype)
+        # boxes always; labels only where they are used (a class-aware RPN)
+        check_target(index, target, self.num_classes if self.class_aware else None)
+        gt = target["boxes"].to(device=anchors.device, dtype=anchors.dtype)
         num_anchors = anchors.shape[0]
         if self.class_aware:
-            gt_labels = target.get("labels")
-            if not isinstance(gt_labels, Tensor) or gt_labels.shape != gt.shape[:1]:
-                raise ValueError(
-                    f"a class-aware RPN needs targets[{index}]['labels'] Tensor[{gt.shape[0]}] "
-                    f"(int64 in [1, C]), got {gt_labels!r}"
-                )
-            gt_labels = gt_labels.to(device=anchors.device, dtype=torch.int64)
-            if gt_labels.numel() and (
-                int(gt_labels.min()) < 1 or int(gt_labels.max()) > self.num_classes
-            ):
-                raise ValueError(
-                    f"targets[{index}]['labels'] must lie in [1, {self.num_classes}], got "
-                    f"[{int(gt_labels.min())}, {int(gt_labels.max())}]"
-                )
+            gt_labels = target["labels"].to(device=anchors.device, dtype=torch.int64)
         if gt.shape[0] == 0:
             labels = torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device)
             return labels, anchors.new_zeros(num_anchors, 4)

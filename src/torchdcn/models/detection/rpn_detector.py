@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from .image_list import IMAGENET_MEAN, IMAGENET_STD, ImageList, normalize_and_batch
+from .inputs import check_orig_sizes, check_target_list, check_targets
 from .matcher import Matcher
-from .postprocess import select_detections
+from .postprocess import check_postprocess_args, select_detections
 from .rpn import RegionProposalNetwork
 
 DETECTOR_IOU_THRESHOLD = 0.5
@@ -109,7 +110,7 @@ class RPNDetector(nn.Module):
             the backbone. Train it with ``matcher=detector_matcher()`` (the ``rpn_detector``
             preset does), see the module docstring.
         score_thresh, nms_thresh, detections_per_img: post-processing (see
-            :func:`class_aware_detections`).
+            :func:`class_aware_detections`): thresholds in ``[0, 1]``, a positive int.
         pixel_mean, pixel_std (tuple[float, float, float]): normalisation of ``[0, 1]`` inputs.
     """
 
@@ -140,9 +141,9 @@ class RPNDetector(nn.Module):
             )
         self.backbone = backbone
         self.rpn = rpn
-        self.score_thresh = float(score_thresh)
-        self.nms_thresh = float(nms_thresh)
-        self.detections_per_img = int(detections_per_img)
+        self.score_thresh, self.nms_thresh, self.detections_per_img = check_postprocess_args(
+            score_thresh, nms_thresh, detections_per_img
+        )
         self.size_divisibility = int(getattr(backbone, "size_divisibility", 1))
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
@@ -165,20 +166,27 @@ class RPNDetector(nn.Module):
         """Losses in training, detections in eval.
 
         Args:
-            images (list[Tensor[3, H_i, W_i]]): RGB in ``[0, 1]``, already resized.
-            targets (list[dict], training): ``"boxes"`` Tensor[G_i, 4] in input pixels and
-                ``"labels"`` Tensor[G_i] int64 in ``[1, C]``.
+            images (list[Tensor[3, H_i, W_i]]): RGB in ``[0, 1]``, already resized (a list:
+                :func:`~torchdcn.data.collate.list_collate` batches them so).
+            targets (list[dict], training): ``"boxes"`` Tensor[G_i, 4] float in input pixels and
+                ``"labels"`` Tensor[G_i] integer in ``[1, C]``, checked by
+                :func:`~.inputs.check_targets` as for every detector.
             orig_sizes (list[tuple[int, int]], eval, optional): original ``(h, w)`` per image.
 
         Returns:
             training: ``{"loss_rpn_cls": Tensor[], "loss_rpn_box": Tensor[]}``; eval: one dict
             per image ``{"boxes": [D, 4], "labels": [D] int64 in 1..C, "scores": [D]}``.
         """
+        if self.training and targets is None:
+            raise ValueError("targets must be given in training mode (one dict per image)")
         batch = self.preprocess(images)
+        if targets is not None:
+            check_target_list(targets, len(batch))
+        if self.training:
+            check_targets(targets, batch.image_sizes, self.num_classes)
+        orig_sizes = check_orig_sizes(orig_sizes, len(batch))
         features = self.backbone(batch.tensors)
         if self.training:
-            if targets is None:
-                raise ValueError("targets must be given in training mode (one dict per image)")
             # No proposals are needed: the losses alone (skips the top-k and NMS).
             anchors, logits, deltas, _ = self.rpn.predict(batch, features)
             return self.rpn.compute_losses(anchors, logits, deltas, targets, batch.image_sizes)
