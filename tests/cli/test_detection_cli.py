@@ -107,6 +107,8 @@ def test_train_writes_a_checkpoint_with_the_categories_and_per_loss_logs(trained
         "deform": None,
         "roi_pool": None,
         "fpn": False,
+        "frozen_bn": False,  # trained from scratch: BatchNorm and every stage train
+        "freeze_at": 0,
         "num_classes": 2,
     }
     assert info["data"]["categories"] == CATEGORIES

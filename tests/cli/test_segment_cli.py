@@ -120,6 +120,8 @@ def test_train_writes_a_checkpoint_with_the_classes(trained, capsys):
         "deform": "v2",
         "output_stride": 16,
         "head": "deeplab",
+        "frozen_bn": False,
+        "freeze_at": 0,
         "num_classes": 2,
     }
     data = info["data"]

@@ -71,15 +71,18 @@ def test_flags_reach_the_faster_rcnn_config_and_model():
         "roi_pool": None,
         "fpn": False,
         "num_classes": 2,
+        "frozen_bn": False,  # no --pretrained-backbone: the backbone trains whole
+        "freeze_at": 0,
     }
     assert json.loads(json.dumps(config)) == config  # stored in the checkpoint's run_info
     model = MODELS["faster_rcnn"].build(**config)
     assert [i.channels for i in model.backbone.feature_info] == [16, 32, 64, 128]
     assert (model.mimic.rois, model.mimic.cls_weight) == ("all", 0.0)
-    # absent flags: no mimicking, the default width, and the config of earlier versions
+    # absent flags: no mimicking, the default width, and the backbone trained whole
     s = _settings(["train", "--model", "faster_rcnn"])
     assert MODELS["faster_rcnn"].model_config(s) == {
         "backbone": "resnet50", "deform": None, "roi_pool": None, "fpn": False,
+        "frozen_bn": False, "freeze_at": 0,
     }  # fmt: skip
     s = _settings(["train", "--model", "faster_rcnn", "--mimic", "positive"])
     assert MODELS["faster_rcnn"].model_config(s)["mimic"] == {"rois": "positive", "cls_weight": 0.1}

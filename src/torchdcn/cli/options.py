@@ -132,6 +132,23 @@ DETECTION_TRAIN_OPTIONS = (
         "detectors: ImageNet ResNet weights file (torchvision/timm) for the backbone",
         metavar="PATH",
     ),
+    Option(
+        "freeze-at",
+        _int_or_none,
+        None,
+        "detectors, deeplab: backbone stages that do not train, 0 none, 1 the stem, 2 stem and "
+        "conv2, up to 5 (none: 2 with --pretrained-backbone, as Detectron; 0 without)",
+        metavar="N",
+        at_least=0,
+    ),
+    Option(
+        "backbone-norm",
+        str,
+        None,
+        "detectors, deeplab: the backbone's BatchNorm frozen (Detectron) or trained (none: "
+        "frozen with --pretrained-backbone, trained without)",
+        ("frozen", "train"),
+    ),
     ANN_FILE,
     IMAGE_DIR,
     Option(

@@ -93,6 +93,31 @@ def _base_channels(settings: dict[str, Any], backbone: str) -> dict[str, Any]:
     return {"base_channels": value}
 
 
+def _backbone_training(settings: dict[str, Any]) -> dict[str, Any]:
+    """``{"frozen_bn": ..., "freeze_at": ...}`` from ``--backbone-norm`` and ``--freeze-at``,
+    resolved against ``--pretrained-backbone`` (frozen BatchNorm and stages 1-2 with ImageNet
+    weights, everything trained without them): ``train`` stores the resolved values, so ``eval``
+    rebuilds the same network without the weights file."""
+    from ..models.backbones.task_backbone import backbone_training
+
+    norm, freeze_at = settings.get("backbone_norm"), settings.get("freeze_at")
+    if norm not in (None, "frozen", "train"):
+        raise ValueError(f"--backbone-norm must be frozen or train, got {norm!r}")
+    frozen_bn = None if norm is None else norm == "frozen"
+    try:
+        frozen_bn, freeze_at = backbone_training(
+            frozen_bn, freeze_at, bool(settings.get("pretrained_backbone"))
+        )
+    except ValueError as err:
+        raise ValueError(f"--freeze-at {freeze_at}: {err}") from err
+    return {"frozen_bn": frozen_bn, "freeze_at": freeze_at}
+
+
+#: what the checkpoints of earlier versions, whose ``model_config`` has no ``frozen_bn`` and
+#: ``freeze_at``, were built with (the builders' defaults then)
+_LEGACY_BACKBONE_TRAINING = {"frozen_bn": True, "freeze_at": 2}
+
+
 #: default weight of the feature-mimicking branch's classification loss (v2 section 3.3)
 MIMIC_CLS_WEIGHT = 0.1
 
@@ -125,7 +150,8 @@ def _detector_config(
     settings: dict[str, Any], with_pooling: bool, mimic: bool = False
 ) -> dict[str, Any]:
     """The detector's keyword arguments from ``--backbone``, ``--deform``, ``--roi-pool``,
-    ``--fpn``, ``--base-channels``, ``--mimic`` and ``--mimic-cls-weight`` (refused unless
+    ``--fpn``, ``--base-channels``, ``--freeze-at``, ``--backbone-norm`` (resolved against
+    ``--pretrained-backbone``), ``--mimic`` and ``--mimic-cls-weight`` (refused unless
     ``mimic``: faster_rcnn and mask_rcnn) and ``num_classes`` (set from the data before
     building; absent when the settings are only checked). ``ValueError`` for a combination the
     model refuses."""
@@ -137,6 +163,7 @@ def _detector_config(
         raise ValueError(f"--backbone must be one of {', '.join(ARCHITECTURES)}, got {backbone!r}")
     config: dict[str, Any] = {"backbone": backbone, "deform": settings.get("deform")}
     config.update(_base_channels(settings, backbone))
+    config.update(_backbone_training(settings))
     config.update(_mimic(settings, mimic))
     roi_pool, fpn = settings.get("roi_pool"), bool(settings.get("fpn", False))
     if settings.get("ps_pool") is not None:
@@ -223,7 +250,8 @@ def _detection_kwargs() -> dict[str, Any]:
 
 def _deeplab_config(settings: dict[str, Any]) -> dict[str, Any]:
     """DeepLab's keyword arguments from ``--backbone``, ``--deform``, ``--output-stride``,
-    ``--head``, ``--base-channels`` and ``num_classes`` (set from the data before building)."""
+    ``--head``, ``--base-channels``, ``--freeze-at``, ``--backbone-norm`` and ``num_classes`` (set
+    from the data before building)."""
     from ..models.backbones.resnet import ARCHITECTURES
     from ..models.segmentation import HEADS
 
@@ -245,6 +273,7 @@ def _deeplab_config(settings: dict[str, Any]) -> dict[str, Any]:
         "output_stride": output_stride,
         "head": head,
         **_base_channels(settings, backbone),
+        **_backbone_training(settings),
     }
     num_classes = settings.get("num_classes")
     if num_classes is not None:
@@ -361,7 +390,10 @@ def model_from_checkpoint(
             f"the presets {', '.join(sorted(MODELS))} written by 'torchdcn train' or "
             "'torchdcn demo'"
         )
-    model = preset.build(**info["model_config"])
+    config = dict(info["model_config"])
+    if preset.task != "classification":
+        config = {**_LEGACY_BACKBONE_TRAINING, **config}
+    model = preset.build(**config)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:

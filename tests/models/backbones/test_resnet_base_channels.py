@@ -111,9 +111,13 @@ def test_resnext_needs_whole_channels_per_group():
 
 
 def test_task_backbone_width_and_freezing():
-    body = task_backbone("resnet18", "v2", 16, base_channels=16)
+    body = task_backbone("resnet18", "v2", 16, freeze_at=2, base_channels=16)
     assert [i.channels for i in body.feature_info] == [16, 32, 64, 128]
     assert not any(p.requires_grad for p in body.layer1.parameters())
+    # no weights: a small network trained from scratch trains whole
+    assert all(
+        p.requires_grad for p in task_backbone("resnet18", None, 16, base_channels=8).parameters()
+    )
     with pytest.raises(ValueError, match="base_channels must be a positive int"):
         task_backbone("resnet18", None, 16, base_channels=0)
 

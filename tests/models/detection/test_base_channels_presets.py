@@ -33,7 +33,9 @@ def _data():
 def test_preset_at_base_16_trains_and_detects(case):
     build, kwargs = CASES[case]
     torch.manual_seed(0)
-    model = build("resnet18", num_classes=2, base_channels=16, **kwargs)
+    model = build(
+        "resnet18", num_classes=2, base_channels=16, frozen_bn=True, freeze_at=2, **kwargs
+    )
     assert [i.channels for i in model.backbone.feature_info] == WIDTHS
     # the RPN runs on conv4 (or on the FPN levels)
     rpn_in = 32 if kwargs.get("fpn") else WIDTHS[2]

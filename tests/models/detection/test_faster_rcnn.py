@@ -132,7 +132,7 @@ def test_rpn_detector_train_and_eval_step():
 
 
 def test_preset_structure_freezing_and_param_groups():
-    v2 = faster_rcnn("resnet18", deform="v2", **SMALL)
+    v2 = faster_rcnn("resnet18", deform="v2", frozen_bn=True, freeze_at=2, **SMALL)
     assert isinstance(v2, FasterRCNN) and v2.roi_heads.pooler.kind == "mdeform"
     assert isinstance(v2.roi_heads.pooler.pools[0], ModulatedDeformRoIPool)
     body = v2.backbone
@@ -174,6 +174,10 @@ def test_preset_structure_freezing_and_param_groups():
     assert fpn.roi_heads.pooler.feature_names == ("p2", "p3", "p4", "p5")
     unfrozen = faster_rcnn("resnet18", freeze_at=0, frozen_bn=False, **SMALL)
     assert all(p.requires_grad for p in unfrozen.parameters())
+    # no pretrained_backbone: the random backbone trains whole, BatchNorm included
+    scratch = faster_rcnn("resnet18", **SMALL)
+    assert all(p.requires_grad for p in scratch.parameters())
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in scratch.modules())
 
 
 def test_pretrained_backbone_is_loaded(tmp_path):
@@ -183,6 +187,14 @@ def test_pretrained_backbone_is_loaded(tmp_path):
     torch.save(source.state_dict(), path)
     model = faster_rcnn("resnet18", pretrained_backbone=str(path), **SMALL)
     torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    # with ImageNet weights: Detectron's frozen BatchNorm, stem and conv2
+    assert isinstance(model.backbone.bn1, FrozenBatchNorm2d)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(("backbone.conv1.", "backbone.layer1."))
+    }
     torch.testing.assert_close(model.backbone.bn1.running_var, source.bn1.running_var)
 
 

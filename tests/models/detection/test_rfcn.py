@@ -148,7 +148,10 @@ def test_cli_preset_builds():
     config = preset.model_config(
         {"backbone": "resnet18", "deform": "v1", "ps_pool": "deform", "num_classes": C}
     )
-    assert config == {"backbone": "resnet18", "deform": "v1", "ps_pool": "deform", "num_classes": C}
+    assert config == {
+        "backbone": "resnet18", "deform": "v1", "ps_pool": "deform", "num_classes": C,
+        "frozen_bn": False, "freeze_at": 0,  # no pretrained_backbone: the backbone trains whole
+    }  # fmt: skip
     model = preset.build(**config)
     assert isinstance(model, RFCN) and model.roi_heads.pooler.kind == "deform"
     assert preset.model_config({"backbone": "resnet18"})["ps_pool"] == "ps"

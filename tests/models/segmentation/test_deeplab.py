@@ -16,7 +16,8 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = deeplab("resnet18", num_classes=3).eval()
+    # frozen BatchNorm: the training forward computes the eval forward's scores
+    m = deeplab("resnet18", num_classes=3, frozen_bn=True).eval()
     with torch.no_grad():  # a classifier with visible scores (std 0.01 gives tiny ones)
         m.classifier.weight.normal_(0, 0.5)
     return m

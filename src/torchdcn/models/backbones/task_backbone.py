@@ -1,5 +1,6 @@
-"""The backbone a detector or segmenter builds: a ResNet by name, features only, frozen
-BatchNorm and frozen early stages as in Detectron, ImageNet weights from a file.
+"""The backbone a detector or segmenter builds: a ResNet by name, features only, ImageNet
+weights from a file; with them, frozen BatchNorm and frozen early stages as in Detectron, and
+without them everything trains (as torchvision's detection builders do).
 
 Detection and segmentation presets both call :func:`task_backbone` (task packages never import
 each other, so the shared builder lives here).
@@ -18,8 +19,8 @@ def task_backbone(
     name: str,
     deform: Any,
     output_stride: int,
-    frozen_bn: bool = True,
-    freeze_at: int = 2,
+    frozen_bn: bool | None = None,
+    freeze_at: int | None = None,
     pretrained: str | None = None,
     base_channels: int = 64,
 ) -> ResNet:
@@ -28,9 +29,12 @@ def task_backbone(
     Args:
         deform: the ResNet's ``deform`` (``None``, ``"v1"``, ``"v2"`` or per-stage configs).
         output_stride: 32, 16 or 8 (the last stages dilated).
-        frozen_bn: :class:`~torchdcn.nn.FrozenBatchNorm2d` instead of trainable BatchNorm.
+        frozen_bn: :class:`~torchdcn.nn.FrozenBatchNorm2d` instead of trainable BatchNorm;
+            ``None``: frozen with ``pretrained`` weights (Detectron), trainable without them
+            (frozen statistics of a random network would stay at mean 0, variance 1).
         freeze_at: stages whose parameters get ``requires_grad=False``: 0 nothing, 1 the stem,
-            2 the stem and conv2 (Detectron's default), up to 5.
+            2 the stem and conv2 (Detectron's default), up to 5; ``None``: 2 with
+            ``pretrained`` weights, 0 without (a random stem must train).
         pretrained: a weights file for :func:`~.pretrained.load_pretrained` (loaded before
             freezing). Its tensors must fit exactly: ImageNet checkpoints are 64 wide, so one
             loaded into a network of another ``base_channels`` raises ``ValueError``.
@@ -39,12 +43,12 @@ def task_backbone(
             scratch. The heads read the resulting widths from ``feature_info``.
 
     Raises ``ValueError`` naming ``backbone``, ``freeze_at`` or ``base_channels`` for values
-    outside those, or a ``pretrained`` file that does not fit the network.
+    outside those, or a ``pretrained`` file that does not fit the network; ``TypeError`` for a
+    ``frozen_bn`` that is not a bool.
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"backbone must be one of {sorted(ARCHITECTURES)}, got {name!r}")
-    if isinstance(freeze_at, bool) or freeze_at not in range(6):
-        raise ValueError(f"freeze_at must be 0..5 (stages frozen up to it), got {freeze_at!r}")
+    frozen_bn, freeze_at = backbone_training(frozen_bn, freeze_at, pretrained is not None)
     block, layers, groups, width = ARCHITECTURES[name]
     body = ResNet(
         block, layers, groups=groups, width_per_group=width, deform=deform,
@@ -67,3 +71,21 @@ def task_backbone(
         for p in module.parameters():
             p.requires_grad_(False)
     return body
+
+
+def backbone_training(
+    frozen_bn: bool | None, freeze_at: int | None, pretrained: bool
+) -> tuple[bool, int]:
+    """``(frozen_bn, freeze_at)`` with ``None`` resolved as :func:`task_backbone` does: with
+    ``pretrained`` weights ``(True, 2)`` (Detectron), without them ``(False, 0)``."""
+    if frozen_bn is None:
+        frozen_bn = pretrained
+    elif not isinstance(frozen_bn, bool):
+        raise TypeError(f"frozen_bn must be a bool or None, got {frozen_bn!r}")
+    if freeze_at is None:
+        freeze_at = 2 if pretrained else 0
+    if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or freeze_at not in range(6):
+        raise ValueError(
+            f"freeze_at must be an int 0..5 (stages frozen up to it), got {freeze_at!r}"
+        )
+    return frozen_bn, freeze_at

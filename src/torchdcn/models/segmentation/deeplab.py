@@ -181,8 +181,8 @@ def deeplab(
     head: str = "deeplab",
     pretrained_backbone: str | None = None,
     *,
-    frozen_bn: bool = True,
-    freeze_at: int = 2,
+    frozen_bn: bool | None = None,
+    freeze_at: int | None = None,
     base_channels: int = 64,
     head_channels: int | None = None,
     aspp_rates: Sequence[int] | None = None,
@@ -202,8 +202,10 @@ def deeplab(
             :func:`~.aspp.default_aspp_rates` of the output stride).
         pretrained_backbone: ImageNet weights file (torchvision/timm layout) for the backbone.
         frozen_bn: :class:`~torchdcn.nn.FrozenBatchNorm2d` in the backbone (a few images per
-            batch; the released DCN DeepLab fixes BN). ``False`` trains BatchNorm (from scratch).
-        freeze_at: stages frozen up to it (0 none, 1 the stem, 2 the stem and conv2).
+            batch; the released DCN DeepLab fixes BN). ``False`` trains BatchNorm; ``None``:
+            frozen with ``pretrained_backbone``, trainable without it (from scratch).
+        freeze_at: stages frozen up to it (0 none, 1 the stem, 2 the stem and conv2);
+            ``None``: 2 with ``pretrained_backbone``, 0 without it.
         base_channels: backbone width, its stages ``base_channels * (1, 2, 4, 8)`` planes (64:
             the published ResNets; e.g. 16 for a small network trained from scratch).
     """
