@@ -3,13 +3,23 @@ torch.compile, and the argument checks."""
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from torchdcn.ops import batched_nms, nms, set_workspace_limit, use_backend
+from torchdcn.ops import (
+    _nms_cpu,
+    _nms_ref,
+    _nms_torch,
+    batched_nms,
+    nms,
+    set_workspace_limit,
+    use_backend,
+)
 from torchdcn.ops._nms_ref import nms_reference
 
 KERNELS = ["reference", "numba", "triton"]  # "triton" on CPU tensors forces the blocked torch route
@@ -367,3 +377,87 @@ def test_nms_20000_boxes_kernels_agree():
     blocked = run("triton", nms, boxes, scores, 0.5)
     assert torch.equal(fast, blocked)
     assert 1000 < len(fast) < 10000
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes without the eager checks: TorchScript, torch.ops.torchdcn.nms called directly and
+# torch.compile reach the registered op, which checks the lengths itself. Every kernel is replaced
+# by one that fails the test, so a regression cannot read past ``boxes`` in this process.
+
+
+@pytest.fixture
+def no_kernels(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("NMS kernel reached with invalid arguments")
+
+    for module, name in ((_nms_cpu, "nms"), (_nms_torch, "nms"), (_nms_ref, "nms_reference")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def _batched(b: torch.Tensor, s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    return batched_nms(b, s, i, 0.5)
+
+
+def _plain(b: torch.Tensor, s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    return nms(b, s, 0.5)
+
+
+@functools.cache
+def _route(route: str, fn):
+    if route == "script":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
+            return torch.jit.script(fn)
+    if route == "compile":
+        return torch.compile(fn, fullgraph=True, backend="aot_eager")
+    op = torch.ops.torchdcn.nms
+    if fn is _plain:
+        return lambda b, s, i: op(b, s, None, 0.5)
+    return lambda b, s, i: op(b, s, i, 0.5)
+
+
+_ROUTES = ["script", "op", "compile"]
+
+
+@pytest.mark.parametrize("route", _ROUTES)
+@pytest.mark.parametrize("fn", [_plain, _batched], ids=["nms", "batched_nms"])
+def test_unchecked_routes_match_eager(route, fn):
+    boxes, scores = make_boxes(40, seed=12)
+    idxs = torch.arange(40) % 3
+    assert torch.equal(_route(route, fn)(boxes, scores, idxs), fn(boxes, scores, idxs))
+
+
+@pytest.mark.parametrize("route", _ROUTES)
+@pytest.mark.parametrize(
+    "fn, n_scores, n_idxs, name",
+    [
+        (_plain, 200, 5, "scores"),
+        (_batched, 200, 5, "scores"),
+        (_batched, 5, 3, "idxs"),
+        (_batched, 5, 200, "idxs"),
+    ],
+    ids=["nms_scores", "batched_scores", "batched_idxs_short", "batched_idxs_long"],
+)
+def test_unchecked_routes_refuse_bad_lengths(route, fn, n_scores, n_idxs, name, no_kernels):
+    boxes, _ = make_boxes(5, seed=13)
+    scores, idxs = torch.rand(n_scores), torch.zeros(n_idxs, dtype=torch.int64)
+    match = rf"{name} must have shape \[N\] = \[5\]"
+    if route == "script":  # TorchScript wraps the op's error: RuntimeError "ValueError: ..."
+        expected = pytest.raises(RuntimeError, match="ValueError: " + match)
+    elif route == "compile":  # found while tracing (the shape may be symbolic): Unsupported
+        expected = pytest.raises((ValueError, torch._dynamo.exc.Unsupported), match=match)
+    else:
+        got = n_scores if name == "scores" else n_idxs
+        expected = pytest.raises(ValueError, match=match + rf".*\({got},\)")
+    with expected:
+        _route(route, fn)(boxes, scores, idxs)
+
+
+def test_registered_op_checks_its_arguments(no_kernels):
+    op = torch.ops.torchdcn.nms
+    with pytest.raises(ValueError, match=r"boxes must have shape \[N, 4\].*\(3, 5\)"):
+        op(torch.zeros(3, 5), torch.zeros(3), None, 0.5)
+    with pytest.raises(TypeError, match=r"idxs must have an integer dtype"):
+        op(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="iou_threshold must be a number, got nan"):
+        op(torch.zeros(3, 4), torch.zeros(3), None, float("nan"))

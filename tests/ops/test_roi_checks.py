@@ -3,10 +3,15 @@ and the registered ops' fake and autograd implementations (``torch.library.opche
 
 from __future__ import annotations
 
+import functools
+import warnings
+
+import numpy as np
 import pytest
 import torch
 
 from torchdcn.ops import (
+    _roi_ops,
     deform_ps_roi_pool,
     deform_roi_pool,
     ps_roi_align,
@@ -252,3 +257,265 @@ def test_compiles_without_graph_breaks():
     torch.testing.assert_close(
         torch.autograd.grad(compiled(x, off), (x, off)), torch.autograd.grad(f(x, off), (x, off))
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes without the eager checks: TorchScript, torch.ops.torchdcn.* called directly (forward and
+# backward ops) and torch.compile (which traces with fake tensors, so cannot test values). The op
+# itself checks what its kernel indexes with. In the bad-input tests every kernel is replaced by
+# one that fails the test, so a regression cannot read out of bounds in this process.
+
+
+def _s_roi_pool(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    return roi_pool(x, rois, 2, 0.5)
+
+
+def _s_ps_roi_pool(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    return ps_roi_pool(x, rois, 2, 0.5)
+
+
+def _s_roi_align(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    return roi_align(x, rois, 2, 0.5, 2)
+
+
+def _s_ps_roi_align(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    return ps_roi_align(x, rois, 2, 0.5, 2)
+
+
+def _s_deform_roi_pool(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    return deform_roi_pool(x, rois, torch.zeros(rois.shape[0], 2, 2, 2), 2, 0.5, 2, 0.1)
+
+
+def _s_deform_ps_roi_pool(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    return deform_ps_roi_pool(x, rois, torch.zeros(rois.shape[0], 2, 2, 2), 2, 0.5, 2)
+
+
+# ``call(op, x, rois)`` as a scriptable function of (x, rois)
+SCRIPTABLE = {
+    roi_pool: _s_roi_pool,
+    ps_roi_pool: _s_ps_roi_pool,
+    roi_align: _s_roi_align,
+    ps_roi_align: _s_ps_roi_align,
+    deform_roi_pool: _s_deform_roi_pool,
+    deform_ps_roi_pool: _s_deform_ps_roi_pool,
+}
+
+
+@functools.cache
+def _scripted(op):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
+        return torch.jit.script(SCRIPTABLE[op])
+
+
+@functools.cache
+def _compiled(op):
+    return torch.compile(SCRIPTABLE[op], fullgraph=True, backend="aot_eager")
+
+
+def _op_call(op, x, rois, grad=None):
+    """``call(op, x, rois)`` as the registered op (or, with ``grad``, its backward op)."""
+    r, ops = rois.shape[0], torch.ops.torchdcn
+    if op in (roi_pool, ps_roi_pool):
+        args = (x, rois, 2, 2, 0.5, "max" if op is roi_pool else "avg", op is ps_roi_pool)
+        if grad is None:
+            return ops.roi_integer_pool(*args)
+        return ops.roi_integer_pool_backward(grad, *args)
+    offset = torch.zeros(r, 2, 2, 2) if op in (deform_roi_pool, deform_ps_roi_pool) else None
+    gamma = 0.1 if offset is not None else 0.0
+    args = (x, rois, offset, None, 2, 2, 0.5, 2, op is not roi_align, gamma, op in PS)
+    if grad is None:
+        return ops.roi_aligned_pool(*args)
+    return ops.roi_aligned_pool_backward(grad, *args)[0]
+
+
+@pytest.fixture
+def no_kernels(monkeypatch):
+    """Every RoI kernel fails the test if called."""
+
+    class Refuse:
+        def __getattr__(self, name):
+            def kernel(*args, **kwargs):
+                raise AssertionError(f"kernel {name} reached with invalid arguments")
+
+            return kernel
+
+    monkeypatch.setattr(_roi_ops, "_kernels", lambda input: Refuse())
+
+
+def _raises(route, match):
+    """The error of a route: ValueError; TorchScript wraps any error raised in scripted code or an
+    op it calls (RuntimeError or torch.jit.Error: "ValueError: <message>"), and a fullgraph
+    torch.compile one found while tracing (torch._dynamo.exc.Unsupported naming the ValueError)."""
+    if route == "script":
+        return pytest.raises((RuntimeError, torch.jit.Error), match="ValueError: .*" + match)
+    if route == "compile":
+        return pytest.raises((ValueError, torch._dynamo.exc.Unsupported), match=match)
+    return pytest.raises(ValueError, match=match)
+
+
+ROUTES = ["script", "op", "backward_op", "compile"]
+
+
+def _run(route, op, x, rois):
+    if route == "script":
+        return _scripted(op)(x, rois)
+    if route == "compile":
+        return _compiled(op)(x, rois)
+    if route == "op":
+        return _op_call(op, x, rois)
+    c_out = x.shape[1] // 4 if op in PS else x.shape[1]
+    return _op_call(op, x, rois, torch.ones(rois.shape[0], c_out, 2, 2))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+def test_unchecked_routes_match_eager(op, route):
+    x = _x(op)
+    if route == "backward_op":
+        leaf = x.clone().requires_grad_()
+        (expected,) = torch.autograd.grad(call(op, leaf, ROIS).sum(), leaf)
+    else:
+        expected = call(op, x, ROIS)
+    assert torch.equal(_run(route, op, x, ROIS), expected)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "rois, match",
+    [
+        (torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]]), r"rois row 0 .*batch index in \[0, 2\)"),
+        (torch.tensor([[1e6, 1.0, 1.0, 4.0, 4.0]]), r"rois row 0 .*batch index in \[0, 2\)"),
+        (torch.tensor([[0, 1.0, 1.0, 4.0, 4.0], [-1, 0, 0, 1, 1]]), r"rois row 1 = \[-1\.0"),
+        (torch.tensor([[0.5, 1.0, 1.0, 4.0, 4.0]]), r"integer batch index"),
+        (torch.tensor([[0, 1.0, float("inf"), 4.0, 4.0]]), r"finite coordinates"),
+        (torch.zeros(2, 4), r"must have shape \[R, 5\].*\(2, 4\)"),
+    ],
+    ids=["index_N", "index_1e6", "index_-1", "index_0.5", "inf", "R_4"],
+)
+def test_unchecked_routes_refuse_bad_rois(op, route, rois, match, no_kernels):
+    if route == "compile" and rois.shape[1] != 5:
+        match = r"boxes must have shape|rois must have shape"  # the eager check, while tracing
+    with _raises(route, match):
+        _run(route, op, _x(op), rois)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("op", PS, ids=lambda f: f.__name__)
+def test_unchecked_routes_refuse_ps_channels_not_divisible(op, route, no_kernels):
+    x = torch.randn(2, 6, 6, 7)  # 6 channels, ph * pw = 4
+    # (under torch.compile the channels may be symbolic: "s27" in the shape)
+    shape = "" if route == "compile" else r" .*\(2, 6, 6, 7\)"
+    with _raises(route, r"divisible by ph \* pw = 4" + shape):
+        _run(route, op, x, ROIS)
+
+
+def _s_roi_align_list(x: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+    return roi_align(x, boxes, 2, 0.5, 2)
+
+
+@functools.cache
+def _scripted_list():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_s_roi_align_list)
+
+
+def test_scripted_list_of_boxes(no_kernels):
+    x = _x(roi_align)
+    scripted = _scripted_list()
+    with _raises("script", r"list of 3 per-image box tensors but input has batch size 2"):
+        scripted(x, [torch.zeros(1, 4)] * 3)
+    with _raises("script", r"rois\[0\] must have shape \[R_i, 4\]"):
+        scripted(x, [torch.zeros(1, 5)])
+
+
+def test_scripted_list_of_boxes_matches_eager():
+    x = _x(roi_align, dtype=torch.float64)
+    boxes = [ROIS[:1, 1:].double(), ROIS[1:, 1:].double()]
+    assert torch.equal(_scripted_list()(x, boxes), call(roi_align, x, boxes))
+    empty = _scripted_list()(x, [])  # RoIs made in the input's dtype
+    assert empty.shape == (0, 2, 2, 2) and empty.dtype == torch.float64
+
+
+def test_registered_ops_check_every_tensor(no_kernels):
+    x, xp = torch.randn(2, 3, 6, 7), torch.randn(2, 4 * 4, 6, 7)  # xp: 4 output channels
+    ops = torch.ops.torchdcn
+    with pytest.raises(TypeError, match=r"rois has dtype torch\.float64 but input has dtype"):
+        ops.roi_integer_pool(x, ROIS.double(), 2, 2, 0.5, "max", False)
+    with pytest.raises(
+        ValueError, match=r"offset must have shape \[R, 2, ph, pw\] = \(3, 2, 2, 2\)"
+    ):
+        ops.roi_aligned_pool(x, ROIS, torch.zeros(2, 2, 2, 2), None, 2, 2, 0.5, 2, True, 0.1, False)
+    with pytest.raises(ValueError, match=r"mask must have shape \[R, 1, ph, pw\] = \(3, 1, 2, 2\)"):
+        ops.roi_aligned_pool(x, ROIS, None, torch.ones(3, 1, 3, 3), 2, 2, 0.5, 2, True, 0.1, False)
+    # PS offsets with C' = 2 pairs: the kernels read one mask plane per pair
+    off = torch.zeros(3, 4, 2, 2)
+    with pytest.raises(ValueError, match=r"mask must have shape \[R, C', ph, pw\].*\(3, 2, 2, 2\)"):
+        ops.roi_aligned_pool(xp, ROIS, off, torch.ones(3, 1, 2, 2), 2, 2, 0.5, 2, True, 0.1, True)
+    with pytest.raises(ValueError, match="spatial_scale must be positive"):
+        ops.roi_integer_pool(x, ROIS, 2, 2, -1.0, "max", False)
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        ops.roi_integer_pool(x, ROIS, 0, 2, 1.0, "max", False)
+    # backward ops: the output gradient must be [R, C_out, ph, pw]
+    with pytest.raises(ValueError, match=r"grad must have shape \[R, C_out, ph, pw\] = \(3, 3, 2"):
+        ops.roi_integer_pool_backward(torch.ones(4, 3, 2, 2), x, ROIS, 2, 2, 0.5, "max", False)
+    with pytest.raises(ValueError, match=r"grad must have shape .* = \(3, 4, 2, 2\), got \(3, 16"):
+        ops.roi_aligned_pool_backward(
+            torch.ones(3, 16, 2, 2), xp, ROIS, None, None, 2, 2, 0.5, 2, True, 0.0, True
+        )
+
+
+def test_scripted_backward_refuses_bad_rois(no_kernels):
+    """The repro of a heap corruption: scripted forward and backward with batch index N."""
+    x = _x(roi_align).requires_grad_()
+    with _raises("script", r"rois row 0 .*batch index in \[0, 2\)"):
+        _scripted(roi_align)(x, torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]])).sum().backward()
+    assert x.grad is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar arguments as torchvision takes them: NumPy scalars and 0-d tensors.
+
+
+@pytest.mark.parametrize("op", [roi_align, roi_pool, ps_roi_align, ps_roi_pool])
+def test_numpy_and_tensor_scalars(op):
+    x = _x(op)
+    takes_ratio = op in (roi_align, ps_roi_align)
+
+    def run(scale, ratio=2):
+        return op(x, ROIS, 2, scale, ratio) if takes_ratio else op(x, ROIS, 2, scale)
+
+    expected = run(0.5)
+    for scale in (np.float32(0.5), np.float64(0.5), torch.tensor(0.5), torch.tensor(0.5).double()):
+        assert torch.equal(run(scale), expected)
+    if takes_ratio:
+        for ratio in (np.int64(2), np.int32(2), torch.tensor(2)):
+            assert torch.equal(run(0.5, ratio), expected)
+        with pytest.raises(TypeError, match="sampling_ratio must be an int"):
+            run(0.5, True)
+        with pytest.raises(TypeError, match="sampling_ratio must be an int"):
+            run(0.5, torch.tensor([2]))
+        with pytest.raises(TypeError, match="sampling_ratio must be an int"):
+            run(0.5, np.float32(2.0))
+    with pytest.raises(TypeError, match="spatial_scale must be a real number, got bool"):
+        run(True)
+    with pytest.raises(TypeError, match="spatial_scale must be a real number, got str"):
+        run("0.5")
+    with pytest.raises(TypeError, match=r"spatial_scale must be a real number or a 0-d .*\(1,\)"):
+        run(torch.tensor([0.5]))
+    with pytest.raises(TypeError, match=r"spatial_scale .*torch\.bool"):
+        run(torch.tensor(True))
+    with pytest.raises(TypeError, match="spatial_scale must not require grad"):
+        run(torch.tensor(0.5, requires_grad=True))
+    with pytest.raises(ValueError, match=r"spatial_scale must be positive, got -0\.5"):
+        run(np.float32(-0.5))
+
+
+def test_deform_scalars():
+    x = _x(deform_roi_pool)
+    off = torch.randn(3, 2, 2, 2)
+    expected = deform_roi_pool(x, ROIS, off, 2, 0.5, 2, 0.1)
+    got = deform_roi_pool(x, ROIS, off, 2, np.float32(0.5), np.int64(2), torch.tensor(0.1))
+    assert torch.equal(got, expected)

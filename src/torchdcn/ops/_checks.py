@@ -13,7 +13,7 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _integer(value: object) -> int | None:
+def integer_scalar(value: object) -> int | None:
     """``value`` as an int if it is an integer scalar (int, NumPy integer, 0-d integer tensor;
     not bool), else None."""
     if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
@@ -31,7 +31,7 @@ def pair(value: object, name: str) -> tuple[int, int]:
     """``3 -> (3, 3)``, ``(1, 2) -> (1, 2)``, ``(1,) -> (1, 1)``, as ``torch.nn.functional.conv2d``
     takes them: an integer scalar (int, NumPy integer, 0-d integer tensor) or a sequence (or 1-D
     integer tensor) of one or two of them; anything else is a TypeError naming ``name``."""
-    single = _integer(value)
+    single = integer_scalar(value)
     if single is not None:
         return single, single
     items = None
@@ -40,7 +40,7 @@ def pair(value: object, name: str) -> tuple[int, int]:
     elif isinstance(value, Sequence) and not isinstance(value, str):
         items = list(value)
     if items is not None and len(items) in (1, 2):
-        ints = [_integer(v) for v in items]
+        ints = [integer_scalar(v) for v in items]
         if all(i is not None for i in ints):
             return (ints[0], ints[-1])  # type: ignore[return-value]
     raise TypeError(

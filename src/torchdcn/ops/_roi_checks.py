@@ -7,13 +7,14 @@ argument, the shape received and the shape expected.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._checks import autocast_dtype, check_same, check_shape, check_tensor, pair
+from ._checks import autocast_dtype, check_same, check_shape, check_tensor, integer_scalar, pair
 from ._dispatch import compute_dtype
 from ._roi_common import check_sampling_ratio
 
@@ -29,6 +30,9 @@ class RoIArgs(NamedTuple):
     offset: Tensor | None
     mask: Tensor | None
     pooled: tuple[int, int]
+    spatial_scale: float
+    sampling_ratio: int
+    gamma: float
     out_dtype: torch.dtype  # the caller's dtype, to cast the result back to
 
 
@@ -67,26 +71,63 @@ def roi_tensor(rois: RoIs, input: Tensor, name: str = "rois") -> Tensor:
     return torch.cat([index, torch.cat(list(rois))], 1)
 
 
-def script_rois(rois: RoIs) -> Tensor:
-    """TorchScript's :func:`roi_tensor` (no validation): ``[R, 5]`` from a tensor or a list."""
+def script_rois(rois: RoIs, input: Tensor) -> Tensor:
+    """TorchScript's :func:`roi_tensor`: ``[R, 5]`` from a tensor or a list, in ``input``'s dtype
+    when empty. Only the list form is checked here; the registered op checks the ``[R, 5]`` tensor
+    (shape, dtype, device, batch indices, coordinates) before any kernel runs."""
     if isinstance(rois, Tensor):
         return rois
+    if len(rois) > input.shape[0]:
+        raise ValueError(
+            f"rois is a list of {len(rois)} per-image box tensors but input has batch size "
+            f"{input.shape[0]}"
+        )
     parts: list[Tensor] = []
     for i, b in enumerate(rois):
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise ValueError(
+                f"rois[{i}] must have shape [R_i, 4] = (x1, y1, x2, y2), got {b.shape}"
+            )
         parts.append(torch.cat([torch.full_like(b[:, :1], i), b], 1))
     if len(parts) == 0:
-        return torch.zeros(0, 5)
+        return input.new_zeros(0, 5)
     return torch.cat(parts)
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymFloat)):
+    """``value`` as a finite float: a real number (Python or NumPy, not bool) or a 0-d real tensor
+    that does not require grad (read with ``.item()``), as torchvision takes them."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(
+                f"{name} must be a real number or a 0-d real tensor, got a tensor of shape "
+                f"{tuple(value.shape)} and dtype {value.dtype}"
+            )
+        if value.requires_grad:
+            raise TypeError(
+                f"{name} must not require grad (the ops are not differentiable in it), got a 0-d "
+                f"tensor with requires_grad=True; pass {name}.detach() or a float"
+            )
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if isinstance(value, torch.SymFloat) or torch.compiler.is_compiling():
+    if isinstance(value, torch.SymFloat):
         return value  # symbolic while torch.compile traces: no value to check (eager checks it)
+    if torch.compiler.is_compiling():
+        return float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return float(value)
+
+
+def _sampling_ratio(value: object) -> int:
+    """``value`` as an int: a Python or NumPy integer or a 0-d integer tensor (not bool), at most
+    :data:`._roi_common.MAX_ADAPTIVE_GRID`."""
+    ratio = integer_scalar(value)
+    if ratio is None:
+        raise TypeError(f"sampling_ratio must be an int, got {value!r}")
+    check_sampling_ratio(ratio)
+    return ratio
 
 
 def check_roi_args(
@@ -106,21 +147,20 @@ def check_roi_args(
     ``rois`` becomes ``[R, 5]``; ``output_size`` a pair ``(ph, pw)``. Under ``torch.autocast`` every
     tensor is cast to float32 (RoI coordinates need it); float16/bfloat16 are computed in float32
     except by the Triton kernels. ``offset`` is ``[R, 2, ph, pw]``, or ``[R, 2 * C', ph, pw]`` with
-    ``C'`` dividing ``C_out`` for the PS op; ``mask`` is ``[R, 1, ph, pw]``; ``sampling_ratio`` is
-    at most :data:`._roi_common.MAX_ADAPTIVE_GRID` (64). The batch indices must
-    be integers in ``[0, N)`` and the coordinates finite: a data-dependent check, skipped while
-    ``torch.compile`` traces and for meta tensors (shape inference only).
+    ``C'`` dividing ``C_out`` for the PS op; ``mask`` is ``[R, 1, ph, pw]``; ``spatial_scale`` and
+    ``gamma`` are real numbers (Python, NumPy or 0-d tensors), ``sampling_ratio`` an integer (the
+    same) at most :data:`._roi_common.MAX_ADAPTIVE_GRID` (64), returned as Python numbers. The
+    batch indices must be integers in ``[0, N)`` and the coordinates finite: a data-dependent
+    check, skipped while ``torch.compile`` traces and for meta tensors (shape inference only; the
+    registered op checks them again on the real tensors, :func:`check_kernel_args`).
     """
     check_tensor(input, "input", 4, "[N, C, H, W]")
     ph, pw = pooled = pair(output_size, "output_size")
     if ph < 1 or pw < 1:
         raise ValueError(f"output_size must be positive, got {output_size}")
-    if _number(spatial_scale, "spatial_scale") <= 0:
-        raise ValueError(f"spatial_scale must be positive, got {spatial_scale}")
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
-        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
-    check_sampling_ratio(sampling_ratio)
-    _number(gamma, "gamma")
+    spatial_scale = _scale(spatial_scale)
+    sampling_ratio = _sampling_ratio(sampling_ratio)
+    gamma = _number(gamma, "gamma")
     rois = roi_tensor(rois, input, rois_name)
     if offset is not None:
         layout = "[R, 2 * C', ph, pw]" if position_sensitive else "[R, 2, ph, pw]"
@@ -133,8 +173,80 @@ def check_roi_args(
         input, rois, offset, mask = (_float(t) for t in (input, rois, offset, mask))
     check_same(input, "input", **{rois_name: rois}, offset=offset, mask=mask)
 
-    n, c, _, _ = input.shape
-    r = rois.shape[0]
+    _check_layout(input, rois.shape[0], pooled, offset, mask, position_sensitive)
+    if not torch.compiler.is_compiling() and rois.device.type != "meta":  # values exist
+        _check_values(rois, input.shape[0], rois_name)
+    if compute_dtype(input.device, input.dtype) != input.dtype:
+        input, rois, offset, mask = (_float(t) for t in (input, rois, offset, mask))
+    return RoIArgs(
+        input, rois, offset, mask, pooled, spatial_scale, sampling_ratio, gamma, out_dtype
+    )
+
+
+def check_kernel_args(
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    mask: Tensor | None,
+    pooled: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    position_sensitive: bool,
+    grad: Tensor | None = None,
+) -> None:
+    """The registered ops' own check of what a kernel indexes with, forward and backward.
+
+    Eager calls are checked by :func:`check_roi_args` first; TorchScript, ``torch.ops.torchdcn.*``
+    called directly and ``torch.compile`` (which traces with fake tensors, so cannot test values)
+    reach the op unchecked, and the kernels read raw memory at the batch index of every RoI. The
+    op's implementation runs on real tensors only (fake ones get its fake implementation), so the
+    values are tested here: ``rois [R, 5]`` with integer batch indices in ``[0, N)`` and finite
+    coordinates, the layout of ``offset``, ``mask`` and (backward) ``grad [R, C_out, ph, pw]``,
+    one device and dtype. Errors are :func:`check_roi_args`'s (``rois`` named as the op names it).
+    """
+    check_tensor(input, "input", 4, "[N, C, H, W]")
+    ph, pw = pooled
+    if ph < 1 or pw < 1:
+        raise ValueError(f"output_size must be positive, got {pooled}")
+    _scale(spatial_scale)
+    check_sampling_ratio(sampling_ratio)
+    _number(gamma, "gamma")
+    rois = roi_tensor(rois, input)
+    if offset is not None:
+        layout = "[R, 2 * C', ph, pw]" if position_sensitive else "[R, 2, ph, pw]"
+        check_tensor(offset, "offset", 4, layout)
+    if mask is not None:
+        check_tensor(mask, "mask", 4, "[R, 1, ph, pw]")
+    if grad is not None:
+        check_tensor(grad, "grad", 4, "[R, C_out, ph, pw]")
+    check_same(input, "input", rois=rois, offset=offset, mask=mask, grad=grad)
+    c_out = _check_layout(input, rois.shape[0], pooled, offset, mask, position_sensitive)
+    if grad is not None:
+        check_shape(grad, "grad", (rois.shape[0], c_out, ph, pw), "[R, C_out, ph, pw]")
+    if rois.device.type != "meta":
+        _check_values(rois, input.shape[0], "rois")
+
+
+def _scale(value: object) -> float:
+    scale = _number(value, "spatial_scale")
+    if scale <= 0:
+        raise ValueError(f"spatial_scale must be positive, got {scale}")
+    return scale
+
+
+def _check_layout(
+    input: Tensor,
+    r: int,
+    pooled: tuple[int, int],
+    offset: Tensor | None,
+    mask: Tensor | None,
+    position_sensitive: bool,
+) -> int:
+    """Channels divisible by ``ph * pw`` (PS ops), ``offset`` and ``mask`` shapes for ``r``
+    RoIs; returns ``C_out``."""
+    ph, pw = pooled
+    c = input.shape[1]
     c_out = c
     if position_sensitive:
         if c % (ph * pw):
@@ -143,6 +255,7 @@ def check_roi_args(
                 f"{ph * pw} (output_size {pooled}), got input of shape {tuple(input.shape)}"
             )
         c_out = c // (ph * pw)
+    pairs = 1
     if offset is not None:
         if position_sensitive:
             pairs = offset.shape[1] // 2
@@ -155,12 +268,10 @@ def check_roi_args(
         else:
             check_shape(offset, "offset", (r, 2, ph, pw), "[R, 2, ph, pw]")
     if mask is not None:
-        check_shape(mask, "mask", (r, 1, ph, pw), "[R, 1, ph, pw]")
-    if not torch.compiler.is_compiling() and rois.device.type != "meta":  # values exist
-        _check_values(rois, n, rois_name)
-    if compute_dtype(input.device, input.dtype) != input.dtype:
-        input, rois, offset, mask = (_float(t) for t in (input, rois, offset, mask))
-    return RoIArgs(input, rois, offset, mask, pooled, out_dtype)
+        # the kernels scale offset class k's bins by mask[:, k]: one plane per offset pair
+        layout = "[R, 1, ph, pw]" if pairs == 1 else "[R, C', ph, pw] (one per offset pair)"
+        check_shape(mask, "mask", (r, pairs, ph, pw), layout)
+    return c_out
 
 
 def _float(t: Tensor | None) -> Tensor | None:

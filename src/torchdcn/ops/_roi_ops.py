@@ -12,6 +12,10 @@ backward op, fake implementations for ``torch.compile``/meta tensors, and autogr
   (:func:`._roi_common.aligned_geometry`); ``roi_align``, ``ps_roi_align`` and the deformable ones
   (``offset``/``mask`` None when absent).
 
+Every op checks what its kernel indexes with (:func:`._roi_checks.check_kernel_args`: RoI batch
+indices, coordinates, shapes, devices) before the kernel runs, backward ops included: TorchScript,
+``torch.compile`` and direct ``torch.ops.torchdcn.*`` calls reach them without the eager checks.
+
 The kernel module comes from :func:`._dispatch.kernel_backend` in :func:`_kernels`: ``_roi_cpu``
 (Numba), ``_roi_triton`` (Triton) or the reference ``_roi_ref``; all three implement the interface
 documented in :mod:`._roi_cpu`.
@@ -26,6 +30,7 @@ from torch import Tensor
 
 from . import _roi_ref
 from ._dispatch import kernel_backend
+from ._roi_checks import check_kernel_args
 
 MODES = ("max", "avg")
 
@@ -72,6 +77,7 @@ def _integer_op(
 ) -> Tensor:
     _check_mode(mode, position_sensitive)
     pooled = (pooled_h, pooled_w)
+    check_kernel_args(input, rois, None, None, pooled, spatial_scale, 0, 0.0, position_sensitive)
     with torch.no_grad():
         return _kernels(input).integer_pool(
             input, rois, pooled, spatial_scale, mode, position_sensitive
@@ -98,6 +104,9 @@ def _integer_backward_op(
     """``[N, C, H, W]``: the gradient of the input."""
     _check_mode(mode, position_sensitive)
     pooled = (pooled_h, pooled_w)
+    check_kernel_args(
+        input, rois, None, None, pooled, spatial_scale, 0, 0.0, position_sensitive, grad
+    )
     return _kernels(input).integer_pool_backward(
         grad.contiguous(), input, rois, pooled, spatial_scale, mode, position_sensitive
     )
@@ -142,10 +151,12 @@ def _aligned_op(
     position_sensitive: bool,
 ) -> Tensor:
     values = (spatial_scale, sampling_ratio, aligned, gamma, position_sensitive)
+    pooled = (pooled_h, pooled_w)
+    check_kernel_args(
+        input, rois, offset, mask, pooled, spatial_scale, sampling_ratio, gamma, position_sensitive
+    )
     with torch.no_grad():
-        return _kernels(input).aligned_pool(
-            input, rois, offset, mask, (pooled_h, pooled_w), *values
-        )
+        return _kernels(input).aligned_pool(input, rois, offset, mask, pooled, *values)
 
 
 @_aligned_op.register_fake
@@ -171,8 +182,21 @@ def _aligned_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, offset, mask); empty tensors for an absent offset or mask."""
     values = (spatial_scale, sampling_ratio, aligned, gamma, position_sensitive)
+    pooled = (pooled_h, pooled_w)
+    check_kernel_args(
+        input,
+        rois,
+        offset,
+        mask,
+        pooled,
+        spatial_scale,
+        sampling_ratio,
+        gamma,
+        position_sensitive,
+        grad,
+    )
     grads = _kernels(input).aligned_pool_backward(
-        grad.contiguous(), input, rois, offset, mask, (pooled_h, pooled_w), *values
+        grad.contiguous(), input, rois, offset, mask, pooled, *values
     )
     # one fresh empty tensor each: outputs of a custom op may not alias
     return tuple(input.new_empty(0) if g is None else g for g in grads)  # type: ignore[return-value]

@@ -60,7 +60,7 @@ def deform_ps_roi_pool(
     if torch.jit.is_scripting():
         ph, pw = script_pair(output_size)
         return torch.ops.torchdcn.roi_aligned_pool(
-            input, script_rois(rois), offset, None, ph, pw, spatial_scale, sampling_ratio,
+            input, script_rois(rois, input), offset, None, ph, pw, spatial_scale, sampling_ratio,
             aligned, gamma, True,
         )  # fmt: skip
     a = check_roi_args(
@@ -71,7 +71,7 @@ def deform_ps_roi_pool(
         raise _onnx.roi_aligned_pool_unsupported(a.offset is not None, True)
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_aligned_pool(
-            a.input, a.rois, a.offset, None, *a.pooled, float(spatial_scale), sampling_ratio,
-            bool(aligned), float(gamma), True,
+            a.input, a.rois, a.offset, None, *a.pooled, a.spatial_scale, a.sampling_ratio,
+            bool(aligned), a.gamma, True,
         )  # fmt: skip
     return out.to(a.out_dtype)

@@ -68,7 +68,7 @@ def deform_roi_pool(
     if torch.jit.is_scripting():
         ph, pw = script_pair(output_size)
         return torch.ops.torchdcn.roi_aligned_pool(
-            input, script_rois(rois), offset, mask, ph, pw, spatial_scale, sampling_ratio,
+            input, script_rois(rois, input), offset, mask, ph, pw, spatial_scale, sampling_ratio,
             aligned, gamma, False,
         )  # fmt: skip
     a = check_roi_args(
@@ -78,7 +78,7 @@ def deform_roi_pool(
         raise _onnx.roi_aligned_pool_unsupported(True, False)
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_aligned_pool(
-            a.input, a.rois, a.offset, a.mask, *a.pooled, float(spatial_scale), sampling_ratio,
-            bool(aligned), float(gamma), False,
+            a.input, a.rois, a.offset, a.mask, *a.pooled, a.spatial_scale, a.sampling_ratio,
+            bool(aligned), a.gamma, False,
         )  # fmt: skip
     return out.to(a.out_dtype)

@@ -43,8 +43,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     box, so for ``iou_threshold >= 0`` it is kept and suppresses nothing. A NaN coordinate makes
     every IoU of its box NaN, never greater than the threshold: the box is kept and suppresses
     nothing. A NaN score sorts above every number (:func:`torch.sort`'s order). A NaN
-    ``iou_threshold`` is a ``ValueError`` (in eager mode: while ``torch.compile`` traces, the
-    threshold may be symbolic and is not checked). ``N = 0`` returns an empty tensor.
+    ``iou_threshold`` is a ``ValueError`` (under TorchScript and ``torch.compile`` too: the
+    registered op checks its arguments again). ``N = 0`` returns an empty tensor.
 
     Example:
         >>> boxes = torch.tensor([[0.0, 0.0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]])
@@ -52,7 +52,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         >>> nms(boxes, scores, 0.5)
         tensor([0, 2])
     """
-    if torch.jit.is_scripting():  # TorchScript: no argument checks
+    if torch.jit.is_scripting():  # TorchScript: the registered op checks the arguments
         return torch.ops.torchdcn.nms(_upcast(boxes), scores, None, float(iou_threshold))
     check_boxes(boxes, floating=True)
     check_scores(scores, boxes)
@@ -89,7 +89,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         >>> batched_nms(boxes, scores, torch.tensor([0, 0, 1]), 0.5)
         tensor([0, 2])
     """
-    if torch.jit.is_scripting():  # TorchScript: no argument checks
+    if torch.jit.is_scripting():  # TorchScript: the registered op checks the arguments
         return torch.ops.torchdcn.nms(_upcast(boxes), scores, idxs, float(iou_threshold))
     check_boxes(boxes, floating=True)
     check_scores(scores, boxes)
@@ -134,6 +134,13 @@ def threshold_in(dtype: torch.dtype, threshold: float) -> float:
 
 @torch.library.custom_op("torchdcn::nms", mutates_args=())
 def _nms_op(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float) -> Tensor:
+    # also guards callers that reach the op directly (TorchScript, torch.ops): the kernels index
+    # scores and idxs by box, so their lengths must be N
+    check_boxes(boxes, floating=True)
+    check_scores(scores, boxes)
+    if idxs is not None:
+        check_idxs(idxs, boxes)
+    iou_threshold = check_threshold(iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     kernel = route(boxes.device, boxes.dtype)

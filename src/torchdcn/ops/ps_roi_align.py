@@ -46,7 +46,7 @@ def ps_roi_pool(
     """
     if torch.jit.is_scripting():
         ph, pw = script_pair(output_size)
-        rois = script_rois(boxes)
+        rois = script_rois(boxes, input)
         return torch.ops.torchdcn.roi_integer_pool(input, rois, ph, pw, spatial_scale, "avg", True)
     a = check_roi_args(
         input, boxes, output_size, spatial_scale, position_sensitive=True, rois_name="boxes"
@@ -55,7 +55,7 @@ def ps_roi_pool(
         raise _onnx.roi_integer_pool_unsupported("avg", True)
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_integer_pool(
-            a.input, a.rois, *a.pooled, float(spatial_scale), "avg", True
+            a.input, a.rois, *a.pooled, a.spatial_scale, "avg", True
         )
     return out.to(a.out_dtype)
 
@@ -102,8 +102,8 @@ def ps_roi_align(
     if torch.jit.is_scripting():
         ph, pw = script_pair(output_size)
         return torch.ops.torchdcn.roi_aligned_pool(
-            input, script_rois(boxes), None, None, ph, pw, spatial_scale, sampling_ratio, aligned,
-            0.0, True,
+            input, script_rois(boxes, input), None, None, ph, pw, spatial_scale, sampling_ratio,
+            aligned, 0.0, True,
         )  # fmt: skip
     a = check_roi_args(
         input, boxes, output_size, spatial_scale, sampling_ratio, position_sensitive=True,
@@ -113,7 +113,7 @@ def ps_roi_align(
         raise _onnx.roi_aligned_pool_unsupported(False, True)
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_aligned_pool(
-            a.input, a.rois, None, None, *a.pooled, float(spatial_scale), sampling_ratio,
+            a.input, a.rois, None, None, *a.pooled, a.spatial_scale, a.sampling_ratio,
             bool(aligned), 0.0, True,
         )  # fmt: skip
     return out.to(a.out_dtype)

@@ -62,17 +62,17 @@ def roi_align(
     if torch.jit.is_scripting():
         ph, pw = script_pair(output_size)
         return torch.ops.torchdcn.roi_aligned_pool(
-            input, script_rois(boxes), None, None, ph, pw, spatial_scale, sampling_ratio, aligned,
-            0.0, False,
+            input, script_rois(boxes, input), None, None, ph, pw, spatial_scale, sampling_ratio,
+            aligned, 0.0, False,
         )  # fmt: skip
     a = check_roi_args(input, boxes, output_size, spatial_scale, sampling_ratio, rois_name="boxes")
     if _onnx.in_dynamo_onnx_export():  # the standard RoiAlign node, no translation table
         return _onnx.roi_align_node(
-            a.input, a.rois, *a.pooled, float(spatial_scale), sampling_ratio, bool(aligned)
+            a.input, a.rois, *a.pooled, a.spatial_scale, a.sampling_ratio, bool(aligned)
         )
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_aligned_pool(
-            a.input, a.rois, None, None, *a.pooled, float(spatial_scale), sampling_ratio,
+            a.input, a.rois, None, None, *a.pooled, a.spatial_scale, a.sampling_ratio,
             bool(aligned), 0.0, False,
         )  # fmt: skip
     return out.to(a.out_dtype)

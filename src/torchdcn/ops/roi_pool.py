@@ -55,7 +55,7 @@ def roi_pool(
     """
     if torch.jit.is_scripting():
         ph, pw = script_pair(output_size)
-        rois = script_rois(boxes)
+        rois = script_rois(boxes, input)
         return torch.ops.torchdcn.roi_integer_pool(input, rois, ph, pw, spatial_scale, mode, False)
     if mode not in ("max", "avg"):
         raise ValueError(f'mode must be "max" (torchvision) or "avg" (v1 Eq. 5), got "{mode}"')
@@ -65,9 +65,9 @@ def roi_pool(
         if error is not None:
             raise error
         if _onnx.in_dynamo_onnx_export():  # the standard node, no translation table
-            return _onnx.max_roi_pool_node(a.input, a.rois, *a.pooled, float(spatial_scale))
+            return _onnx.max_roi_pool_node(a.input, a.rois, *a.pooled, a.spatial_scale)
     with autocast_off(a.input):
         out = torch.ops.torchdcn.roi_integer_pool(
-            a.input, a.rois, *a.pooled, float(spatial_scale), mode, False
+            a.input, a.rois, *a.pooled, a.spatial_scale, mode, False
         )
     return out.to(a.out_dtype)
