@@ -177,7 +177,7 @@ class _Standardised(nn.Conv2d):
 
 def test_conv_subclass_with_its_own_forward_is_refused():
     model = nn.Sequential(_Standardised(2, 2, 3, padding=1))
-    with pytest.raises(TypeError, match="_Standardised, a subclass of nn.Conv2d with its own"):
+    with pytest.raises(TypeError, match=r"_Standardised, a subclass of nn\.Conv2d with its own"):
         convert_to_deformable(model, ["0"])
     assert type(model[0]) is _Standardised
     with pytest.raises(TypeError, match="its own forward"):

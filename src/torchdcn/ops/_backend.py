@@ -63,7 +63,10 @@ def select_backend(device: torch.device, dtype: torch.dtype) -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force every op inside the ``with`` block onto backend ``name`` (see :data:`BACKENDS`)."""
+    """Force every op inside the ``with`` block onto backend ``name`` (see :data:`BACKENDS`).
+
+    A context manager only: ``with use_backend("reference"): ...``. Called on its own it
+    changes nothing (set ``TORCHDCN_BACKEND`` for a whole process)."""
     global _forced
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
