@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     models = {}
     for name, kw in variants.items():
         build = rfcn if args.model == "rfcn" else faster_rcnn
-        model = build(args.backbone, num_classes=80, **kw).eval()
+        # frozen BatchNorm (buffers, not parameters) as in the papers' fine-tuning
+        model = build(args.backbone, num_classes=80, frozen_bn=True, freeze_at=2, **kw).eval()
         # random weights make random proposals (degenerate boxes that NMS merges, a different
         # count per model) and random detections (post-processing work that differs by model):
         # zero the predictors so that every model proposes the same anchors (equal scores, zero

@@ -54,7 +54,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     shape = (1, 3, *args.size)
     models = {
-        name: deeplab(args.backbone, deform, args.num_classes, args.output_stride, args.head).eval()
+        # frozen BatchNorm as in the papers' fine-tuning (its statistics are buffers, not
+        # parameters: the counts of docs/complexity.md)
+        name: deeplab(
+            args.backbone,
+            deform,
+            args.num_classes,
+            args.output_stride,
+            args.head,
+            frozen_bn=True,
+            freeze_at=2,
+        ).eval()
         for name, deform in VARIANTS.items()
     }
     rows = {}

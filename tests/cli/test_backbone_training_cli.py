@@ -87,3 +87,19 @@ def test_a_checkpoint_of_an_earlier_version_rebuilds_frozen(tmp_path):
     model, _, _ = model_from_checkpoint(str(path))
     assert isinstance(model.backbone.bn1, FrozenBatchNorm2d)  # (no parameters)
     assert _frozen(model) == {"conv1", "layer1"}
+
+
+def test_resuming_a_run_of_an_earlier_version_builds_it_frozen(tmp_path):
+    from torchdcn.cli.presets import legacy_backbone_config
+    from torchdcn.engine.checkpoint import save_checkpoint
+
+    config = {"backbone": "resnet18", "deform": None, "num_classes": 2}
+    new = {**config, "frozen_bn": False, "freeze_at": 0}  # what this version resolves
+    old, current = tmp_path / "old.pt", tmp_path / "new.pt"
+    save_checkpoint(old, {"run_info": {"model_config": config}}, fingerprint={})
+    save_checkpoint(current, {"run_info": {"model_config": new}}, fingerprint={})
+    # the stored config is kept (the fingerprint compares it), the build gets the old values
+    assert legacy_backbone_config(new, old, {}) == (config, {"frozen_bn": True, "freeze_at": 2})
+    assert legacy_backbone_config(new, current, {}) == (new, {})
+    assert legacy_backbone_config(new, tmp_path / "absent.pt", {}) == (new, {})
+    assert legacy_backbone_config(new, old, {"freeze_at": 0}) == (new, {})  # told explicitly

@@ -254,6 +254,7 @@ def test_masks_fed_back_score_one(gt_file):
         evaluator.process([out], [{**target(i), "size": (100, 100), "flipped": True}])
     metrics = evaluator.summarize()
     assert metrics["AP"] == 1.0 and metrics["segm_AP"] == 1.0
+    evaluator.reset()  # (a repeated image would be skipped unchecked)
     with pytest.raises(ValueError, match="has no masks"):
         evaluator.process([detections(1)], [target(1)])
 

@@ -197,13 +197,19 @@ def test_conv_subclass_without_its_own_forward_converts():
     torch.testing.assert_close(model(x), expected)
 
 
-@pytest.mark.parametrize("style", ["parametrizations", "hooks"])
-def test_parametrised_weight_is_refused(style):
+@pytest.mark.parametrize("style", ["parametrizations", "weight_norm", "spectral_norm", "prune"])
+def test_parametrised_or_hooked_weight_is_refused(style):
     conv = nn.Conv2d(2, 2, 3, padding=1)
     if style == "parametrizations":
         conv = torch.nn.utils.parametrizations.weight_norm(conv)
-    else:
+    elif style == "weight_norm":
         with pytest.warns(FutureWarning):  # deprecated in torch, still used
             conv = torch.nn.utils.weight_norm(conv)
-    with pytest.raises(ValueError, match="parametrised weight"):
+    elif style == "spectral_norm":
+        conv = torch.nn.utils.spectral_norm(conv)
+    else:
+        from torch.nn.utils import prune
+
+        prune.l1_unstructured(conv, "weight", amount=0.5)
+    with pytest.raises(ValueError, match="parametrised or hooked weight"):
         convert_to_deformable(nn.Sequential(conv), ["0"])

@@ -158,6 +158,13 @@ def test_torchscript_matches_eager():
             ["size", "(height"],
         ),
         (lambda: clip_boxes_to_image(torch.zeros(2, 4), torch.ones(2, 2)), TypeError, ["size"]),
+        (lambda: clip_boxes_to_image(torch.zeros(2, 4), [10, 20, 3]), TypeError, ["size"]),
+        (lambda: clip_boxes_to_image(torch.zeros(2, 4), [10]), TypeError, ["size"]),
+        (
+            lambda: clip_boxes_to_image(torch.zeros(2, 4), torch.tensor([3, 10, 20])),
+            TypeError,
+            ["size", "(height"],
+        ),
     ],
 )
 def test_bad_input(call, error, words):

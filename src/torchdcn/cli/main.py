@@ -20,7 +20,7 @@ from typing import Any
 
 from .option import UsageError
 from .options import COMMANDS, EPILOG
-from .presets import get_preset
+from .presets import get_preset, legacy_backbone_config
 from .settings import read_config_file, resolve_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -235,7 +235,11 @@ def _train(s: dict[str, Any]) -> int:
                 s["data_root"], s["seed"], limit_train=s["limit_train"], limit_test=s["limit_test"]
             )
             data_info = {"protocol": "distorted_mnist", "limit_train": s["limit_train"]}
-        model = preset.build(**model_config, **build_kwargs)
+        legacy: dict = {}
+        if resume and preset.task != "classification":
+            resumed = ckpt if resume is True else Path(resume)
+            model_config, legacy = legacy_backbone_config(model_config, resumed, s)
+        model = preset.build(**model_config, **build_kwargs, **legacy)
         run_info = {"model": s["model"], "model_config": model_config, "data": data_info}
         if build_kwargs:
             run_info["pretrained_backbone"] = str(Path(s["pretrained_backbone"]).resolve())

@@ -118,6 +118,31 @@ def _backbone_training(settings: dict[str, Any]) -> dict[str, Any]:
 _LEGACY_BACKBONE_TRAINING = {"frozen_bn": True, "freeze_at": 2}
 
 
+def legacy_backbone_config(
+    model_config: dict[str, Any], checkpoint: Any, settings: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model_config, build extras)`` to resume ``checkpoint``: a run of an earlier version
+    stored no ``frozen_bn`` / ``freeze_at`` and was built with them frozen (2); unless the
+    command gives ``--backbone-norm`` or ``--freeze-at``, resuming builds it so again and keeps
+    the stored config (which the checkpoint's fingerprint compares). Any other run: unchanged."""
+    from pathlib import Path
+
+    from ..engine import load_checkpoint
+    from ..engine.checkpoint import CheckpointError
+
+    explicit = settings.get("backbone_norm") is not None or settings.get("freeze_at") is not None
+    if explicit or not Path(checkpoint).is_file():
+        return model_config, {}
+    try:
+        stored = (load_checkpoint(checkpoint).get("run_info") or {}).get("model_config") or {}
+    except CheckpointError:
+        return model_config, {}  # the trainer reports it
+    if "frozen_bn" in stored or "freeze_at" in stored:
+        return model_config, {}
+    kept = {k: v for k, v in model_config.items() if k not in _LEGACY_BACKBONE_TRAINING}
+    return kept, dict(_LEGACY_BACKBONE_TRAINING)
+
+
 #: default weight of the feature-mimicking branch's classification loss (v2 section 3.3)
 MIMIC_CLS_WEIGHT = 0.1
 

@@ -161,7 +161,7 @@ class CocoEvaluator:
     def process(self, outputs: Sequence[Mapping[str, Tensor]], targets: Sequence[Mapping]) -> None:
         """Keep the COCO results of one batch: ``outputs[i]`` are the detections of the image of
         ``targets[i]``. An image already processed keeps its first results (a warning says so;
-        the repeat is still checked)."""
+        the repeat is skipped unconverted)."""
         if len(outputs) != len(targets):
             raise ValueError(
                 f"outputs and targets must have one entry per image, got {len(outputs)} outputs "
@@ -171,14 +171,14 @@ class CocoEvaluator:
             image_id = int(target["image_id"])
             if image_id not in self.coco_gt.imgs:
                 raise ValueError(f"image_id {image_id} is not in the ground truth")
-            results = self._convert(i, image_id, output, target)
-            if image_id in self._seen:
+            if image_id in self._seen:  # not converted: a repeat's masks are not encoded
                 warnings.warn(
                     f"image_id {image_id} was already processed; its first results are kept and "
                     f"these are ignored (call reset() before evaluating again)",
                     stacklevel=2,
                 )
                 continue
+            results = self._convert(i, image_id, output, target)
             for kind, rows in results.items():
                 self._results[kind] += rows
             self._image_ids.append(image_id)

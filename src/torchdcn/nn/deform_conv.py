@@ -144,9 +144,9 @@ class DeformConv2d(nn.Module):
         frozen one whose new offset predictor trains) and the layer its train/eval mode.
 
         Only what ``nn.Conv2d.forward`` computes converts: a subclass with its own ``forward``
-        (e.g. a weight-standardised conv) is a ``TypeError``, and a conv with a parametrised
-        weight (``torch.nn.utils.parametrizations.weight_norm``...) a ``ValueError``, since the
-        twin would silently compute something else or lose the parametrisation."""
+        (e.g. a weight-standardised conv) is a ``TypeError``, and a conv with a parametrised or
+        hooked weight (``weight_norm``, ``spectral_norm``, pruning, any forward pre-hook) a
+        ``ValueError``, since the twin would silently compute something else or lose it."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
         own = [
@@ -159,11 +159,13 @@ class DeformConv2d(nn.Module):
                 f"conv is a {type(conv).__name__}, a subclass of nn.Conv2d with its own {own[0]}; "
                 "from_conv2d converts what nn.Conv2d computes, and that forward would be dropped"
             )
-        if parametrize.is_parametrized(conv) or hasattr(conv, "weight_g"):
+        hooked = hasattr(conv, "weight_g") or hasattr(conv, "weight_orig")  # old-style hooks
+        if parametrize.is_parametrized(conv) or hooked or conv._forward_pre_hooks:
             raise ValueError(
-                "conv has a parametrised weight (weight_norm or torch.nn.utils.parametrize); the "
-                "deformable twin would keep only its current value: remove the parametrisation "
-                "first (torch.nn.utils.parametrize.remove_parametrizations(conv, 'weight'))"
+                "conv has a parametrised or hooked weight (weight_norm, spectral_norm, pruning, "
+                "torch.nn.utils.parametrize, a forward pre-hook); the deformable twin would keep "
+                "only its current value: remove it first (e.g. torch.nn.utils.parametrize."
+                "remove_parametrizations(conv, 'weight') or torch.nn.utils.prune.remove)"
             )
         if conv.padding_mode != "zeros":
             raise ValueError(

@@ -121,13 +121,10 @@ def _check_clip(boxes: Tensor, size: object) -> tuple[float, float]:
     or a 1-d real tensor of two (what ``image.shape[-2:]`` and torchvision give)."""
     check_boxes(boxes, batched=True)
     pair = size.tolist() if isinstance(size, Tensor) and size.dim() == 1 else size
-    if isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2:
-        pair = [scalar(s) for s in pair]
-    if (
-        not isinstance(pair, list)
-        or any(s is None for s in pair)
-        or (isinstance(size, Tensor) and (size.dim() != 1 or size.dtype == torch.bool))
-    ):
+    if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
+        raise TypeError(f"size must be a pair (height, width), got {size!r}")
+    pair = [scalar(s) for s in pair]  # a bool (tensor) or a non-number: None
+    if None in pair:
         raise TypeError(f"size must be a pair (height, width), got {size!r}")
     if pair[0] < 0 or pair[1] < 0:
         raise ValueError(f"size (height, width) must be non-negative, got {tuple(pair)}")

@@ -130,7 +130,9 @@ def test_orig_sizes_as_tensors_and_bad_ones(model):
 def test_check_orig_sizes():
     assert check_orig_sizes(None, 3) is None
     assert check_orig_sizes(B([[10, 20], [30, 40]]), 2) == [(10, 20), (30, 40)]
-    for bad in ([(10.0, 20.0)], [(True, 2)], [B([1.0, 2.0])], [B([1, 2, 3])], ["ab"]):
+    # integer-valued floats are sizes too (480.0 as earlier versions took it)
+    assert check_orig_sizes([(10.0, 20.0), B([30.0, 40.0])], 2) == [(10, 20), (30, 40)]
+    for bad in ([(10.5, 20.0)], [(True, 2)], [B([1.5, 2.0])], [B([1, 2, 3])], ["ab"]):
         with pytest.raises(TypeError, match=r"orig_sizes\[0\]"):
             check_orig_sizes(bad, 1)
     with pytest.raises(TypeError, match="orig_sizes must be a list"):

@@ -134,9 +134,9 @@ class FasterRCNN(nn.Module):
         if self.training and targets is None:
             raise ValueError("targets must be given in training mode (one dict per image)")
         batch = self.preprocess(images)
-        if targets is not None:
+        if targets is not None and not self.training:
             check_target_list(targets, len(batch))
-        if self.training:
+        if self.training:  # (the list too)
             check_targets(
                 targets,
                 batch.image_sizes,

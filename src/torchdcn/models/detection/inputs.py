@@ -57,11 +57,7 @@ def check_targets(
 def check_target_list(targets: object, num_images: int) -> None:
     """``TypeError`` unless ``targets`` is a list (sequence) of dicts, ``ValueError`` unless it
     holds ``num_images`` of them."""
-    if isinstance(targets, Mapping) or isinstance(targets, (str, bytes, Tensor)):
-        raise TypeError(
-            f"targets must be a list of dicts (one per image), got {type(targets).__name__}"
-        )
-    if not isinstance(targets, Sequence):
+    if isinstance(targets, (Mapping, str, bytes, Tensor)) or not isinstance(targets, Sequence):
         raise TypeError(
             f"targets must be a list of dicts (one per image), got {type(targets).__name__}"
         )
@@ -225,16 +221,17 @@ def _size_pair(size: object, index: int) -> tuple[int, int]:
 
 
 def _integer(value: object) -> int | None:
-    """``int(value)`` for an int or a 0-d integer tensor, else ``None`` (bools and floats too)."""
+    """``int(value)`` for an int, a float with an integer value (``480.0``) or such a 0-d
+    tensor, else ``None`` (bools, ``480.5`` and the rest)."""
     if isinstance(value, Tensor):
-        if value.dim() != 0 or value.is_floating_point() or value.is_complex():
+        if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
             return None
-        if value.dtype == torch.bool:
-            return None
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
-    return int(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return int(value) if float(value).is_integer() else None
 
 
 __all__ = ["check_masks", "check_orig_sizes", "check_target", "check_target_list", "check_targets"]
