@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from torchdcn.ops import (
+    _roi_checks,
     _roi_ops,
     deform_ps_roi_pool,
     deform_roi_pool,
@@ -473,6 +474,60 @@ def test_scripted_backward_refuses_bad_rois(no_kernels):
     with _raises("script", r"rois row 0 .*batch index in \[0, 2\)"):
         _scripted(roi_align)(x, torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]])).sum().backward()
     assert x.grad is None
+
+
+@pytest.fixture
+def value_checks(monkeypatch):
+    """Counts the RoI value checks (the one device sync each) as they run."""
+    calls = []
+    check = _roi_checks._check_values
+
+    def counted(rois, batch, name):
+        calls.append(name)
+        return check(rois, batch, name)
+
+    monkeypatch.setattr(_roi_checks, "_check_values", counted)
+    return calls
+
+
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+def test_eager_forward_and_backward_check_values_once(op, value_checks):
+    """The public function checks the RoIs; its registered op and the autograd backward op skip
+    them (the saved rois are the checked ones): one check, not three."""
+    x = _x(op).requires_grad_()
+    call(op, x, ROIS).sum().backward()
+    assert value_checks == [
+        "boxes" if op in (roi_align, roi_pool, ps_roi_align, ps_roi_pool) else "rois"
+    ]
+
+
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+def test_direct_op_and_its_autograd_backward_check_values_once(op, value_checks):
+    x = _x(op).requires_grad_()
+    _op_call(op, x, ROIS).sum().backward()  # the forward op checks, autograd's backward skips
+    assert value_checks == ["rois"]
+    c_out = x.shape[1] // 4 if op in PS else x.shape[1]
+    _op_call(op, x.detach(), ROIS, torch.ones(3, c_out, 2, 2))  # a direct backward-op call checks
+    assert value_checks == ["rois", "rois"]
+
+
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+def test_skipping_ends_with_the_call(op, no_kernels):
+    """A failing eager call leaves no skip behind: the next direct op call is checked."""
+    with pytest.raises(AssertionError, match="kernel .* reached"):
+        call(op, _x(op), ROIS)
+    with pytest.raises(ValueError, match=r"rois row 0 .*batch index in \[0, 2\)"):
+        _op_call(op, _x(op), torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]]))
+
+
+def test_compiled_forward_and_backward_check_values(value_checks):
+    """Under torch.compile the eager check cannot see values: the compiled graph's forward op and
+    backward op check them on the real tensors."""
+    x = _x(roi_align).requires_grad_()
+    _compiled(roi_align)(x, ROIS).sum().backward()
+    assert value_checks == ["rois", "rois"]
+    with pytest.raises(ValueError, match=r"rois row 0 .*batch index in \[0, 2\)"):
+        _compiled(roi_align)(x, torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]]))
 
 
 # ---------------------------------------------------------------------------------------------

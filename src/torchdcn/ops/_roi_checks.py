@@ -6,9 +6,11 @@ argument, the shape received and the shape expected.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -20,6 +22,29 @@ from ._roi_common import check_sampling_ratio
 
 # Tensor[R, 5] or one Tensor[R_i, 4] per image (any sequence in eager mode; a list when scripted)
 RoIs = Tensor | list[Tensor]
+
+# set (per thread) while a registered op runs on RoIs whose values were already checked
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def values_checked() -> Iterator[None]:
+    """Within: :func:`check_kernel_args` skips the value check of ``rois`` (batch indices and
+    coordinates; one device sync each), because the caller has just made it.
+
+    Two callers: the eager public functions, whose :func:`check_roi_args` checked the same
+    ``rois`` before calling the registered op, and the ops' autograd backward, which calls the
+    backward op on the ``rois`` saved by a forward op that checked them (saved tensors cannot be
+    changed in place without autograd refusing the backward). Direct ``torch.ops.torchdcn.*``
+    calls, TorchScript and ``torch.compile``'d graphs run without it and are checked. Layout and
+    scalar checks (no sync) always run.
+    """
+    before = getattr(_state, "checked", False)
+    _state.checked = True
+    try:
+        yield
+    finally:
+        _state.checked = before
 
 
 class RoIArgs(NamedTuple):
@@ -197,10 +222,11 @@ def check_kernel_args(
 ) -> None:
     """The registered ops' own check of what a kernel indexes with, forward and backward.
 
-    Eager calls are checked by :func:`check_roi_args` first; TorchScript, ``torch.ops.torchdcn.*``
-    called directly and ``torch.compile`` (which traces with fake tensors, so cannot test values)
-    reach the op unchecked, and the kernels read raw memory at the batch index of every RoI. The
-    op's implementation runs on real tensors only (fake ones get its fake implementation), so the
+    Eager calls are checked by :func:`check_roi_args` first (and skip the value check here, see
+    :func:`values_checked`); TorchScript, ``torch.ops.torchdcn.*`` called directly and
+    ``torch.compile`` (which traces with fake tensors, so cannot test values) reach the op
+    unchecked, and the kernels read raw memory at the batch index of every RoI. The op's
+    implementation runs on real tensors only (fake ones get its fake implementation), so the
     values are tested here: ``rois [R, 5]`` with integer batch indices in ``[0, N)`` and finite
     coordinates, the layout of ``offset``, ``mask`` and (backward) ``grad [R, C_out, ph, pw]``,
     one device and dtype. Errors are :func:`check_roi_args`'s (``rois`` named as the op names it).
@@ -224,7 +250,7 @@ def check_kernel_args(
     c_out = _check_layout(input, rois.shape[0], pooled, offset, mask, position_sensitive)
     if grad is not None:
         check_shape(grad, "grad", (rois.shape[0], c_out, ph, pw), "[R, C_out, ph, pw]")
-    if rois.device.type != "meta":
+    if rois.device.type != "meta" and not getattr(_state, "checked", False):
         _check_values(rois, input.shape[0], "rois")
 
 

@@ -15,6 +15,9 @@ backward op, fake implementations for ``torch.compile``/meta tensors, and autogr
 Every op checks what its kernel indexes with (:func:`._roi_checks.check_kernel_args`: RoI batch
 indices, coordinates, shapes, devices) before the kernel runs, backward ops included: TorchScript,
 ``torch.compile`` and direct ``torch.ops.torchdcn.*`` calls reach them without the eager checks.
+The eager public functions call the ops through :func:`call_checked`, and autograd the backward
+ops under :func:`._roi_checks.values_checked`: the RoIs' values (one device sync) are checked
+once per eager forward and backward, by the public function.
 
 The kernel module comes from :func:`._dispatch.kernel_backend` in :func:`_kernels`: ``_roi_cpu``
 (Numba), ``_roi_triton`` (Triton) or the reference ``_roi_ref``; all three implement the interface
@@ -23,14 +26,16 @@ documented in :mod:`._roi_cpu`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import _roi_ref
 from ._dispatch import kernel_backend
-from ._roi_checks import check_kernel_args
+from ._roi_checks import check_kernel_args, values_checked
 
 MODES = ("max", "avg")
 
@@ -47,6 +52,16 @@ def _kernels(input: Tensor) -> ModuleType:
 
         return _roi_triton
     return _roi_ref
+
+
+def call_checked(op: Callable[..., Tensor], *args: Any) -> Tensor:
+    """``op(*args)`` for an eager public function whose :func:`._roi_checks.check_roi_args` has
+    checked the RoIs' values: the op skips checking them again. While ``torch.compile`` traces,
+    the eager check skipped the values, so the call is plain and the compiled op checks them."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    with values_checked():
+        return op(*args)
 
 
 def _check_mode(mode: str, position_sensitive: bool) -> None:
@@ -125,7 +140,8 @@ def _integer_setup(ctx, inputs, output):
 
 def _integer_backward(ctx, grad):
     input, rois = ctx.saved_tensors
-    g_input = torch.ops.torchdcn.roi_integer_pool_backward(grad, input, rois, *ctx.values)
+    with values_checked():  # the forward op (or its caller) checked these saved rois
+        g_input = torch.ops.torchdcn.roi_integer_pool_backward(grad, input, rois, *ctx.values)
     return g_input, None, *([None] * len(ctx.values))
 
 
@@ -219,9 +235,10 @@ def _aligned_setup(ctx, inputs, output):
 
 def _aligned_backward(ctx, grad):
     input, rois, offset, mask = ctx.saved_tensors
-    g_input, g_offset, g_mask = torch.ops.torchdcn.roi_aligned_pool_backward(
-        grad, input, rois, offset, mask, *ctx.values
-    )
+    with values_checked():  # the forward op (or its caller) checked these saved rois
+        g_input, g_offset, g_mask = torch.ops.torchdcn.roi_aligned_pool_backward(
+            grad, input, rois, offset, mask, *ctx.values
+        )
     return (
         g_input,
         None,

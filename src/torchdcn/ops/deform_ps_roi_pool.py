@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _onnx, _roi_ops  # noqa: F401  (_roi_ops registers the torchdcn::roi_* ops)
+from . import _onnx, _roi_ops  # _roi_ops registers the torchdcn::roi_* ops
 from ._checks import autocast_off, script_pair
 from ._roi_checks import RoIs, check_roi_args, script_rois
 
@@ -70,7 +70,8 @@ def deform_ps_roi_pool(
     if _onnx.in_onnx_export():  # no standard ONNX operator (either exporter)
         raise _onnx.roi_aligned_pool_unsupported(a.offset is not None, True)
     with autocast_off(a.input):
-        out = torch.ops.torchdcn.roi_aligned_pool(
+        out = _roi_ops.call_checked(
+            torch.ops.torchdcn.roi_aligned_pool,
             a.input, a.rois, a.offset, None, *a.pooled, a.spatial_scale, a.sampling_ratio,
             bool(aligned), a.gamma, True,
         )  # fmt: skip

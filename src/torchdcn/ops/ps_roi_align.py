@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _onnx, _roi_ops  # noqa: F401  (_roi_ops registers the torchdcn::roi_* ops)
+from . import _onnx, _roi_ops  # _roi_ops registers the torchdcn::roi_* ops
 from ._checks import autocast_off, script_pair
 from ._roi_checks import RoIs, check_roi_args, script_rois
 
@@ -54,8 +54,14 @@ def ps_roi_pool(
     if _onnx.in_onnx_export():  # no standard ONNX operator (either exporter)
         raise _onnx.roi_integer_pool_unsupported("avg", True)
     with autocast_off(a.input):
-        out = torch.ops.torchdcn.roi_integer_pool(
-            a.input, a.rois, *a.pooled, a.spatial_scale, "avg", True
+        out = _roi_ops.call_checked(
+            torch.ops.torchdcn.roi_integer_pool,
+            a.input,
+            a.rois,
+            *a.pooled,
+            a.spatial_scale,
+            "avg",
+            True,
         )
     return out.to(a.out_dtype)
 
@@ -112,7 +118,8 @@ def ps_roi_align(
     if _onnx.in_onnx_export():  # no standard ONNX operator (either exporter)
         raise _onnx.roi_aligned_pool_unsupported(False, True)
     with autocast_off(a.input):
-        out = torch.ops.torchdcn.roi_aligned_pool(
+        out = _roi_ops.call_checked(
+            torch.ops.torchdcn.roi_aligned_pool,
             a.input, a.rois, None, None, *a.pooled, a.spatial_scale, a.sampling_ratio,
             bool(aligned), 0.0, True,
         )  # fmt: skip

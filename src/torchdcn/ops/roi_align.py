@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _onnx, _roi_ops  # noqa: F401  (_roi_ops registers the torchdcn::roi_* ops)
+from . import _onnx, _roi_ops  # _roi_ops registers the torchdcn::roi_* ops
 from ._checks import autocast_off, script_pair
 from ._roi_checks import RoIs, check_roi_args, script_rois
 
@@ -71,7 +71,8 @@ def roi_align(
             a.input, a.rois, *a.pooled, a.spatial_scale, a.sampling_ratio, bool(aligned)
         )
     with autocast_off(a.input):
-        out = torch.ops.torchdcn.roi_aligned_pool(
+        out = _roi_ops.call_checked(
+            torch.ops.torchdcn.roi_aligned_pool,
             a.input, a.rois, None, None, *a.pooled, a.spatial_scale, a.sampling_ratio,
             bool(aligned), 0.0, False,
         )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _onnx, _roi_ops  # noqa: F401  (_roi_ops registers the torchdcn::roi_* ops)
+from . import _onnx, _roi_ops  # _roi_ops registers the torchdcn::roi_* ops
 from ._checks import autocast_off, script_pair
 from ._roi_checks import RoIs, check_roi_args, script_rois
 
@@ -67,7 +67,13 @@ def roi_pool(
         if _onnx.in_dynamo_onnx_export():  # the standard node, no translation table
             return _onnx.max_roi_pool_node(a.input, a.rois, *a.pooled, a.spatial_scale)
     with autocast_off(a.input):
-        out = torch.ops.torchdcn.roi_integer_pool(
-            a.input, a.rois, *a.pooled, a.spatial_scale, mode, False
+        out = _roi_ops.call_checked(
+            torch.ops.torchdcn.roi_integer_pool,
+            a.input,
+            a.rois,
+            *a.pooled,
+            a.spatial_scale,
+            mode,
+            False,
         )
     return out.to(a.out_dtype)
