@@ -5,10 +5,12 @@ and malformed ``orig_sizes`` get clear errors; integer-tensor ``orig_sizes`` are
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
-from torchdcn.models.detection import faster_rcnn, mask_rcnn, rfcn, rpn_detector
+from torchdcn.models.detection import faster_rcnn, inputs, mask_rcnn, rfcn, rpn_detector
 from torchdcn.models.detection.inputs import check_orig_sizes, check_target, check_targets
 
 B = torch.tensor
@@ -92,6 +94,36 @@ def test_every_detector_takes_good_targets_and_int32_labels(model):
     empty["masks"] = torch.zeros(0, 48, 80)
     losses = model([torch.rand(3, 64, 64), torch.rand(3, 48, 80)], [target, empty])
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_targets_are_checked_once_per_training_step(model, monkeypatch):
+    """The detector checks the targets; its RPN, box and mask heads skip their own check (one
+    device sync per image and head) inside it, and check again when called on their own."""
+    calls = []
+    check = inputs.check_target
+
+    def counted(index, *args):
+        calls.append(index)
+        return check(index, *args)
+
+    for name in ("inputs", "rpn", "box_head", "mask_rcnn"):  # (mask_rcnn is also the preset)
+        module = importlib.import_module(f"torchdcn.models.detection.{name}")
+        monkeypatch.setattr(module, "check_target", counted)
+    model.train()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 48, 80)]
+    target2 = {**_target(B([[5.0, 6.0, 30.0, 40.0]])), "masks": torch.zeros(1, 48, 80)}
+    model(images, [_target(), target2])
+    assert calls == [0, 1]  # check_targets, before the heads
+    assert not inputs.checked_by_caller()  # the skip ends with the call
+
+
+def test_the_skip_ends_when_a_head_fails(model):
+    model.train()
+    with pytest.raises(ValueError), inputs.targets_checked():
+        raise ValueError("a failing head")
+    assert not inputs.checked_by_caller()
+    with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\] must be finite"):
+        model([torch.rand(3, 64, 64)], [_target(B([[10.0, 10.0, 10.0, 50.0]]))])
 
 
 def test_targets_must_be_a_list_of_dicts(model):

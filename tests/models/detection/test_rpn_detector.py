@@ -186,7 +186,7 @@ def test_preset_matches_anchors_as_a_detector_leaving_none_out():
     anchors = rpn.anchor_generator([(6, 8)], "cpu", torch.float32)[0]
     gt = torch.tensor([[10.0, 12.0, 50.0, 44.0], [70.0, 40.0, 84.0, 62.0], [0.0, 60.0, 9.0, 70.0]])
     gt_labels = torch.tensor([3, 1, 2])
-    labels, matched = rpn._anchor_labels(anchors, {"boxes": gt, "labels": gt_labels}, 0)
+    labels, matched = rpn._anchor_labels(anchors, {"boxes": gt, "labels": gt_labels})
 
     iou = box_iou(gt, anchors)  # independent reference
     best_iou, best_gt = iou.max(dim=0)

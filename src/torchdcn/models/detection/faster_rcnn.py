@@ -26,7 +26,7 @@ from .box_head import FastRCNNPredictor, RoIHeads, TwoFCHead
 from .conv_reduce import ConvReduce
 from .fpn import FPN
 from .image_list import IMAGENET_MEAN, IMAGENET_STD, ImageList, normalize_and_batch
-from .inputs import check_orig_sizes, check_target_list, check_targets
+from .inputs import check_orig_sizes, check_target_list, check_targets, targets_checked
 from .mimic import MimicBranch
 from .poolers import POOLER_KINDS, RoIPooler
 from .rpn import RegionProposalNetwork, RPNHead
@@ -145,15 +145,17 @@ class FasterRCNN(nn.Module):
             )
         orig_sizes = check_orig_sizes(orig_sizes, len(batch))
         features = self.features(batch)
-        proposals, rpn_losses = self.rpn(batch, features, targets if self.training else None)
-        detections, head_losses = self.roi_heads(
-            features, proposals, batch.image_sizes, targets if self.training else None, orig_sizes
-        )
-        if self.training:
-            losses = {**rpn_losses, **head_losses}
-            if self.mimic is not None:
-                losses.update(self.mimic(self, batch, features, proposals, targets))
-            return losses
+        with targets_checked():  # the heads skip their own check of the targets checked above
+            proposals, rpn_losses = self.rpn(batch, features, targets if self.training else None)
+            detections, head_losses = self.roi_heads(
+                features, proposals, batch.image_sizes, targets if self.training else None,
+                orig_sizes,
+            )  # fmt: skip
+            if self.training:
+                losses = {**rpn_losses, **head_losses}
+                if self.mimic is not None:
+                    losses.update(self.mimic(self, batch, features, proposals, targets))
+                return losses
         return detections
 
 

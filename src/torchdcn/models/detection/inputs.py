@@ -19,11 +19,38 @@ naming ``targets[i]['key']`` and, for values, the first bad row.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+# set (per thread) while a detector runs its heads on the targets it has checked
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def targets_checked() -> Iterator[None]:
+    """Within: :func:`checked_by_caller` is True, so the RPN, box and mask heads skip their own
+    check of targets the detector has just checked with :func:`check_targets` (one device sync
+    per image and head). Does nothing while ``torch.compile`` traces (the heads then check)."""
+    if torch.compiler.is_compiling():
+        yield
+        return
+    before = getattr(_state, "checked", False)
+    _state.checked = True
+    try:
+        yield
+    finally:
+        _state.checked = before
+
+
+def checked_by_caller() -> bool:
+    """True inside :func:`targets_checked`: a head used inside a detector skips the check it
+    makes when called on its own."""
+    return getattr(_state, "checked", False)
 
 
 def check_targets(
@@ -234,4 +261,12 @@ def _integer(value: object) -> int | None:
     return int(value) if float(value).is_integer() else None
 
 
-__all__ = ["check_masks", "check_orig_sizes", "check_target", "check_target_list", "check_targets"]
+__all__ = [
+    "check_masks",
+    "check_orig_sizes",
+    "check_target",
+    "check_target_list",
+    "check_targets",
+    "checked_by_caller",
+    "targets_checked",
+]

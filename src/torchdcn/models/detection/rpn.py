@@ -33,7 +33,7 @@ from ...ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .image_list import ImageList
-from .inputs import check_target, check_target_list
+from .inputs import check_target, check_target_list, checked_by_caller
 from .losses import select_class_deltas, smooth_l1_loss
 from .matcher import Matcher
 from .sampler import BalancedSampler
@@ -325,10 +325,14 @@ class RegionProposalNetwork(nn.Module):
         :meth:`predict`; ``targets`` one dict per image; ``image_sizes`` ``[(h_i, w_i), ...]``
         (needed only with ``straddle_thresh``).
         """
-        check_target_list(targets, logits.shape[0])
+        checked = checked_by_caller()  # by the detector, which calls this inside targets_checked()
+        if not checked:
+            check_target_list(targets, logits.shape[0])
         labels, matched = [], []
         for i, target in enumerate(targets):
-            lab, gt = self._anchor_labels(anchors, target, i)
+            if not checked:  # boxes always; labels only where they are used (a class-aware RPN)
+                check_target(i, target, self.num_classes if self.class_aware else None)
+            lab, gt = self._anchor_labels(anchors, target)
             if self.straddle_thresh is not None:
                 if image_sizes is None:
                     raise ValueError("image_sizes must be given when straddle_thresh is set")
@@ -367,11 +371,9 @@ class RegionProposalNetwork(nn.Module):
         return {"loss_rpn_cls": loss_cls / num_sampled, "loss_rpn_box": loss_box / num_sampled}
 
     def _anchor_labels(
-        self, anchors: Tensor, target: Mapping[str, Tensor], index: int
+        self, anchors: Tensor, target: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         """Label per anchor [T] (>= 1 positive, 0 negative, -1 ignored) and matched gt [T, 4]."""
-        # boxes always; labels only where they are used (a class-aware RPN)
-        check_target(index, target, self.num_classes if self.class_aware else None)
         gt = target["boxes"].to(device=anchors.device, dtype=anchors.dtype)
         num_anchors = anchors.shape[0]
         if self.class_aware:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .image_list import IMAGENET_MEAN, IMAGENET_STD, ImageList, normalize_and_batch
-from .inputs import check_orig_sizes, check_target_list, check_targets
+from .inputs import check_orig_sizes, check_target_list, check_targets, targets_checked
 from .matcher import Matcher
 from .postprocess import check_postprocess_args, select_detections
 from .rpn import RegionProposalNetwork
@@ -189,7 +189,8 @@ class RPNDetector(nn.Module):
         if self.training:
             # No proposals are needed: the losses alone (skips the top-k and NMS).
             anchors, logits, deltas, _ = self.rpn.predict(batch, features)
-            return self.rpn.compute_losses(anchors, logits, deltas, targets, batch.image_sizes)
+            with targets_checked():  # compute_losses skips its own check of the targets
+                return self.rpn.compute_losses(anchors, logits, deltas, targets, batch.image_sizes)
         return class_aware_detections(
             self.rpn,
             batch,
