@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,23 @@ def test_scalar_arguments_of_numpy_and_0d_tensors():
     expected = remove_small_boxes(boxes, 4.0)
     for min_size in [torch.tensor(4.0), np.float32(4.0), 4]:
         assert torch.equal(remove_small_boxes(boxes, min_size), expected)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [True, 1 + 2j, "4", torch.tensor([4.0]), torch.tensor(4.0, requires_grad=True), math.nan,
+     -math.inf],
+    ids=["bool", "complex", "str", "1-d", "grad", "nan", "-inf"],
+)  # fmt: skip
+def test_size_and_min_size_refused_as_every_scalar_argument(bad):
+    """_checks.real_scalar's rule: TypeError for the kind, ValueError for NaN and infinities."""
+    boxes = _random_boxes(10)
+    error = ValueError if isinstance(bad, float) else TypeError
+    with pytest.raises(error, match=r"^min_size must (be|not require grad)"):
+        remove_small_boxes(boxes, bad)
+    if error is ValueError:
+        match = r"^size\[1\] must be finite"
+    else:
+        match = r"^size must be a pair \(height, width\), got .*; size\[1\] must (be|not)"
+    with pytest.raises(error, match=match):
+        clip_boxes_to_image(boxes, (50, bad))

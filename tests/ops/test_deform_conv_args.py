@@ -1,9 +1,11 @@
 """deform_conv2d's arguments as torch's conv2d takes them: C_out = 0, integer-like and string
-paddings, channels-last in and out, and TorchScript."""
+paddings, channels-last in and out, and TorchScript; and the one scalar rule behind every op's and
+detector's number arguments (``_checks.real_scalar``, with ``pair`` built on it)."""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -13,8 +15,10 @@ import torch.nn.functional as F
 from cpu_routes import CPU_ROUTES, cpu_route
 
 from torchdcn.ops import deform_conv2d, use_backend
+from torchdcn.ops._checks import pair, real_scalar
 
 ROUTES = ["reference", "numba"]
+INF, NAN = math.inf, math.nan
 
 
 def _inputs(n=2, c_in=4, c_out=3, h=6, w=7, k=(3, 3), ho=None, wo=None, dtype=torch.float64):
@@ -196,3 +200,97 @@ def test_torchscript_checks_and_half_precision():
     got = scripted(*half)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, _one_op(*half), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The one scalar rule: a Python or NumPy number or a 0-d tensor; bool, complex, other objects,
+# other tensors and tensors requiring grad are TypeErrors, NaN (and inf if finite) ValueErrors.
+
+INT = {"integral": True}
+INT_FLOATS = {"integral": True, "integer_floats": True}
+
+
+@pytest.mark.parametrize(
+    "value, kwargs, expected",
+    [
+        (3, {}, 3), (0.5, {}, 0.5), (np.int64(3), {}, 3), (np.float32(0.5), {}, 0.5),
+        (torch.tensor(3), {}, 3), (torch.tensor(0.5, dtype=torch.float64), {}, 0.5),
+        (-INF, {"finite": False}, -INF), (3, INT, 3), (np.int32(3), INT, 3),
+        (torch.tensor(3, dtype=torch.int16), INT, 3), (2.0, INT_FLOATS, 2),
+        (np.float32(2.0), INT_FLOATS, 2), (torch.tensor(2.0), INT_FLOATS, 2), (7, INT_FLOATS, 7),
+    ],
+)  # fmt: skip
+def test_real_scalar_accepts_numbers(value, kwargs, expected):
+    got = real_scalar(value, "x", **kwargs)
+    assert got == expected and type(got) is type(expected)  # ints stay ints, floats are floats
+
+
+GRAD = torch.tensor(0.5, requires_grad=True)
+
+
+@pytest.mark.parametrize(
+    "value, kwargs, error, match",
+    [
+        (True, {}, TypeError, r"^x must be a real number, got bool True$"),
+        (np.bool_(False), {}, TypeError, "x must be a real number, got bool"),
+        (1 + 2j, {}, TypeError, r"x must be a real number, got complex \(1\+2j\)"),
+        ("0.5", {}, TypeError, "x must be a real number, got str '0.5'"),
+        (None, {}, TypeError, "x must be a real number, got NoneType None"),
+        (torch.tensor([0.5]), {}, TypeError,
+         r"x must be a real number or a 0-d real tensor, got a tensor of shape \(1,\)"),
+        (torch.tensor(True), {}, TypeError, r"0-d real tensor, got .* dtype torch\.bool"),
+        (torch.tensor(1 + 1j), {}, TypeError, r"0-d real tensor, got .* dtype torch\.complex64"),
+        (GRAD, {}, TypeError, r"x must not require grad .*pass x\.detach\(\)"),
+        (NAN, {}, ValueError, r"^x must be finite, got nan$"),
+        (INF, {}, ValueError, r"^x must be finite, got inf$"),
+        (torch.tensor(-INF), {}, ValueError, r"^x must be finite, got -inf$"),
+        (NAN, {"finite": False}, ValueError, r"^x must be a number, got nan$"),
+        (2.0, INT, TypeError, r"^x must be an int, got float 2\.0$"),
+        (2.5, INT, TypeError, r"^x must be an int, got float 2\.5$"),
+        (np.float32(2.0), INT, TypeError, "x must be an int, got float32"),
+        (torch.tensor(2.0), INT, TypeError,
+         r"x must be an int or a 0-d integer tensor, got .* dtype torch\.float32"),
+        (True, INT, TypeError, "x must be an int, got bool True"),
+        (GRAD, INT, TypeError, "x must be an int or a 0-d integer tensor"),
+        (2.5, INT_FLOATS, ValueError, r"^x must be an int, got 2\.5, not an integer$"),
+        (torch.tensor(2.5), INT_FLOATS, ValueError, "x must be an int, got 2.5, not an integer"),
+        (NAN, INT_FLOATS, ValueError, "x must be finite, got nan"),
+        (torch.tensor(2.0, requires_grad=True), INT_FLOATS, TypeError, "x must not require grad"),
+        (torch.tensor(0.5), {"tensor": False}, TypeError,
+         r"x must be a real number \(a Python or NumPy number\), got a tensor of shape \(\)"),
+        (torch.tensor(1), {"tensor": False, **INT}, TypeError, r"x must be an int \(a Python"),
+        ("1", {"wanted": "a number in [0, 1]"}, TypeError, r"x must be a number in \[0, 1\], got"),
+    ],
+)  # fmt: skip
+def test_real_scalar_refuses_with_the_argument_named(value, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        real_scalar(value, "x", **kwargs)
+
+
+def test_real_scalar_passes_symbolic_values_and_skips_value_checks_while_compiling(monkeypatch):
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    env = ShapeEnv()
+    f, i = env.create_unbacked_symfloat(), env.create_unbacked_symint()
+    assert real_scalar(f, "x") is f and real_scalar(i, "x") is i
+    assert real_scalar(i, "x", **INT) is i and real_scalar(f, "x", **INT_FLOATS) is f
+    assert not env.guards  # nothing was read from them
+    with pytest.raises(TypeError, match="x must be an int, got SymFloat"):
+        real_scalar(f, "x", **INT)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert math.isnan(real_scalar(NAN, "x")) and real_scalar(INF, "x") == INF  # traced: unchecked
+    with pytest.raises(TypeError, match="x must be a real number, got bool"):
+        real_scalar(True, "x")  # the kind is still checked
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [((1, "a"), r"padding must be an int or a pair .*; padding\[1\] must be an int, got str"),
+     ((1, torch.tensor(1.0)), r"padding\[1\] must be an int or a 0-d integer tensor"),
+     (torch.ones(2, 2, dtype=torch.int64), r"padding must be an int or a pair .*shape \(2, 2\)"),
+     (2.5, r"padding must be an int or a pair .*got float 2\.5")],
+)  # fmt: skip
+def test_pair_uses_the_integer_rule(value, match):
+    assert pair(np.int64(2), "padding") == (2, 2) and pair([torch.tensor(3)], "p") == (3, 3)
+    with pytest.raises(TypeError, match=match):
+        pair(value, "padding")

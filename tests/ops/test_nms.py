@@ -461,3 +461,26 @@ def test_registered_op_checks_its_arguments(no_kernels):
         op(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), 0.5)
     with pytest.raises(ValueError, match="iou_threshold must be a number, got nan"):
         op(torch.zeros(3, 4), torch.zeros(3), None, float("nan"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [True, 1 + 2j, "0.5", torch.tensor([0.5]), torch.tensor(0.5, requires_grad=True), math.nan],
+    ids=["bool", "complex", "str", "1-d", "grad", "nan"],
+)
+def test_iou_threshold_refused_as_every_scalar_argument(bad):
+    """_checks.real_scalar's rule (TypeError for the kind, ValueError for NaN); infinities are
+    thresholds, as torchvision takes them: +inf suppresses nothing."""
+    boxes, scores = make_boxes(6, seed=3)
+    error = ValueError if isinstance(bad, float) else TypeError
+    for call in (
+        lambda t: nms(boxes, scores, t),
+        lambda t: batched_nms(boxes, scores, torch.zeros(6, dtype=torch.int64), t),
+    ):
+        with pytest.raises(
+            error, match=r"^iou_threshold must (be a float|be a number|not require grad)"
+        ):
+            call(bad)
+        assert len(call(math.inf)) == 6
+        for same in (np.float32(0.5), torch.tensor(0.5, dtype=torch.float64), 0.5):
+            assert torch.equal(call(same), call(0.5))

@@ -4,6 +4,8 @@ and the registered ops' fake and autograd implementations (``torch.library.opche
 from __future__ import annotations
 
 import functools
+import math
+import re
 import warnings
 
 import numpy as np
@@ -21,6 +23,7 @@ from torchdcn.ops import (
     roi_pool,
     use_backend,
 )
+from torchdcn.ops._checks import real_scalar
 
 ROIS = torch.tensor([[0, 1.0, 2.0, 9.0, 7.0], [1, 3.5, 0.5, 6.0, 11.0], [1, -4.0, 2.0, 5.0, 30.0]])
 
@@ -514,7 +517,7 @@ def test_direct_op_and_its_autograd_backward_check_values_once(op, value_checks)
 @pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
 def test_skipping_ends_with_the_call(op, no_kernels):
     """A failing eager call leaves no skip behind: the next direct op call is checked."""
-    with pytest.raises(AssertionError, match="kernel .* reached"):
+    with pytest.raises(AssertionError, match=r"kernel .* reached"):
         call(op, _x(op), ROIS)
     with pytest.raises(ValueError, match=r"rois row 0 .*batch index in \[0, 2\)"):
         _op_call(op, _x(op), torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]]))
@@ -574,3 +577,39 @@ def test_deform_scalars():
     expected = deform_roi_pool(x, ROIS, off, 2, 0.5, 2, 0.1)
     got = deform_roi_pool(x, ROIS, off, 2, np.float32(0.5), np.int64(2), torch.tensor(0.1))
     assert torch.equal(got, expected)
+
+
+# The refusals of _checks.real_scalar (tests/ops/test_deform_conv_args.py), word for word.
+BAD_REALS = {
+    "bool": True, "complex": 1 + 2j, "str": "0.5", "1-d": torch.tensor([0.5]),
+    "grad": torch.tensor(0.5, requires_grad=True), "nan": math.nan, "inf": math.inf,
+}  # fmt: skip
+BAD_INTS = {
+    "bool": True, "complex": 2 + 0j, "str": "2", "1-d": torch.tensor([2]),
+    "float-tensor": torch.tensor(2.0), "2.0": 2.0, "2.5": 2.5, "numpy-2.0": np.float32(2.0),
+}  # fmt: skip
+
+
+def _refused_as_real_scalar_refuses(op, name, value, **kwargs):
+    with pytest.raises((TypeError, ValueError)) as want:
+        real_scalar(value, name, **kwargs)
+    x = _x(op)
+    with pytest.raises(type(want.value), match="^" + re.escape(str(want.value)) + "$"):
+        if op in (deform_roi_pool, deform_ps_roi_pool):
+            op(x, ROIS, torch.zeros(3, 2, 2, 2), 2, **{name: value})
+        else:
+            op(x, ROIS, 2, **{name: value})
+
+
+@pytest.mark.parametrize("bad", list(BAD_REALS.values()), ids=list(BAD_REALS))
+@pytest.mark.parametrize("op", ALL, ids=lambda f: f.__name__)
+def test_every_op_refuses_bad_real_scalars_as_real_scalar_does(op, bad):
+    _refused_as_real_scalar_refuses(op, "spatial_scale", bad)
+    if op in (deform_roi_pool, deform_ps_roi_pool):
+        _refused_as_real_scalar_refuses(op, "gamma", bad)
+
+
+@pytest.mark.parametrize("bad", list(BAD_INTS.values()), ids=list(BAD_INTS))
+@pytest.mark.parametrize("op", [roi_align, ps_roi_align, deform_roi_pool, deform_ps_roi_pool])
+def test_every_op_refuses_bad_sampling_ratios_as_real_scalar_does(op, bad):
+    _refused_as_real_scalar_refuses(op, "sampling_ratio", bad, integral=True)

@@ -1,10 +1,8 @@
 """Argument checks of the box ops and NMS: every error names the argument, what it got and what it
-wanted (the box family's one validation helper, as ``_roi_checks`` is the RoI family's)."""
+wanted (the box family's one validation helper, as ``_roi_checks`` is the RoI family's; scalar
+arguments are checked by :func:`._checks.real_scalar`, as everywhere)."""
 
 from __future__ import annotations
-
-import math
-import numbers
 
 import torch
 from torch import Tensor
@@ -31,18 +29,6 @@ def check_boxes(
         raise ValueError(f"{name} must have shape {layout}, got shape {tuple(boxes.shape)}")
     check_real(boxes, name, floating=floating)
     return boxes
-
-
-def scalar(value: object) -> float | int | None:
-    """``value`` as a Python number if it is a real number (Python, NumPy) or a 0-d real tensor,
-    else ``None`` (a bool is not a number here: surely a mistake)."""
-    if isinstance(value, Tensor):
-        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
-            return None
-        return value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def check_real(t: Tensor, name: str, *, floating: bool) -> None:
@@ -85,30 +71,6 @@ def check_idxs(idxs: object, boxes: Tensor, name: str = "idxs") -> Tensor:
         )
     _check_device(idxs, name, boxes)
     return idxs
-
-
-def check_threshold(value: object, name: str = "iou_threshold") -> float:
-    """``value`` is a real number that is not NaN: a Python int or float, or a 0-d real tensor
-    (read with ``.item()``). A bool is refused: it is surely a mistake.
-
-    While ``torch.compile`` traces, a float argument may be symbolic (a ``SymFloat`` standing for
-    every value of later calls): it is returned unchecked, as there is no value to test; eager
-    calls check it."""
-    if isinstance(value, Tensor):
-        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
-            raise TypeError(
-                f"{name} must be a float or a 0-d real tensor, got a tensor of shape "
-                f"{tuple(value.shape)} and dtype {value.dtype}"
-            )
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat)):
-        raise TypeError(f"{name} must be a float (e.g. 0.5), got {type(value).__name__} {value!r}")
-    if isinstance(value, torch.SymFloat) or torch.compiler.is_compiling():
-        return value
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must be a number, got nan")
-    return value
 
 
 def _check_device(t: Tensor, name: str, boxes: Tensor) -> None:

@@ -1,9 +1,12 @@
 """Small argument checks shared by the op families; each family has one validation helper built
-from these, so every error names the argument, the shape received and the shape expected."""
+from these, so every error names the argument, the shape received and the shape expected.
+:func:`real_scalar` is the one rule for scalar arguments (of the ops, and of the detectors)."""
 
 from __future__ import annotations
 
+import math
 import numbers
+import reprlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -13,40 +16,110 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def integer_scalar(value: object) -> int | None:
-    """``value`` as an int if it is an integer scalar (int, NumPy integer, 0-d integer tensor;
-    not bool), else None."""
-    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
-        return None
+def real_scalar(
+    value: object,
+    name: str,
+    *,
+    integral: bool = False,
+    integer_floats: bool = False,
+    finite: bool = True,
+    tensor: bool = True,
+    wanted: str | None = None,
+) -> float | int:
+    """``value`` checked as one real number, returned as a Python number: the one rule of every
+    scalar argument (thresholds, scales, sizes, counts) of the ops and the detectors.
+
+    Accepted: a Python or NumPy real number, or (``tensor``) a 0-d real tensor that does not
+    require grad, read with ``.item()``. ``integral``: an integer is wanted (Python or NumPy
+    int, 0-d integer tensor); ``integer_floats`` also takes a float holding an integer
+    (``480.0``, a 0-d float tensor of one).
+
+    ``TypeError`` (wrong kind): a bool (Python, NumPy or tensor: surely a mistake), a complex
+    number, a str or any other object, a tensor that is not 0-d and real (or any tensor unless
+    ``tensor``), a 0-d tensor that requires grad (no gradient reaches a scalar argument), and
+    with ``integral`` a float (unless ``integer_floats``). ``ValueError`` (wrong value): NaN,
+    infinity when ``finite``, and with ``integer_floats`` a float that is not an integer (2.5).
+    Every message names ``name``, says what it got and what was ``wanted`` (the words after
+    "must be"; default "a real number" / "an int"). Range checks ("positive", "in [0, 1]")
+    stay with the callers.
+
+    Returns an ``int`` when ``integral`` or ``value`` is an integer (integer arithmetic stays
+    exact, e.g. clipping integer boxes), else a ``float``. Under ``torch.compile``: a symbolic
+    ``SymInt`` / ``SymFloat`` (a float or int standing for every value of later calls) is
+    returned unchecked, as there is no value to test (a ``SymFloat`` where an int is wanted is
+    a ``TypeError`` unless ``integer_floats``); while ``torch.compiler.is_compiling()`` the
+    kind is checked but not finiteness. Eager calls check everything.
+
+    Example:
+        >>> real_scalar(0.5, "spatial_scale"), real_scalar(torch.tensor(2), "sampling_ratio")
+        (0.5, 2)
+        >>> real_scalar(2.0, "sampling_ratio", integral=True)
+        Traceback (most recent call last):
+        ...
+        TypeError: sampling_ratio must be an int, got float 2.0
+    """
+    strict_int = integral and not integer_floats
+    if wanted is None:
+        wanted = "an int" if integral else "a real number"
+    if isinstance(value, torch.SymInt) or (isinstance(value, torch.SymFloat) and not strict_int):
+        return value  # type: ignore[return-value]
+    if isinstance(value, Tensor):
+        kind = "integer" if strict_int else "real"
+        shape = f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+        if not tensor:
+            raise TypeError(f"{name} must be {wanted} (a Python or NumPy number), got {shape}")
+        bad_dtype = value.dtype == torch.bool or value.is_complex()
+        if value.dim() != 0 or bad_dtype or (strict_int and value.is_floating_point()):
+            raise TypeError(f"{name} must be {wanted} or a 0-d {kind} tensor, got {shape}")
+        if value.requires_grad:
+            raise TypeError(
+                f"{name} must not require grad (no gradient reaches it), got a 0-d tensor with "
+                f"requires_grad=True; pass {name}.detach() or a Python number"
+            )
+        value = value.item()
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or (strict_int and not isinstance(value, numbers.Integral))
+    ):
+        raise TypeError(
+            f"{name} must be {wanted}, got {type(value).__name__} {reprlib.repr(value)}"
+        )
     if isinstance(value, numbers.Integral):
         return int(value)
-    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point():
-        if value.is_complex():
-            return None
-        return int(value.item())
-    return None
+    if not torch.compiler.is_compiling():  # traced values may be symbolic: no value to test
+        number = float(value)
+        if math.isnan(number):
+            raise ValueError(f"{name} must be {'finite' if finite else 'a number'}, got nan")
+        if finite and math.isinf(number):
+            raise ValueError(f"{name} must be finite, got {number}")
+    if integral:
+        if not float(value).is_integer():
+            raise ValueError(f"{name} must be {wanted}, got {value!r}, not an integer")
+        return int(value)
+    return float(value)
 
 
 def pair(value: object, name: str) -> tuple[int, int]:
     """``3 -> (3, 3)``, ``(1, 2) -> (1, 2)``, ``(1,) -> (1, 1)``, as ``torch.nn.functional.conv2d``
-    takes them: an integer scalar (int, NumPy integer, 0-d integer tensor) or a sequence (or 1-D
-    integer tensor) of one or two of them; anything else is a TypeError naming ``name``."""
-    single = integer_scalar(value)
-    if single is not None:
-        return single, single
-    items = None
+    takes them: an integer scalar (int, NumPy integer, 0-d integer tensor: :func:`real_scalar`
+    with ``integral``) or a sequence (or 1-D integer tensor) of one or two of them; anything
+    else is a TypeError naming ``name``."""
+    wanted = "an int or a pair of ints (or a sequence of one int, as conv2d takes)"
     if isinstance(value, Tensor) and value.dim() == 1:
         items = list(value.unbind())
     elif isinstance(value, Sequence) and not isinstance(value, str):
         items = list(value)
-    if items is not None and len(items) in (1, 2):
-        ints = [integer_scalar(v) for v in items]
-        if all(i is not None for i in ints):
-            return (ints[0], ints[-1])  # type: ignore[return-value]
-    raise TypeError(
-        f"{name} must be an int or a pair of ints (or a sequence of one int, as conv2d takes), "
-        f"got {value!r}"
-    )
+    else:
+        single = real_scalar(value, name, integral=True, wanted=wanted)
+        return single, single
+    if len(items) in (1, 2):
+        try:
+            ints = [real_scalar(v, f"{name}[{i}]", integral=True) for i, v in enumerate(items)]
+        except TypeError as error:
+            raise TypeError(f"{name} must be {wanted}, got {value!r}; {error}") from error
+        return ints[0], ints[-1]
+    raise TypeError(f"{name} must be {wanted}, got {value!r}")
 
 
 def script_pair(value: int | tuple[int, int]) -> tuple[int, int]:

@@ -7,8 +7,6 @@ argument, the shape received and the shape expected.
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import threading
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -16,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._checks import autocast_dtype, check_same, check_shape, check_tensor, integer_scalar, pair
+from ._checks import autocast_dtype, check_same, check_shape, check_tensor, pair, real_scalar
 from ._dispatch import compute_dtype
 from ._roi_common import check_sampling_ratio
 
@@ -119,38 +117,10 @@ def script_rois(rois: RoIs, input: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-def _number(value: object, name: str) -> float:
-    """``value`` as a finite float: a real number (Python or NumPy, not bool) or a 0-d real tensor
-    that does not require grad (read with ``.item()``), as torchvision takes them."""
-    if isinstance(value, Tensor):
-        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
-            raise TypeError(
-                f"{name} must be a real number or a 0-d real tensor, got a tensor of shape "
-                f"{tuple(value.shape)} and dtype {value.dtype}"
-            )
-        if value.requires_grad:
-            raise TypeError(
-                f"{name} must not require grad (the ops are not differentiable in it), got a 0-d "
-                f"tensor with requires_grad=True; pass {name}.detach() or a float"
-            )
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if isinstance(value, torch.SymFloat):
-        return value  # symbolic while torch.compile traces: no value to check (eager checks it)
-    if torch.compiler.is_compiling():
-        return float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
 def _sampling_ratio(value: object) -> int:
-    """``value`` as an int: a Python or NumPy integer or a 0-d integer tensor (not bool), at most
-    :data:`._roi_common.MAX_ADAPTIVE_GRID`."""
-    ratio = integer_scalar(value)
-    if ratio is None:
-        raise TypeError(f"sampling_ratio must be an int, got {value!r}")
+    """``value`` as an int (:func:`._checks.real_scalar`: a Python or NumPy integer or a 0-d
+    integer tensor, not bool), at most :data:`._roi_common.MAX_ADAPTIVE_GRID`."""
+    ratio = real_scalar(value, "sampling_ratio", integral=True)
     check_sampling_ratio(ratio)
     return ratio
 
@@ -185,7 +155,7 @@ def check_roi_args(
         raise ValueError(f"output_size must be positive, got {output_size}")
     spatial_scale = _scale(spatial_scale)
     sampling_ratio = _sampling_ratio(sampling_ratio)
-    gamma = _number(gamma, "gamma")
+    gamma = _real(gamma, "gamma")
     rois = roi_tensor(rois, input, rois_name)
     if offset is not None:
         layout = "[R, 2 * C', ph, pw]" if position_sensitive else "[R, 2, ph, pw]"
@@ -237,7 +207,7 @@ def check_kernel_args(
         raise ValueError(f"output_size must be positive, got {pooled}")
     _scale(spatial_scale)
     check_sampling_ratio(sampling_ratio)
-    _number(gamma, "gamma")
+    real_scalar(gamma, "gamma")
     rois = roi_tensor(rois, input)
     if offset is not None:
         layout = "[R, 2 * C', ph, pw]" if position_sensitive else "[R, 2, ph, pw]"
@@ -254,8 +224,16 @@ def check_kernel_args(
         _check_values(rois, input.shape[0], "rois")
 
 
+def _real(value: object, name: str) -> float:
+    """:func:`._checks.real_scalar` as a float (an int ``1`` becomes ``1.0``; a symbolic value
+    under ``torch.compile`` stays as it is)."""
+    number = real_scalar(value, name)
+    return float(number) if isinstance(number, int) else number
+
+
 def _scale(value: object) -> float:
-    scale = _number(value, "spatial_scale")
+    """``spatial_scale``: a finite real number (:func:`._checks.real_scalar`), positive."""
+    scale = _real(value, "spatial_scale")
     if scale <= 0:
         raise ValueError(f"spatial_scale must be positive, got {scale}")
     return scale

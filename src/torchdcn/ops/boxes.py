@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._box_checks import check_boxes, scalar
+from ._box_checks import check_boxes
+from ._checks import real_scalar
 
 #: the axis-aligned box formats of ``box_area`` / ``box_iou`` (torchvision's ``fmt``)
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
@@ -117,18 +118,20 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _check_clip(boxes: Tensor, size: object) -> tuple[float, float]:
-    """The checked ``(height, width)`` as Python numbers: a pair of reals or 0-d real tensors,
-    or a 1-d real tensor of two (what ``image.shape[-2:]`` and torchvision give)."""
+    """The checked ``(height, width)`` as Python numbers: a pair of finite reals (Python, NumPy
+    or 0-d real tensors, :func:`._checks.real_scalar`), or a 1-d real tensor of two (what
+    ``image.shape[-2:]`` and torchvision give); ints stay ints (integer boxes stay integer)."""
     check_boxes(boxes, batched=True)
     pair = size.tolist() if isinstance(size, Tensor) and size.dim() == 1 else size
     if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
         raise TypeError(f"size must be a pair (height, width), got {size!r}")
-    pair = [scalar(s) for s in pair]  # a bool (tensor) or a non-number: None
-    if None in pair:
-        raise TypeError(f"size must be a pair (height, width), got {size!r}")
-    if pair[0] < 0 or pair[1] < 0:
-        raise ValueError(f"size (height, width) must be non-negative, got {tuple(pair)}")
-    return pair[0], pair[1]
+    try:
+        height, width = (real_scalar(s, f"size[{i}]") for i, s in enumerate(pair))
+    except TypeError as error:  # a bool (tensor) or a non-number
+        raise TypeError(f"size must be a pair (height, width), got {size!r}; {error}") from error
+    if height < 0 or width < 0:
+        raise ValueError(f"size (height, width) must be non-negative, got {(height, width)}")
+    return height, width
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
@@ -155,13 +158,7 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
 
 def _check_min_size(boxes: Tensor, min_size: object) -> float:
     check_boxes(boxes)
-    value = scalar(min_size)
-    if value is None:
-        raise TypeError(
-            f"min_size must be a number (or a 0-d real tensor), got {type(min_size).__name__} "
-            f"{min_size!r}"
-        )
-    return value
+    return real_scalar(min_size, "min_size")
 
 
 # ---------------------------------------------------------------------------------------------

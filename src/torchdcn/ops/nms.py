@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from . import _backend
-from ._box_checks import check_boxes, check_idxs, check_scores, check_threshold
+from ._box_checks import check_boxes, check_idxs, check_scores
+from ._checks import real_scalar
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -56,7 +57,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         return torch.ops.torchdcn.nms(_upcast(boxes), scores, None, float(iou_threshold))
     check_boxes(boxes, floating=True)
     check_scores(scores, boxes)
-    iou_threshold = check_threshold(iou_threshold)
+    iou_threshold = _check_threshold(iou_threshold)
     return torch.ops.torchdcn.nms(_upcast(boxes), scores, None, iou_threshold)
 
 
@@ -94,8 +95,15 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     check_boxes(boxes, floating=True)
     check_scores(scores, boxes)
     check_idxs(idxs, boxes)
-    iou_threshold = check_threshold(iou_threshold)
+    iou_threshold = _check_threshold(iou_threshold)
     return torch.ops.torchdcn.nms(_upcast(boxes), scores, idxs, iou_threshold)
+
+
+def _check_threshold(value: object) -> float:
+    """``iou_threshold`` checked by :func:`._checks.real_scalar`: a real number (Python, NumPy or
+    a 0-d real tensor) that is not NaN; infinities are taken, as torchvision takes them (``inf``
+    suppresses nothing)."""
+    return real_scalar(value, "iou_threshold", finite=False, wanted="a float (e.g. 0.5)")
 
 
 def _upcast(boxes: Tensor) -> Tensor:
@@ -140,7 +148,7 @@ def _nms_op(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: f
     check_scores(scores, boxes)
     if idxs is not None:
         check_idxs(idxs, boxes)
-    iou_threshold = check_threshold(iou_threshold)
+    iou_threshold = _check_threshold(iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     kernel = route(boxes.device, boxes.dtype)

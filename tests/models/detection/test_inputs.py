@@ -6,6 +6,7 @@ and malformed ``orig_sizes`` get clear errors; integer-tensor ``orig_sizes`` are
 from __future__ import annotations
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -181,3 +182,17 @@ def test_masks_must_be_a_tensor_at_the_image_size():
         check_target(0, {**good, "masks": [torch.zeros(64, 64)]}, 3, (64, 64))
     # a plain RPN needs no labels
     check_targets([{"boxes": B([[1.0, 1.0, 5.0, 5.0]])}], [(8, 8)], None)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [True, 1 + 0j, "64", B([64]), B(64.0, requires_grad=True), 64.5, math.nan, math.inf],
+    ids=["bool", "complex", "str", "1-d", "grad", "64.5", "nan", "inf"],
+)
+def test_orig_sizes_refused_as_every_integer_argument(bad):
+    """_checks.real_scalar's integer rule with integer-valued floats (64.0) accepted; every
+    refusal is the pair's TypeError, as it always was, with the element's reason."""
+    match = r"^orig_sizes\[0\] must be a pair \(height, width\) of ints .*; orig_sizes\[0\]\[1\]"
+    with pytest.raises(TypeError, match=match):
+        check_orig_sizes([(64, bad)], 1)
+    assert check_orig_sizes([(64, B(48.0)), (B(2), 3.0)], 2) == [(64, 48), (2, 3)]

@@ -3,11 +3,14 @@ low-score candidates (the NMS must not see all of them)."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from torchdcn.models.detection import postprocess
-from torchdcn.models.detection.postprocess import select_detections
+from torchdcn.models.detection.postprocess import check_postprocess_args, select_detections
 from torchdcn.ops import clip_boxes_to_image, nms
 
 
@@ -107,3 +110,29 @@ def test_zero_detections_and_no_candidates():
     out = select_detections(boxes, scores, (90, 100), score_thresh=1.0)
     assert out["boxes"].shape == (0, 4) and out["scores"].shape == (0,)
     assert out["labels"].dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [True, 1 + 2j, "0.5", torch.tensor([0.5]), torch.tensor(0.5), math.nan, math.inf],
+    ids=["bool", "complex", "str", "1-d", "0-d tensor", "nan", "inf"],
+)
+def test_thresholds_refused_as_every_scalar_argument(bad):
+    """_checks.real_scalar's rule (TypeError for the kind, ValueError for NaN and inf); tensors
+    are refused too, as they always were (settings of the module, not read per call)."""
+    error = ValueError if isinstance(bad, float) else TypeError
+    for args, name in (((bad, 0.5, 100), "score_thresh"), ((0.05, bad, 100), "nms_thresh")):
+        with pytest.raises(error, match=f"^{name} must be"):
+            check_postprocess_args(*args)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [True, 1 + 0j, "10", torch.tensor(10), 10.0, 2.5, np.float32(10.0)],
+    ids=["bool", "complex", "str", "0-d tensor", "10.0", "2.5", "numpy-10.0"],
+)
+def test_detections_per_img_refused_as_every_integer_argument(bad):
+    with pytest.raises(TypeError, match=r"^detections_per_img must be a positive int\b"):
+        check_postprocess_args(0.05, 0.5, bad)
+    got = check_postprocess_args(np.float64(0.05), np.float32(0.5), np.int64(100))
+    assert got == (0.05, 0.5, 100) and [type(v) for v in got] == [float, float, int]

@@ -20,12 +20,13 @@ naming ``targets[i]['key']`` and, for values, the first bad row.
 from __future__ import annotations
 
 import contextlib
-import numbers
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from ...ops._checks import real_scalar
 
 # set (per thread) while a detector runs its heads on the targets it has checked
 _state = threading.local()
@@ -225,40 +226,33 @@ def check_orig_sizes(orig_sizes: object, num_images: int) -> list[tuple[int, int
 
 
 def _size_pair(size: object, index: int) -> tuple[int, int]:
+    """``orig_sizes[index]`` as ``(h, w)``: each an int, or a float or 0-d tensor holding one
+    (``480.0``, as earlier versions took it), by :func:`~torchdcn.ops._checks.real_scalar`."""
     if isinstance(size, Tensor):
         items = list(size) if size.dim() == 1 else None
     elif isinstance(size, Sequence) and not isinstance(size, (str, bytes)):
         items = list(size)
     else:
         items = None
-    values = None
-    if items is not None and len(items) == 2:
-        values = [_integer(v) for v in items]
-    if values is None or None in values:
-        got = size.tolist() if isinstance(size, Tensor) else size
-        raise TypeError(
-            f"orig_sizes[{index}] must be a pair (height, width) of ints (a tuple or an integer "
-            f"Tensor[2]), got {got!r}"
-        )
+    got = size.tolist() if isinstance(size, Tensor) else size
+    message = (
+        f"orig_sizes[{index}] must be a pair (height, width) of ints (a tuple or an integer "
+        f"Tensor[2]), got {got!r}"
+    )
+    if items is None or len(items) != 2:
+        raise TypeError(message)
+    try:
+        values = [
+            real_scalar(v, f"orig_sizes[{index}][{k}]", integral=True, integer_floats=True)
+            for k, v in enumerate(items)
+        ]
+    except (TypeError, ValueError) as error:  # 480.5 too: a TypeError, as it always was
+        raise TypeError(f"{message}; {error}") from error
     if min(values) <= 0:
         raise ValueError(
             f"orig_sizes[{index}] must be a positive (height, width), got {tuple(values)}"
         )
     return values[0], values[1]
-
-
-def _integer(value: object) -> int | None:
-    """``int(value)`` for an int, a float with an integer value (``480.0``) or such a 0-d
-    tensor, else ``None`` (bools, ``480.5`` and the rest)."""
-    if isinstance(value, Tensor):
-        if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
-            return None
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    return int(value) if float(value).is_integer() else None
 
 
 __all__ = [

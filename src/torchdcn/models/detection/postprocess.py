@@ -14,13 +14,13 @@ given), ``labels`` ``[D]`` int64 in ``1..C`` (0 is the background and never retu
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ...ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from ...ops._checks import real_scalar
 
 Size = tuple[int, int]
 
@@ -30,22 +30,30 @@ def check_postprocess_args(
 ) -> tuple[float, float, int]:
     """``(score_thresh, nms_thresh, detections_per_img)`` checked and as ``(float, float, int)``:
     both thresholds real numbers in ``[0, 1]`` (fractions, not percent), ``detections_per_img``
-    a positive int. ``TypeError`` / ``ValueError`` name the argument.
+    a positive int, each a Python or NumPy number (not a tensor: they are settings of the
+    module), checked by :func:`~torchdcn.ops._checks.real_scalar`. ``TypeError`` /
+    ``ValueError`` name the argument.
 
     Example:
         >>> check_postprocess_args(0.05, 0.5, 100)
         (0.05, 0.5, 100)
     """
+    thresholds = []
     for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
-        if not 0.0 <= float(value) <= 1.0:
+        number = real_scalar(value, name, tensor=False, wanted="a number in [0, 1]")
+        if not 0.0 <= number <= 1.0:
             raise ValueError(f"{name} must be in [0, 1] (a fraction, not percent), got {value!r}")
-    if isinstance(detections_per_img, bool) or not isinstance(detections_per_img, numbers.Integral):
-        raise TypeError(f"detections_per_img must be a positive int, got {detections_per_img!r}")
-    if detections_per_img < 1:
+        thresholds.append(float(number))
+    count = real_scalar(
+        detections_per_img,
+        "detections_per_img",
+        integral=True,
+        tensor=False,
+        wanted="a positive int",
+    )
+    if count < 1:
         raise ValueError(f"detections_per_img must be a positive int, got {detections_per_img!r}")
-    return float(score_thresh), float(nms_thresh), int(detections_per_img)
+    return thresholds[0], thresholds[1], count
 
 
 def rescale_boxes(boxes: Tensor, from_size: Sequence[int], to_size: Sequence[int]) -> Tensor:
