@@ -64,3 +64,14 @@ def test_channel_and_node_checks():
         node_response(feats, (3, 0))
     with pytest.raises(ValueError, match="layer must name"):
         effective_receptive_field(nn.Conv2d(1, 1, 3), torch.rand(1, 1, 5, 5), "nope")
+
+
+def test_a_layer_without_a_map_is_refused():
+    # class logits [N, C] have no position (y, x): it was an IndexError
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    with pytest.raises(ValueError, match=r"layer '2' must output a map \[N, C, h, w\].*\[2, 5\]"):
+        effective_receptive_field(model, torch.rand(2, 1, 8, 8), "2", channel=3)
+    with pytest.raises(ValueError, match=r"must output a map \[N, C, h, w\]"):
+        node_response(torch.rand(2, 5), None, 3)
+    with pytest.raises(ValueError, match=r"channel must be in \[0, 4\), got -1"):
+        effective_receptive_field(model, torch.rand(2, 1, 8, 8), "0", channel=-1)

@@ -48,3 +48,24 @@ def test_stride_maps_the_node_to_its_pixel_and_windows_clip():
 def test_bad_bound():
     with pytest.raises(ValueError, match="bound must be >= 0"):
         saliency_regions(nn.Conv2d(1, 1, 1), torch.rand(1, 1, 3, 3), "", bound=-1)
+
+
+@pytest.mark.parametrize("channel", [4, 99, -1])
+def test_a_channel_the_layer_does_not_have_is_refused(channel):
+    # it was an empty slice: every window (even 1 pixel) matched the empty full response exactly
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1))
+    with pytest.raises(ValueError, match=r"channel must be in \[0, 4\), got " + str(channel)):
+        saliency_regions(model, torch.rand(2, 1, 8, 8), "0", (4, 4), channel=channel)
+    reg = saliency_regions(model, torch.rand(2, 1, 8, 8), "0", (4, 4), channel=3)
+    assert reg.areas.shape == (2,)
+
+
+def test_a_layer_without_a_map_and_bad_chunks_are_refused():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    with pytest.raises(ValueError, match=r"layer '2' must output a map \[N, C, h, w\].*\[2, 5\]"):
+        saliency_regions(model, torch.rand(2, 1, 8, 8), "2", channel=3)
+    for chunk in (0, -2, 1.5):
+        with pytest.raises(ValueError, match=f"chunk must be an int >= 1, got {chunk}"):
+            saliency_regions(model, torch.rand(1, 1, 8, 8), "0", chunk=chunk)
+    with pytest.raises(ValueError, match="max_steps must be an int >= 2, got 1"):
+        saliency_regions(model, torch.rand(1, 1, 8, 8), "0", max_steps=1)

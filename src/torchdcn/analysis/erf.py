@@ -16,6 +16,24 @@ from torch import Tensor, nn
 from .probe import Forward, check_images, default_forward, evaluating, layer_output
 
 
+def check_map(features: Tensor, layer: str | None = None) -> Tensor:
+    """``features`` must be a map ``[N, C, h, w]`` (a node is a position ``(y, x)`` of it); a
+    ``ValueError`` naming ``layer`` otherwise (e.g. class logits ``[N, C]``)."""
+    if features.dim() != 4:
+        where = "the node's layer" if layer is None else f"layer {layer!r}"
+        raise ValueError(
+            f"{where} must output a map [N, C, h, w] to hold a node (y, x), got a tensor of shape "
+            f"{list(features.shape)}: choose a convolutional layer"
+        )
+    return features
+
+
+def check_channel(channel: int | None, channels: int) -> None:
+    """``channel`` must be ``None`` or in ``[0, channels)``."""
+    if channel is not None and not 0 <= channel < channels:
+        raise ValueError(f"channel must be in [0, {channels}), got {channel}")
+
+
 def _node_index(node: tuple[int, int] | None, size: tuple[int, int]) -> tuple[int, int]:
     if node is None:
         return size[0] // 2, size[1] // 2
@@ -32,16 +50,17 @@ def node_response(
 ) -> Tensor:
     """The node's response per image: ``features`` ``[N, C, h, w]`` -> ``Tensor[N]`` (channel
     ``channel`` at ``node``, or the channel sum; ``node=None``: the map's centre)."""
+    check_map(features)
     y, x = _node_index(node, (features.shape[-2], features.shape[-1]))
     if channel is None:
         return features[:, :, y, x].sum(1)
-    if not 0 <= channel < features.shape[1]:
-        raise ValueError(f"channel must be in [0, {features.shape[1]}), got {channel}")
+    check_channel(channel, features.shape[1])
     return features[:, channel, y, x]
 
 
 def node_vector(features: Tensor, node: tuple[int, int] | None = None) -> Tensor:
     """All channels of the node: ``[N, C, h, w]`` -> ``Tensor[N, C]``."""
+    check_map(features)
     y, x = _node_index(node, (features.shape[-2], features.shape[-1]))
     return features[:, :, y, x]
 
@@ -59,9 +78,10 @@ def effective_receptive_field(
     Args:
         model: any model (run in eval mode; weights, flags and ``.grad`` left as they were).
         images: ``Tensor[N, C, H, W]``, as ``forward`` takes them.
-        layer: qualified name of the sub-module whose output holds the node.
+        layer: qualified name of the sub-module whose output (a map ``[N, C, h, w]``; class
+            logits ``[N, C]`` are a ``ValueError``) holds the node.
         node: ``(y, x)`` in that output (default its centre).
-        channel: one channel, or ``None`` for the sum over channels.
+        channel: one channel in ``[0, C)``, or ``None`` for the sum over channels.
         forward: how the model is run (``model(images)`` by default).
 
     Returns:
@@ -70,7 +90,7 @@ def effective_receptive_field(
     check_images(images)
     x = images.detach().clone().requires_grad_()
     with torch.enable_grad(), evaluating(model):
-        feats = layer_output(model, x, layer, forward)
+        feats = check_map(layer_output(model, x, layer, forward), layer)
         response = node_response(feats, node, channel)
         (grad,) = torch.autograd.grad(response.sum(), x, allow_unused=True)
     if grad is None:

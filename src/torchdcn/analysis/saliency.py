@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .erf import _node_index, node_vector
+from .erf import _node_index, check_channel, check_map, node_vector
 from .probe import (
     Forward,
     check_images,
@@ -77,7 +77,10 @@ def window_mask(
 
 
 def _response(feats: Tensor, node: tuple[int, int], channel: int | None) -> Tensor:
+    """The node's channels ``Tensor[B, C]`` (``channel`` given: ``Tensor[B, 1]``) of a map
+    ``feats`` ``[B, C, h, w]``; a channel outside ``[0, C)`` is a ``ValueError``."""
     vec = node_vector(feats, node)  # [B, C]
+    check_channel(channel, vec.shape[1])
     return vec if channel is None else vec[:, channel : channel + 1]
 
 
@@ -100,13 +103,14 @@ def saliency_regions(
     Args:
         model: any model (eval mode inside; left as it was).
         images: ``Tensor[N, C, H, W]`` as ``forward`` takes them.
-        layer, node, channel: the node (see :mod:`~torchdcn.analysis.erf`).
+        layer, node, channel: the node (see :mod:`~torchdcn.analysis.erf`): ``layer`` outputs a
+            map ``[N, C, h, w]``, ``channel`` is in ``[0, C)`` or ``None``.
         bound: relative error bound (0.1: 10%), ``>= 0``.
         forward: how the model is run.
         centre: ``(y, x)`` pixel to grow around (default the node's pixel, ``node * stride``).
         baseline: value of the pixels outside the window.
-        max_steps: at most this many window sizes are tried.
-        chunk: masked images per forward pass.
+        max_steps: at most this many window sizes are tried (``>= 2``).
+        chunk: masked images per forward pass (``>= 1``).
 
     Returns:
         :class:`SaliencyRegions`.
@@ -114,9 +118,12 @@ def saliency_regions(
     check_images(images)
     if not bound >= 0:
         raise ValueError(f"bound must be >= 0, got {bound}")
+    for name, value, least in (("max_steps", max_steps, 2), ("chunk", chunk, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     n, _, h, w = images.shape
     with evaluating(model):
-        full_feats = layer_output(model, images, layer, forward)
+        full_feats = check_map(layer_output(model, images, layer, forward), layer)
         fh, fw = full_feats.shape[-2:]
         node = _node_index(node, (fh, fw))
         full = _response(full_feats, node, channel)  # [N, C']
