@@ -109,3 +109,21 @@ def test_padding_same_with_an_even_kernel():
     x = torch.rand(1, 1, 7, 7)
     pad = LayerGeometry.of(conv).padding
     assert torch.equal(conv(x)[0, 0, pad[0] :, pad[1] :], x[0, 0, : 7 - pad[0], : 7 - pad[1]])
+
+
+def test_rois_with_a_batch_index_are_refused_not_reshaped():
+    # [K, 5] RoIs (batch index first) were reshaped to [K * 5 / 4, 4] garbage boxes ([4, 5]) or
+    # crashed in reshape ([3, 5])
+    centres = torch.tensor([[5.0, 5.0]])
+    rois = torch.tensor([[0.0, 2, 2, 10, 10]] * 4)
+    for bad in (rois, rois[:3], rois[0, 1:]):
+        with pytest.raises(ValueError, match=r"boxes must be a Tensor\[M, 4\]"):
+            position_classes(centres, bad)
+    with pytest.raises(ValueError, match=r"batch index first"):
+        position_classes(centres, rois)
+    assert position_classes(centres, rois[:, 1:]).tolist() == [0]
+    assert position_classes(centres, torch.zeros(0, 4)).tolist() == [3]
+    model = nn.Sequential(DeformConv2dPack(1, 1, 3, padding=1))
+    images = torch.rand(2, 1, 12, 12)
+    with pytest.raises(ValueError, match=r"boxes\[1\] must be a Tensor\[M, 4\].*\[3, 5\]"):
+        effective_dilation(model, images, [rois[:, 1:], rois[:3]])

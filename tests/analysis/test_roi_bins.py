@@ -129,3 +129,15 @@ def test_models_without_deformable_pooling_are_refused():
             pass
     with pytest.raises(TypeError, match="deformable RoI pooling module"):
         deformed_bins(nn.Conv2d(1, 1, 1), torch.rand(1, 1, 4, 4), torch.zeros(1, 4))
+
+
+def test_rois_with_a_batch_index_are_refused_not_reshaped():
+    rois = torch.tensor([[0.0, 0.0, 0.0, 8.0, 4.0]] * 4)  # [K, 5]: read as 5 garbage boxes before
+    with pytest.raises(ValueError, match=r"rois must be a Tensor\[M, 4\].*\[4, 5\].*batch index"):
+        bin_boxes(rois, None, (2, 2), spatial_scale=0.5)
+    with pytest.raises(ValueError, match=r"rois must be a Tensor\[M, 4\].*\[3, 5\]"):
+        bin_boxes(rois[:3], None, (2, 2), spatial_scale=0.5)
+    pool = DeformRoIPool(1, 2, spatial_scale=0.5)
+    with pytest.raises(ValueError, match=r"boxes must be a Tensor\[M, 4\].*\[4, 5\]"):
+        deformed_bins(pool, torch.rand(1, 1, 8, 8), rois)
+    assert deformed_bins(pool, torch.rand(1, 1, 8, 8), rois[:, 1:]).regular.shape == (4, 2, 2, 4)

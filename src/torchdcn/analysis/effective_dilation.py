@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .probe import (
     Forward,
     LayerGeometry,
+    check_boxes,
     check_images,
     default_forward,
     evaluating,
@@ -109,14 +110,15 @@ def position_classes(
 
     Args:
         centres: ``Tensor[..., 2]`` ``(y, x)`` in image pixels.
-        boxes: ``Tensor[M, 4]`` ``(x1, y1, x2, y2)`` in image pixels.
+        boxes: ``Tensor[M, 4]`` ``(x1, y1, x2, y2)`` in image pixels (``M`` may be 0; RoIs
+            ``[K, 5]`` with a batch index are a ``ValueError``).
         areas: ``Tensor[M]`` object areas (default the boxes' areas).
         thresholds: ``(small_max, medium_max)`` areas.
 
     Returns:
         int64 ``Tensor[...]``: 0 small, 1 medium, 2 large, 3 background (see :data:`CLASSES`).
     """
-    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).cpu()
+    boxes = check_boxes(boxes).float().cpu()
     if areas is None:
         areas = (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
     areas = torch.as_tensor(areas, dtype=torch.float32).reshape(-1).cpu()
@@ -209,6 +211,8 @@ def effective_dilation(
     require_deformable(model, "effective_dilation")
     if len(boxes) != len(images):
         raise ValueError(f"boxes must have one entry per image ({len(images)}), got {len(boxes)}")
+    for i, b in enumerate(boxes):
+        check_boxes(b, f"boxes[{i}]")
     table = table if table is not None else DilationTable()
     with evaluating(model), record_offsets(model) as rec:
         forward(model, images)

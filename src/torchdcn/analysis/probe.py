@@ -246,6 +246,18 @@ def check_images(images: Tensor, name: str = "images") -> Tensor:
     return images
 
 
+def check_boxes(boxes: object, name: str = "boxes") -> Tensor:
+    """``boxes`` must be a ``Tensor[M, 4]`` ``(x1, y1, x2, y2)`` (``M`` may be 0): RoIs ``[K, 5]``
+    with the batch index first (torchvision's layout) are a ``ValueError``, not reshaped."""
+    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+        got = list(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        hint = ""
+        if isinstance(boxes, Tensor) and boxes.dim() == 2 and boxes.shape[1] == 5:
+            hint = " (RoIs [K, 5] have the batch index first: pass rois[:, 1:] per image)"
+        raise ValueError(f"{name} must be a Tensor[M, 4] (x1, y1, x2, y2), got {got}{hint}")
+    return boxes
+
+
 def feature_stride(image_size: int, feature_size: int) -> int:
     """The power of two nearest to ``image_size / feature_size``: image pixels per cell of a
     feature map (cell ``i`` is centred on pixel ``stride * i``, as for stride-2 convs padded by

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..nn import DeformPSRoIPool, DeformRoIPool
 from ..ops import deform_ps_roi_pool, deform_roi_pool
+from .probe import check_boxes
 
 #: the module kinds whose bins move
 DEFORMABLE_ROI_MODULES = (DeformRoIPool, DeformPSRoIPool)
@@ -67,12 +68,13 @@ def bin_boxes(
     """Regular and deformed bins ``(Tensor[R, ph, pw, 4], Tensor[R, ph, pw, 4])`` in pixels.
 
     Args:
-        rois: ``Tensor[R, 4]`` ``(x1, y1, x2, y2)`` image pixels.
+        rois: ``Tensor[R, 4]`` ``(x1, y1, x2, y2)`` image pixels (``[R, 5]`` RoIs with a batch
+            index are a ``ValueError``).
         offset: ``Tensor[R, 2 * G, ph, pw]`` normalised offsets (x then y per group) or ``None``.
         output_size, spatial_scale, gamma, aligned: the pooling's.
         group: which ``(x, y)`` pair (a class of position-sensitive pooling).
     """
-    rois = rois.reshape(-1, 4).float()
+    rois = check_boxes(rois, "rois").float()
     ph, pw = output_size
     shift = 0.5 if aligned else 0.0
     box = rois * spatial_scale - shift
@@ -188,7 +190,8 @@ def deformed_bins(
         module: :class:`~torchdcn.nn.DeformRoIPool`, :class:`~torchdcn.nn.ModulatedDeformRoIPool`
             or :class:`~torchdcn.nn.DeformPSRoIPool` (its weights are only read).
         features: ``Tensor[N, C, H, W]`` the map the module pools.
-        boxes: ``Tensor[R, 4]`` image pixels, all in image ``image_index``.
+        boxes: ``Tensor[R, 4]`` image pixels, all in image ``image_index`` (``[R, 5]`` RoIs with
+            a batch index are a ``ValueError``).
         group: offsets of this class (position-sensitive pooling; :func:`offset_group` maps
             an output channel, e.g. a class label, to it).
         score_fn: ``pooled [R, C', ph, pw] -> scores [R]``: when given, the bins' effective
@@ -202,7 +205,7 @@ def deformed_bins(
         raise TypeError(
             f"module must be a deformable RoI pooling module, got {type(module).__name__}"
         )
-    boxes = boxes.reshape(-1, 4).to(features.dtype)
+    boxes = check_boxes(boxes).to(features.dtype)
     index = torch.full((len(boxes), 1), float(image_index), dtype=boxes.dtype, device=boxes.device)
     rois = torch.cat([index, boxes], 1)
     ps = isinstance(module, DeformPSRoIPool)
