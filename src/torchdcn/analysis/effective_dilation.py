@@ -191,7 +191,9 @@ def effective_dilation(
     forward: Forward = default_forward,
     table: DilationTable | None = None,
 ) -> DilationTable:
-    """Effective dilation of every deformable layer of ``model`` on a batch, added to ``table``.
+    """Effective dilation of every deformable layer of ``model`` on a batch, added to ``table``
+    (a layer called several times in a pass, e.g. a head shared by pyramid levels, adds the
+    positions of every call).
 
     Args:
         model: any model with deformable layers (run in eval mode; left as it was).
@@ -216,12 +218,13 @@ def effective_dilation(
     table = table if table is not None else DilationTable()
     with evaluating(model), record_offsets(model) as rec:
         forward(model, images)
-    for name, r in rec.items():
-        geo = r.geometry
-        dil = filter_dilation(r.offset.float(), geo)  # [N, H_out, W_out]
-        stride = feature_stride(images.shape[-2], r.input_size[0])
-        centres = filter_centres(geo, (dil.shape[1], dil.shape[2])) * stride
-        for i in range(len(images)):
-            area = None if areas is None else areas[i]
-            table.add(name, dil[i], position_classes(centres, boxes[i], area, thresholds))
+    for name, calls in rec.items():
+        for r in calls:  # a layer shared by several inputs (pyramid levels): every call counts
+            geo = r.geometry
+            dil = filter_dilation(r.offset.float(), geo)  # [N, H_out, W_out]
+            stride = feature_stride(images.shape[-2], r.input_size[0])
+            centres = filter_centres(geo, (dil.shape[1], dil.shape[2])) * stride
+            for i in range(len(images)):
+                area = None if areas is None else areas[i]
+                table.add(name, dil[i], position_classes(centres, boxes[i], area, thresholds))
     return table

@@ -45,6 +45,7 @@ class EffectiveSampling:
         mask_grad: ``Tensor[N, G * kh * kw, H_out, W_out]`` (v2) or ``None``.
         stride: image pixels per cell of the layer's input.
         layer: name of the deformable layer.
+        call: which call of the layer (0: its first in the forward pass).
     """
 
     points: Tensor
@@ -54,6 +55,7 @@ class EffectiveSampling:
     mask_grad: Tensor | None
     stride: int
     layer: str
+    call: int = 0
 
 
 def effective_sampling_locations(
@@ -64,6 +66,7 @@ def effective_sampling_locations(
     below: str | None = None,
     channel: int | None = None,
     forward: Forward = default_forward,
+    call: int | None = None,
 ) -> EffectiveSampling:
     """Weighted sampling locations of deformable layer ``below`` for a node of ``layer``.
 
@@ -73,9 +76,13 @@ def effective_sampling_locations(
         layer: qualified name of the module whose output holds the node.
         node: ``(y, x)`` in that output (default its centre).
         below: the deformable layer whose locations are weighted (default ``layer`` itself when it
-            is deformable, else the last deformable layer that ran before ``layer``'s output).
+            is deformable, else the last deformable layer, by first call, that ran before
+            ``layer``'s output).
         channel: one channel, or ``None`` for the sum over channels.
         forward: how the model is run.
+        call: which call of ``below`` before ``layer``'s output (0 first), for a layer called
+            several times (a head shared by pyramid levels); ``None``: its only call (a
+            ``ValueError`` when it ran several times).
 
     Returns:
         :class:`EffectiveSampling`. ``ValueError`` for a model without deformable layers.
@@ -91,7 +98,8 @@ def effective_sampling_locations(
                 f"below must name a deformable layer that runs before {layer!r}'s output, got "
                 f"{below!r} (ran: {', '.join(rec) or 'none'})"
             )
-        r = rec[below]
+        call = _call_index(len(rec[below]), below, layer, call)
+        r = rec[below][call]
         response = node_response(feats, node, channel).sum()
         # gradients with respect to the tensors the layer consumed (a slice taken here would be
         # a new view outside the graph): the predictor's raw output, or the offset/mask arguments
@@ -127,4 +135,22 @@ def effective_sampling_locations(
         None if mask_grad is None else mask_grad.detach(),
         stride,
         below,
+        call,
     )
+
+
+def _call_index(calls: int, below: str, layer: str, call: int | None) -> int:
+    """``call``, checked against the ``calls`` calls of ``below`` (``None``: the only one)."""
+    if call is None:
+        if calls > 1:
+            raise ValueError(
+                f"below {below!r} ran {calls} times before {layer!r}'s output (a layer shared by "
+                f"several inputs): pass call= 0 to {calls - 1} to choose one"
+            )
+        return 0
+    if isinstance(call, bool) or not isinstance(call, int) or not 0 <= call < calls:
+        raise ValueError(
+            f"call must be an int in [0, {calls}) ({below!r} ran {calls} times before "
+            f"{layer!r}'s output), got {call!r}"
+        )
+    return call

@@ -109,7 +109,8 @@ def named_module(model: nn.Module, name: str) -> nn.Module:
 
 @dataclass
 class Recorded:
-    """What a deformable layer computed in one forward pass.
+    """What a deformable layer computed in one call (a forward pass may call a layer several
+    times: :func:`record_offsets` keeps each).
 
     Attributes:
         name: the layer's qualified name.
@@ -143,9 +144,11 @@ class _Stop(Exception):
 @contextmanager
 def record_offsets(
     model: nn.Module, names: list[str] | None = None, track: bool = False
-) -> Iterator[dict[str, Recorded]]:
+) -> Iterator[dict[str, list[Recorded]]]:
     """Record the offsets (and masks) of the deformable layers during forward passes in the
-    block: ``{name: Recorded}`` of the last pass (layers ``names``, default all).
+    block: ``{name: [Recorded, ...]}``, every call of each layer in the order they ran (a layer
+    shared by several inputs, e.g. a head applied to each pyramid level, has one record per call;
+    ``names``: only these layers, default all; layers that did not run are absent).
 
     ``track=True`` makes each recorded tensor part of the autograd graph even when nothing
     upstream requires grad (it is then a fresh leaf of the same values), so gradients can be
@@ -153,8 +156,14 @@ def record_offsets(
     """
     layers = deformable_layers(model)
     if names is not None:
+        missing = [n for n in names if n not in layers]
+        if missing:
+            raise ValueError(
+                f"names must name deformable layers of the model, got {missing!r} not among them "
+                f"(deformable layers: {', '.join(layers) or 'none'})"
+            )
         layers = {n: layers[n] for n in names}
-    out: dict[str, Recorded] = {}
+    out: dict[str, list[Recorded]] = {}
     handles = []
 
     def on_predictor(name: str, layer: DeformConv2d):
@@ -164,7 +173,9 @@ def record_offsets(
             n_off = 2 * layer.offset_groups * layer.kernel_size[0] * layer.kernel_size[1]
             mask = output[:, n_off:].sigmoid() if layer.modulated else None
             size = (args[0].shape[-2], args[0].shape[-1])
-            out[name] = Recorded(name, layer, size, output[:, :n_off], mask, output)
+            out.setdefault(name, []).append(
+                Recorded(name, layer, size, output[:, :n_off], mask, output)
+            )
             return output
 
         return hook
@@ -187,7 +198,7 @@ def record_offsets(
             elif mask is not None:
                 kwargs["mask"] = mask
             size = (args[0].shape[-2], args[0].shape[-1])
-            out[name] = Recorded(name, layer, size, offset, mask, offset, mask)
+            out.setdefault(name, []).append(Recorded(name, layer, size, offset, mask, offset, mask))
             return tuple(args), kwargs
 
         return hook
