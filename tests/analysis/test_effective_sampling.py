@@ -8,7 +8,12 @@ import torch
 from torch import nn
 
 from torchdcn.analysis.effective_sampling import effective_sampling_locations
-from torchdcn.nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
+from torchdcn.nn import (
+    DeformConv2d,
+    DeformConv2dPack,
+    ModulatedDeformConv2d,
+    ModulatedDeformConv2dPack,
+)
 
 
 def test_zero_offsets_give_the_regular_grid():
@@ -75,6 +80,34 @@ def test_mask_gradient_is_the_sampled_weighted_input():
     rest = es.mask_grad[0].clone()
     rest[:, 3, 2] = 0
     assert rest.abs().max() == 0
+
+
+@pytest.mark.parametrize("logit", [0.0, 20.0, -20.0])
+def test_mask_gradient_of_a_pack_layer_with_saturated_masks(logit):
+    # it was the logit's gradient divided by m (1 - m): 0 where sigmoid(logit) == 1.0 in float32
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2dPack(2, 3, 3, padding=1)
+    with torch.no_grad():
+        layer.conv_offset.bias[18:] = logit
+    x = torch.rand(1, 2, 6, 6)
+    es = effective_sampling_locations(nn.Sequential(layer), x, "0", (3, 2))
+    pad = nn.functional.pad(x, (1, 1, 1, 1))[0]
+    ref = (layer.weight.detach() * pad[:, 3:6, 2:5]).sum((0, 1)).flatten()  # as above: no m
+    assert torch.allclose(es.mask_grad[0, :, 3, 2], ref, atol=1e-4, rtol=1e-4)
+
+    class GivenMasks(nn.Module):  # the same layer fed its masks: the mask argument's gradient
+        def __init__(self):
+            super().__init__()
+            self.conv = ModulatedDeformConv2d(2, 3, 3, padding=1)
+            self.conv.load_state_dict({"weight": layer.weight, "bias": layer.bias})
+
+        def forward(self, x):
+            o = layer.conv_offset(x)
+            return self.conv(x, o[:, :18], o[:, 18:].sigmoid())
+
+    given = effective_sampling_locations(GivenMasks(), x, "conv", (3, 2))
+    assert torch.allclose(es.mask_grad, given.mask_grad, atol=1e-6)
+    assert torch.equal(es.weights, given.weights)
 
 
 def test_plain_model_is_refused_and_below_checked():

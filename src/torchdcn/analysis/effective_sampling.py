@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..ops import deform_conv2d
 from .effective_dilation import sampling_grid
 from .erf import node_response
 from .probe import (
     Forward,
+    Recorded,
     check_images,
     default_forward,
     evaluating,
@@ -102,21 +104,25 @@ def effective_sampling_locations(
         r = rec[below][call]
         response = node_response(feats, node, channel).sum()
         # gradients with respect to the tensors the layer consumed (a slice taken here would be
-        # a new view outside the graph): the predictor's raw output, or the offset/mask arguments
+        # a new view outside the graph): the predictor's raw output, or the offset/mask
+        # arguments; a Pack layer's own mask is out of reach: its output's gradient is taken
+        # (no output: the pass stopped inside the layer, the node does not depend on it)
+        pack_mask = r.mask is not None and r.raw_mask is None and r.output is not None
         wanted = [r.raw] + ([r.raw_mask] if r.raw_mask is not None else [])
+        wanted += [r.output] if pack_mask else []
         grads = [
             torch.zeros_like(t) if g is None else g
             for t, g in zip(wanted, torch.autograd.grad(response, wanted, allow_unused=True))
         ]
-    n_off = r.offset.shape[1]
-    off_grad = grads[0][:, :n_off]
-    mask_grad = None
-    if r.mask is not None:
+        n_off = r.offset.shape[1]
+        off_grad = grads[0][:, :n_off]
+        mask_grad = None
         if r.raw_mask is not None:
             mask_grad = grads[1]
-        else:  # d/d mask = d/d logit / sigmoid'(logit)
-            m = r.mask.detach()
-            mask_grad = grads[0][:, n_off:] / (m * (1 - m)).clamp_min(1e-12)
+        elif pack_mask:
+            mask_grad = _pack_mask_grad(r, grads[1])
+        elif r.mask is not None:
+            mask_grad = torch.zeros_like(r.mask)
     geo = r.geometry
     cells = sampling_grid(r.offset.detach().float(), geo)  # [N, G, kh, kw, H, W, 2]
     n = cells.shape[0]
@@ -137,6 +143,23 @@ def effective_sampling_locations(
         below,
         call,
     )
+
+
+def _pack_mask_grad(r: Recorded, out_grad: Tensor) -> Tensor:
+    """``d response / d mask`` ``[N, G * kh * kw, H_out, W_out]`` of a modulated Pack layer,
+    given ``out_grad`` ``= d response / d output``: the layer is run again from its recorded
+    input, offsets and masks (all detached, the mask a fresh leaf) and the output's gradient
+    pulled back to the mask. Going through the predictor's logits instead divides by the
+    sigmoid's slope ``m (1 - m)``, which is 0 where the mask saturates (``m == 1.0`` in float32
+    from logits of about 17): the gradient was lost there."""
+    layer, mask = r.layer, r.mask.detach().requires_grad_()
+    with torch.enable_grad():
+        out = deform_conv2d(
+            r.input.detach(), r.offset.detach(), layer.weight.detach(), None, layer.stride,
+            layer.padding, layer.dilation, mask,
+        )  # fmt: skip
+        (grad,) = torch.autograd.grad(out, mask, out_grad)
+    return grad
 
 
 def _call_index(calls: int, below: str, layer: str, call: int | None) -> int:

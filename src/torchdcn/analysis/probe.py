@@ -122,6 +122,10 @@ class Recorded:
             else the offset argument): take gradients with respect to it (a slice taken
             afterwards, like ``offset`` of a Pack layer, is a new view outside the graph).
         raw_mask: the mask argument of a layer given its masks, else ``None``.
+        input: ``Tensor[N, C_in, H, W]`` the layer's input, and ``output`` ``Tensor[N, C_out,
+            H_out, W_out]`` its output, of a modulated Pack layer recorded with ``track=True``
+            (the mask it computes inside is out of reach: its gradient is taken by running the
+            layer again from these), else ``None``.
     """
 
     name: str
@@ -131,6 +135,8 @@ class Recorded:
     mask: Tensor | None
     raw: Tensor
     raw_mask: Tensor | None = None
+    input: Tensor | None = None
+    output: Tensor | None = None
 
     @property
     def geometry(self) -> LayerGeometry:
@@ -173,10 +179,17 @@ def record_offsets(
             n_off = 2 * layer.offset_groups * layer.kernel_size[0] * layer.kernel_size[1]
             mask = output[:, n_off:].sigmoid() if layer.modulated else None
             size = (args[0].shape[-2], args[0].shape[-1])
-            out.setdefault(name, []).append(
-                Recorded(name, layer, size, output[:, :n_off], mask, output)
-            )
+            rec = Recorded(name, layer, size, output[:, :n_off], mask, output)
+            if track and mask is not None:
+                rec.input = args[0]
+            out.setdefault(name, []).append(rec)
             return output
+
+        return hook
+
+    def on_output(name: str):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            out[name][-1].output = output  # the call whose predictor just ran
 
         return hook
 
@@ -207,6 +220,8 @@ def record_offsets(
         for name, layer in layers.items():
             if hasattr(layer, "conv_offset"):
                 handles.append(layer.conv_offset.register_forward_hook(on_predictor(name, layer)))
+                if track and layer.modulated:
+                    handles.append(layer.register_forward_hook(on_output(name)))
             else:
                 handles.append(
                     layer.register_forward_pre_hook(on_arguments(name, layer), with_kwargs=True)
