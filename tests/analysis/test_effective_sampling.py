@@ -110,6 +110,16 @@ def test_mask_gradient_of_a_pack_layer_with_saturated_masks(logit):
     assert torch.equal(es.weights, given.weights)
 
 
+def test_no_images_give_an_empty_result():
+    # reshape(0, -1) raised "cannot reshape tensor of 0 elements"
+    model = nn.Sequential(ModulatedDeformConv2dPack(2, 3, 3, padding=1))
+    es = effective_sampling_locations(model, torch.rand(0, 2, 6, 6), "0")
+    p = 9 * 6 * 6
+    assert es.points.shape == (0, p, 2) and es.cells.shape == (0, p, 2)
+    assert es.weights.shape == (0, p) and es.offset_grad.shape == (0, 18, 6, 6)
+    assert es.mask_grad.shape == (0, 9, 6, 6)
+
+
 def test_plain_model_is_refused_and_below_checked():
     with pytest.raises(ValueError, match="effective_sampling_locations needs a model"):
         effective_sampling_locations(nn.Conv2d(1, 1, 3), torch.rand(1, 1, 5, 5), "")

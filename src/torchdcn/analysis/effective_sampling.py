@@ -130,9 +130,9 @@ def effective_sampling_locations(
     g = cells.shape[1]
     h, w = off_grad.shape[-2:]
     gy_gx = off_grad.detach().float().reshape(n, g, kh, kw, 2, h, w).movedim(4, -1)
-    weights = gy_gx.norm(dim=-1).reshape(n, -1)
+    weights = gy_gx.norm(dim=-1).flatten(1)  # [N, P] (N may be 0: no reshape(n, -1))
     stride = feature_stride(images.shape[-2], r.input_size[0])
-    cells = cells.reshape(n, -1, 2)
+    cells = cells.flatten(1, -2)  # [N, P, 2]
     return EffectiveSampling(
         cells * stride,
         cells,
