@@ -14,7 +14,12 @@ from torchdcn.analysis.complexity import (
     format_table,
 )
 from torchdcn.models import resnet18, resnet50
-from torchdcn.nn import DeformConv2dPack, ModulatedDeformConv2dPack
+from torchdcn.nn import (
+    DeformConv2d,
+    DeformConv2dPack,
+    ModulatedDeformConv2d,
+    ModulatedDeformConv2dPack,
+)
 
 
 def test_count_parameters():
@@ -45,6 +50,33 @@ def test_deformable_conv_macs(cls, per_value, per_point):
     assert counts["offset_predictor"] == positions * (per_point * 2 * 9) * 8 * 9
     assert counts["sampling"] == positions * 8 * 9 * per_value
     assert counts["conv"] == counts["linear"] == 0
+
+
+class GivenOffsets(nn.Module):
+    """A deformable conv fed zero offsets and unit masks, the mask by position or keyword."""
+
+    def __init__(self, cls: type, keyword: bool) -> None:
+        super().__init__()
+        self.conv, self.keyword = cls(4, 4, 3, padding=1), keyword
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        off, mask = x.new_zeros(n, 18, h, w), x.new_ones(n, 9, h, w)
+        return self.conv(x, off, mask=mask) if self.keyword else self.conv(x, off, mask)
+
+
+@pytest.mark.parametrize("cls", [DeformConv2d, ModulatedDeformConv2d])
+@pytest.mark.parametrize("keyword", [False, True])
+def test_a_mask_given_by_keyword_counts_the_modulation(cls, keyword):
+    # forward hooks do not see keyword arguments: mask=mask counted 4 MACs per value, not 5
+    counts = flop_breakdown(GivenOffsets(cls, keyword), (4, 8, 8))
+    assert counts["sampling"] == 8 * 8 * 4 * 9 * 5
+
+
+def test_a_float64_model_is_counted():
+    # the fake input was float32: "Input type (float) and bias type (double)"
+    layer = ModulatedDeformConv2dPack(4, 4, 3, padding=1).double()
+    assert count_flops(layer, (4, 8, 8)) == count_flops(layer.float(), (4, 8, 8)) > 0
 
 
 def test_counting_leaves_the_model_as_it_was():

@@ -57,7 +57,10 @@ def flop_breakdown(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
     weight product of deformable layers), ``offset_predictor`` and ``sampling`` (bilinear).
 
     The pass runs in eval mode on fake tensors (no data, no arithmetic, the weights untouched),
-    under ``torch.no_grad``; ``input_shape`` is ``(C, H, W)`` or ``(N, C, H, W)``.
+    under ``torch.no_grad``; ``input_shape`` is ``(C, H, W)`` or ``(N, C, H, W)``, the input
+    in the dtype and on the device of the model's first floating-point parameter. A
+    ``DeformConv2d`` counts the v2 sampling when it is modulated (the Pack layers) or is given a
+    mask, by position or as ``mask=``.
     """
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 3:
@@ -74,12 +77,16 @@ def flop_breakdown(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
     def on_linear(module: nn.Linear, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         totals["linear"] += output.numel() * module.in_features
 
-    def on_deform(module: DeformConv2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+    def on_deform(
+        module: DeformConv2d, inputs: tuple[Tensor, ...], kwargs: dict, output: Tensor
+    ) -> None:
         totals["deform_conv"] += _conv_macs(module.weight.shape, output.shape)
         n, _, ho, wo = output.shape
         kh, kw = module.kernel_size
         values = n * module.in_channels * kh * kw * ho * wo
-        modulated = getattr(module, "modulated", len(inputs) > 2 and inputs[2] is not None)
+        # a Pack layer knows; a layer given its mask may get it by position or by keyword
+        mask = inputs[2] if len(inputs) > 2 else kwargs.get("mask")
+        modulated = getattr(module, "modulated", mask is not None)
         totals["sampling"] += values * (5 if modulated else 4)
 
     handles = []
@@ -89,12 +96,16 @@ def flop_breakdown(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(on_linear))
         elif isinstance(module, DeformConv2d):
-            handles.append(module.register_forward_hook(on_deform))
+            handles.append(module.register_forward_hook(on_deform, with_kwargs=True))
+    # the input takes the dtype and device of the model's parameters (float64 models, GPUs)
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = torch.get_default_dtype() if param is None else param.dtype
+    device = None if param is None else param.device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-            model(torch.empty(shape))
+            model(torch.empty(shape, dtype=dtype, device=device))
     finally:
         model.train(was_training)
         for handle in handles:
