@@ -127,3 +127,13 @@ def test_rois_with_a_batch_index_are_refused_not_reshaped():
     images = torch.rand(2, 1, 12, 12)
     with pytest.raises(ValueError, match=r"boxes\[1\] must be a Tensor\[M, 4\].*\[3, 5\]"):
         effective_dilation(model, images, [rois[:, 1:], rois[:3]])
+
+
+@pytest.mark.parametrize("thresholds", [(1024.0, 256.0), (256.0, 256.0), (-1.0, 4.0), (1.0,)])
+def test_thresholds_must_be_increasing_areas(thresholds):
+    # reversed thresholds were accepted: nothing could be medium
+    with pytest.raises(ValueError, match=r"thresholds must be two areas .*small_max < medium_max"):
+        position_classes(torch.zeros(1, 2), torch.zeros(0, 4), thresholds=thresholds)
+    model = nn.Sequential(DeformConv2dPack(1, 1, 3, padding=1))
+    with pytest.raises(ValueError, match=r"thresholds must be two areas"):
+        effective_dilation(model, torch.rand(1, 1, 6, 6), [torch.zeros(0, 4)], None, thresholds)

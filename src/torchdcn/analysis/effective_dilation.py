@@ -100,6 +100,21 @@ def filter_centres(geometry: LayerGeometry, out_size: tuple[int, int]) -> Tensor
     return torch.stack([y, x], -1)
 
 
+def check_thresholds(thresholds: object) -> tuple[float, float]:
+    """``thresholds`` as ``(small_max, medium_max)`` floats with ``0 <= small_max <
+    medium_max``; a ``ValueError`` naming ``thresholds`` otherwise (e.g. reversed)."""
+    try:
+        small, medium = (float(t) for t in thresholds)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        small = medium = math.nan
+    if not 0 <= small < medium:
+        raise ValueError(
+            "thresholds must be two areas (small_max, medium_max) with 0 <= small_max < "
+            f"medium_max, got {thresholds!r}"
+        )
+    return small, medium
+
+
 def position_classes(
     centres: Tensor,
     boxes: Tensor,
@@ -113,11 +128,12 @@ def position_classes(
         boxes: ``Tensor[M, 4]`` ``(x1, y1, x2, y2)`` in image pixels (``M`` may be 0; RoIs
             ``[K, 5]`` with a batch index are a ``ValueError``).
         areas: ``Tensor[M]`` object areas (default the boxes' areas).
-        thresholds: ``(small_max, medium_max)`` areas.
+        thresholds: ``(small_max, medium_max)`` areas, ``0 <= small_max < medium_max``.
 
     Returns:
         int64 ``Tensor[...]``: 0 small, 1 medium, 2 large, 3 background (see :data:`CLASSES`).
     """
+    thresholds = check_thresholds(thresholds)
     boxes = check_boxes(boxes).float().cpu()
     if areas is None:
         areas = (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
@@ -201,7 +217,7 @@ def effective_dilation(
         boxes: per image, ``Tensor[M_i, 4]`` ground-truth ``(x1, y1, x2, y2)`` in pixels of
             ``images``.
         areas: per image, object areas ``Tensor[M_i]`` or ``None`` (the boxes' areas).
-        thresholds: area thresholds of small and medium objects.
+        thresholds: area thresholds of small and medium objects (the first smaller).
         forward: how the model is run (:func:`~torchdcn.analysis.probe.detector_forward` for
             detectors).
         table: accumulate into this table (default a new one).
@@ -215,6 +231,7 @@ def effective_dilation(
         raise ValueError(f"boxes must have one entry per image ({len(images)}), got {len(boxes)}")
     for i, b in enumerate(boxes):
         check_boxes(b, f"boxes[{i}]")
+    thresholds = check_thresholds(thresholds)
     table = table if table is not None else DilationTable()
     with evaluating(model), record_offsets(model) as rec:
         forward(model, images)
