@@ -73,6 +73,24 @@ def test_analyze_refuses_bad_arguments(tmp_path, capsys):
     assert "layer must name a sub-module" in capsys.readouterr().err
 
 
+def test_saliency_ratio_divides_by_the_box_in_the_image_pixels():
+    # a detector's sample: the image (and boxes) resized 2x from the file, areas in the file's
+    # pixels; the saliency area is in the image's pixels, so the ratio divided by the file's area
+    # came out 4x too large (26.04 instead of ~6.5 on 64 -> 128 COCO images)
+    from torchdcn.analysis.probe import default_forward
+    from torchdcn.cli.analyze import Analysed, Sample, _per_image
+
+    torch.manual_seed(0)
+    model = Analysed("v2", mnist_cnn("v2", width=8).eval(), detector=False)
+    boxes = torch.tensor([[8.0, 8.0, 24.0, 24.0], [0.0, 0.0, 4.0, 4.0]])  # 256 and 16 px
+    sample = Sample(torch.rand(1, 48, 48), boxes, torch.tensor([64.0, 4.0]), "resized 2x")
+    s = {"tools": ["saliency"], "bound": 0.1}
+    _per_image(model, sample, sample.image[None], "body.2", None, (4, 4), 4, s, default_forward,
+               False)  # fmt: skip
+    (area,) = model.saliency_areas
+    assert model.saliency_ratio == [pytest.approx(area / 256)]
+
+
 def write_coco(root: Path) -> Path:
     from PIL import Image
 

@@ -263,8 +263,9 @@ def _per_image(m, sample, image, layer, below, node, stride, s, forward, draw) -
         area = float(reg.areas[0])
         m.saliency_areas.append(area)
         m.saliency_by_size.setdefault(sample.size, []).append(area)
-        if len(sample.areas):
-            m.saliency_ratio.append(area / float(sample.areas.max()))
+        box_area = _largest_box_area(sample)
+        if box_area:
+            m.saliency_ratio.append(area / box_area)
         if draw:
             m.rows.setdefault("saliency", []).append(
                 Overlay(img, boxes=reg.boxes, regular_boxes=sample.boxes, centre=centre,
@@ -276,6 +277,17 @@ def _per_image(m, sample, image, layer, below, node, stride, s, forward, draw) -
         overlay = roi_bins_overlay(m.model, image[0], title, sample.boxes)
         if overlay is not None:
             m.rows.setdefault("roi-bins", []).append(overlay)
+
+
+def _largest_box_area(sample: Sample) -> float | None:
+    """Area of the sample's largest object box in the pixels of ``sample.image`` (those of the
+    saliency regions; ``sample.areas`` may be in the file's pixels, e.g. a detector's resized
+    image), or ``None`` without a box of positive area."""
+    if len(sample.boxes) == 0:
+        return None
+    b = sample.boxes[int(sample.areas.argmax())]
+    area = float((b[2] - b[0]).clamp_min(0) * (b[3] - b[1]).clamp_min(0))
+    return area or None
 
 
 def mean_sd(values: list[float]) -> str:

@@ -85,7 +85,9 @@ def write_report(
             "## Error-bounded saliency regions (v2 section 2)",
             "",
             f"Smallest square window around the node whose masked image keeps the node's "
-            f"response within {s['bound']:g} (relative, 2-norm over channels).",
+            f"response within {s['bound']:g} (relative, 2-norm over channels). Areas in pixels "
+            "of the image the model reads (a detector's resized image), divided by the largest "
+            "object box in the same pixels.",
             "",
             "| model | mean area (px) ± std | median area | median area / object box area |",
             "|---|---|---|---|",
