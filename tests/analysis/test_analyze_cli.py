@@ -67,10 +67,23 @@ def test_analyze_refuses_bad_arguments(tmp_path, capsys):
     assert cli.main(["analyze", "--out", str(tmp_path)]) == cli.EXIT_USAGE
     code = cli.main(["analyze", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
     assert code == cli.EXIT_INPUT
-    argv = ["analyze", "--checkpoint", str(plain), "--out", str(tmp_path / "o"), "--images", "1",
-            "--tools", "sampling", "--no-progress", "--layer", "body.9"]  # fmt: skip
-    assert cli.main(argv) == cli.EXIT_FAILURE
-    assert "layer must name a sub-module" in capsys.readouterr().err
+    base = ["analyze", "--out", str(tmp_path / "o"), "--images", "1", "--no-progress",
+            "--threads", "1", "--checkpoint", str(plain)]  # fmt: skip
+    # a layer that does not exist was a failure (exit 1), a --below that does not exist silently
+    # ignored (exit 0, no figure), a layer without a map an IndexError, reversed thresholds taken
+    for extra, message in [
+        (["--tools", "sampling", "--layer", "body.9"], "--layer body.9: p (plain) has no such"),
+        (["--tools", "erf", "--layer", "fc"], "--layer fc: it outputs [1, 10], not a map"),
+        (["--tools", "sampling", "--below", "body.7"], "--below body.7: no model has a deformable"),
+        (["--tools", "erf", "--area-thresholds", "1024", "256"], "--area-thresholds 1024 256:"),
+    ]:
+        assert cli.main(base + extra) == cli.EXIT_USAGE, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    v1 = write_mnist_checkpoint(tmp_path / "v1" / "last.pt", "v1")
+    argv = [*base, str(v1), "--tools", "sampling", "--below", "body.7"]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert "(deformable layers: body.0, body.1, body.2)" in capsys.readouterr().err
 
 
 def test_saliency_ratio_divides_by_the_box_in_the_image_pixels():

@@ -121,11 +121,25 @@ def _node(sample: Sample, stride: int, size: tuple[int, int]) -> tuple[int, int]
 
 
 def _choose_layers(models: list[Analysed], layer: str | None, below: str | None):
+    """``(layer, below)``: the given ones checked (``--layer`` a module of every model,
+    ``--below`` a deformable layer of some model; a ``UsageError`` otherwise), or the defaults
+    of the module docstring."""
     from ..analysis.probe import deformable_layers
 
     names = next(
         (list(deformable_layers(m.model)) for m in models if deformable_layers(m.model)), []
     )
+    for m in models if layer is not None else []:
+        modules = [n for n, _ in m.model.named_modules() if n]
+        if layer not in modules:
+            raise UsageError(
+                f"--layer {layer}: {m.name} has no such module (e.g. {', '.join(modules[:8])})"
+            )
+    if below is not None and not any(below in deformable_layers(m.model) for m in models):
+        raise UsageError(
+            f"--below {below}: no model has a deformable layer of that name (deformable layers: "
+            f"{', '.join(names) or 'none'})"
+        )
     if layer is None:
         if names:
             layer = names[-1]
@@ -171,6 +185,17 @@ def run_analyze(s: dict[str, Any]) -> Path:
 
     if not s.get("checkpoint"):
         raise UsageError("--checkpoint is required (e.g. --checkpoint runs/demo/v2-seed0/last.pt)")
+    if s["area_thresholds"] is not None:
+        from ..analysis.effective_dilation import check_thresholds
+
+        try:
+            check_thresholds(s["area_thresholds"])
+        except ValueError:
+            small, medium = s["area_thresholds"]
+            raise UsageError(
+                f"--area-thresholds {small:g} {medium:g}: the small objects' limit must be below "
+                "the medium ones' (e.g. --area-thresholds 256 1024)"
+            ) from None
     device = resolve_device(s["device"])
     models: list[Analysed] = []
     data = None
@@ -226,6 +251,11 @@ def run_analyze(s: dict[str, Any]) -> Path:
                 )
             with torch.no_grad():
                 feats = layer_output(m.model, image, layer, forward)
+            if feats.dim() != 4:
+                raise UsageError(
+                    f"--layer {layer}: it outputs {list(feats.shape)}, not a map [N, C, h, w] "
+                    "with positions for a node (e.g. class logits): choose a convolutional layer"
+                )
             stride = feature_stride(image.shape[-2], feats.shape[-2])
             node = _node(sample, stride, feats.shape[-2:])
             _per_image(m, sample, image, layer, below, node, stride, s, forward, i < shown)
