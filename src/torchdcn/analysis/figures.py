@@ -9,6 +9,7 @@ as a green cross.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,13 @@ def _rectangles(ax, boxes: Tensor, color: str, style: str, width: float) -> None
         )  # fmt: skip
 
 
+def wrap_to_width(text: str, inches: float, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``inches`` at ``fontsize`` points (about 0.6 of the
+    size per character, a little under the widest average of matplotlib's default font)."""
+    chars = max(int(inches * 72 / (0.6 * fontsize)), 10)
+    return "\n".join(textwrap.wrap(text, chars)) or text
+
+
 def draw_overlays(rows: Sequence[Sequence[Overlay]], path: str | Path, suptitle: str = "") -> Path:
     """Draw a grid of :class:`Overlay` to a PNG at ``path``; returns the path."""
     import matplotlib
@@ -111,8 +119,8 @@ def draw_overlays(rows: Sequence[Sequence[Overlay]], path: str | Path, suptitle:
             ax.set_xlim(-0.5, w - 0.5)
             ax.set_ylim(h - 0.5, -0.5)
             ax.set_title(o.title, fontsize=7)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=8)
+    if suptitle:  # wrapped to the figure's width (a 2-column figure cut a long one off)
+        fig.suptitle(wrap_to_width(suptitle, fig.get_figwidth(), 8), fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
