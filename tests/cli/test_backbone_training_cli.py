@@ -103,3 +103,31 @@ def test_resuming_a_run_of_an_earlier_version_builds_it_frozen(tmp_path):
     assert legacy_backbone_config(new, current, {}) == (new, {})
     assert legacy_backbone_config(new, tmp_path / "absent.pt", {}) == (new, {})
     assert legacy_backbone_config(new, old, {"freeze_at": 0}) == (new, {})  # told explicitly
+
+
+def test_rpn_detector_checkpoints_of_the_conv4_layout_load_and_resume_as_built(tmp_path):
+    """rpn_detector checkpoints without ``rpn_feature`` (before 2026-12-02) had the RPN on
+    conv4 and no reduce conv: eval rebuilds that layout, resume builds it and keeps the stored
+    config; current ones store ``rpn_feature="conv5"``."""
+    from torchdcn.cli.presets import legacy_backbone_config
+    from torchdcn.engine.checkpoint import save_checkpoint
+
+    config = {"backbone": "resnet18", "deform": None, "base_channels": 8, "num_classes": 2}
+    torch.manual_seed(0)
+    old = MODELS["rpn_detector"].build(
+        **config, frozen_bn=True, freeze_at=2, rpn_feature="conv4", reduce_channels=None
+    )
+    path = tmp_path / "old.pt"
+    run_info = {"model": "rpn_detector", "model_config": config}
+    save_checkpoint(path, {"model": old.state_dict(), "run_info": run_info}, fingerprint={})
+    model, _, _ = model_from_checkpoint(str(path))
+    assert model.rpn.in_features == ("conv4",) and model.neck is None
+    new = MODELS["rpn_detector"].model_config({"model": "rpn_detector", "num_classes": 2})
+    assert new["rpn_feature"] == "conv5"
+    kept, extras = legacy_backbone_config(new, path, {"model": "rpn_detector"})
+    assert "rpn_feature" not in kept
+    assert extras == {"frozen_bn": True, "freeze_at": 2, "rpn_feature": "conv4",
+                      "reduce_channels": None}  # fmt: skip
+    current = tmp_path / "new.pt"
+    save_checkpoint(current, {"run_info": {"model_config": new}}, fingerprint={})
+    assert legacy_backbone_config(new, current, {"model": "rpn_detector"}) == (new, {})

@@ -116,31 +116,47 @@ def _backbone_training(settings: dict[str, Any]) -> dict[str, Any]:
 #: what the checkpoints of earlier versions, whose ``model_config`` has no ``frozen_bn`` and
 #: ``freeze_at``, were built with (the builders' defaults then)
 _LEGACY_BACKBONE_TRAINING = {"frozen_bn": True, "freeze_at": 2}
+#: how rpn_detector checkpoints without ``rpn_feature`` (before 2026-12-02) were built: the RPN
+#: on conv4, conv5 unused
+_LEGACY_RPN_DETECTOR = {"rpn_feature": "conv4", "reduce_channels": None}
+
+
+def _legacy_fill(model: object, stored: dict[str, Any]) -> dict[str, Any]:
+    """The builder arguments a stored ``model_config`` of an earlier version lacks (the values
+    it was built with then); ``{}`` for a current one."""
+    fill: dict[str, Any] = {}
+    if "frozen_bn" not in stored and "freeze_at" not in stored:
+        fill.update(_LEGACY_BACKBONE_TRAINING)
+    if model == "rpn_detector" and "rpn_feature" not in stored:
+        fill.update(_LEGACY_RPN_DETECTOR)
+    return fill
 
 
 def legacy_backbone_config(
     model_config: dict[str, Any], checkpoint: Any, settings: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(model_config, build extras)`` to resume ``checkpoint``: a run of an earlier version
-    stored no ``frozen_bn`` / ``freeze_at`` and was built with them frozen (2); unless the
-    command gives ``--backbone-norm`` or ``--freeze-at``, resuming builds it so again and keeps
-    the stored config (which the checkpoint's fingerprint compares). Any other run: unchanged."""
+    stored no ``frozen_bn`` / ``freeze_at`` and was built with them frozen (2), and an
+    ``rpn_detector`` run no ``rpn_feature`` (its RPN read conv4); resuming builds it so again
+    and keeps the stored config (which the checkpoint's fingerprint compares), unless the
+    command gives ``--backbone-norm`` or ``--freeze-at`` (for those two). Any other run:
+    unchanged."""
     from pathlib import Path
 
     from ..engine import load_checkpoint
     from ..engine.checkpoint import CheckpointError
 
-    explicit = settings.get("backbone_norm") is not None or settings.get("freeze_at") is not None
-    if explicit or not Path(checkpoint).is_file():
+    if not Path(checkpoint).is_file():
         return model_config, {}
     try:
         stored = (load_checkpoint(checkpoint).get("run_info") or {}).get("model_config") or {}
     except CheckpointError:
         return model_config, {}  # the trainer reports it
-    if "frozen_bn" in stored or "freeze_at" in stored:
-        return model_config, {}
-    kept = {k: v for k, v in model_config.items() if k not in _LEGACY_BACKBONE_TRAINING}
-    return kept, dict(_LEGACY_BACKBONE_TRAINING)
+    fill = _legacy_fill(settings.get("model"), stored)
+    if settings.get("backbone_norm") is not None or settings.get("freeze_at") is not None:
+        fill = {k: v for k, v in fill.items() if k not in _LEGACY_BACKBONE_TRAINING}
+    kept = {k: v for k, v in model_config.items() if k not in fill}
+    return kept, fill
 
 
 #: default weight of the feature-mimicking branch's classification loss (v2 section 3.3)
@@ -221,6 +237,12 @@ def _mask_rcnn(**config: Any) -> Any:
     from ..models.detection import mask_rcnn
 
     return mask_rcnn(**config)
+
+
+def _rpn_detector_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """The detectors' keyword arguments and ``rpn_feature="conv5"`` (v1's class-aware RPN on
+    conv5, stored so that checkpoints of the earlier conv4 layout are told apart)."""
+    return {**_detector_config(settings, with_pooling=False), "rpn_feature": "conv5"}
 
 
 def _rpn_detector(**config: Any) -> Any:
@@ -363,8 +385,8 @@ MODELS: dict[str, ModelPreset] = {
         masks=True,
     ),
     "rpn_detector": _detector(
-        "class-aware RPN used as a detector on its own (v1 paper, section 2.3)",
-        lambda s: _detector_config(s, with_pooling=False),
+        "class-aware RPN used as a detector on its own (v1 paper, section 2.3), on conv5",
+        _rpn_detector_config,
         _rpn_detector,
     ),
     "rfcn": _detector(
@@ -417,7 +439,7 @@ def model_from_checkpoint(
         )
     config = dict(info["model_config"])
     if preset.task != "classification":
-        config = {**_LEGACY_BACKBONE_TRAINING, **config}
+        config = {**_legacy_fill(info.get("model"), config), **config}
     model = preset.build(**config)
     try:
         model.load_state_dict(state["model"])

@@ -154,8 +154,11 @@ def build_scene_model(recipe: SceneRecipe) -> nn.Module:
         "pre_nms_top_n": {"training": 600, "testing": 300},
         "post_nms_top_n": {"training": 300, "testing": 100},
     }
-    if recipe.model == "rpn_detector":
-        return rpn_detector(recipe.backbone, deform=deform, **common, **recipe.extra)
+    if recipe.model == "rpn_detector":  # on conv5 reduced as Faster R-CNN's RoI head reads it
+        return rpn_detector(
+            recipe.backbone, deform=deform, reduce_channels=8 * recipe.base_channels, **common,
+            **recipe.extra,
+        )  # fmt: skip
     sampler = BalancedSampler(recipe.sampled_rois, 0.25)
     if recipe.model == "rfcn":
         return rfcn(

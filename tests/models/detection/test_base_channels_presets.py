@@ -18,7 +18,7 @@ CASES = {
     "faster_rcnn_mimic": (faster_rcnn, {"deform": "v1", "mimic": {"patch_size": 32}}),
     "mask_rcnn_v1_mimic": (mask_rcnn, {"deform": "v1", "mimic": {"rois": "all", "patch_size": 32}}),
     "rfcn_deform": (rfcn, {"deform": "v1", "ps_pool": "deform", "reduce_channels": 64}),
-    "rpn_detector": (rpn_detector, {}),
+    "rpn_detector": (rpn_detector, {"reduce_channels": 48}),
 }
 
 
@@ -37,8 +37,10 @@ def test_preset_at_base_16_trains_and_detects(case):
         "resnet18", num_classes=2, base_channels=16, frozen_bn=True, freeze_at=2, **kwargs
     )
     assert [i.channels for i in model.backbone.feature_info] == WIDTHS
-    # the RPN runs on conv4 (or on the FPN levels)
+    # the RPN runs on conv4 (or on the FPN levels; the class-aware RPN on conv5 reduced)
     rpn_in = 32 if kwargs.get("fpn") else WIDTHS[2]
+    if build is rpn_detector:
+        rpn_in = kwargs["reduce_channels"]
     assert model.rpn.head.conv.in_channels == rpn_in
     if hasattr(model, "neck") and model.neck is not None and not kwargs.get("fpn"):
         assert model.neck.feature_info[-1].channels == kwargs.get("reduce_channels", 256)

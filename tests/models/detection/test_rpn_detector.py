@@ -211,3 +211,50 @@ def test_detector_matcher_thresholds():
     iou = torch.tensor([[0.8, 0.5, 0.49, 0.1, 0.0], [0.0, 0.0, 0.2, 0.3, 0.0]])
     assert detector_matcher()(iou).tolist() == [0, 0, -1, 1, -1]
     assert detector_matcher(0.6)(iou).tolist() == [0, -1, -1, 1, -1]
+
+
+def _scene_batch():
+    images = [torch.rand(3, 64, 48), torch.rand(3, 48, 64)]
+    targets = [
+        {"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.tensor([[4.0, 10.0, 30.0, 44.0]]), "labels": torch.tensor([1])},
+    ]
+    return images, targets
+
+
+@pytest.mark.parametrize("reduce_channels", [16, None])
+def test_preset_reads_conv5_so_its_deformable_layers_count(reduce_channels):
+    """v1 Table 1's class-aware RPN sits on the feature extraction network (conv5, reduced): the
+    deformable conv5 layers change its detections, and every parameter gets a gradient (an
+    unused conv5 made DDP fail and the "last n" rows differ by initialisation only)."""
+    torch.manual_seed(0)
+    model = rpn_detector(
+        "resnet18", "v1", num_classes=2, base_channels=8, reduce_channels=reduce_channels,
+        score_thresh=0.0,
+    )  # fmt: skip
+    assert model.rpn.in_features == (("conv5_reduced",) if reduce_channels else ("conv5",))
+    images, targets = _scene_batch()
+    sum(model.train()(images, targets).values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    model.eval()
+    before = model(images)
+    with torch.no_grad():
+        for name, module in model.backbone.named_modules():
+            if name.startswith("layer4") and hasattr(module, "conv_offset"):
+                module.conv_offset.weight.normal_()
+    after = model(images)
+    assert not all(torch.equal(a["scores"], b["scores"]) for a, b in zip(before, after))
+
+
+def test_conv4_layout_of_earlier_checkpoints():
+    torch.manual_seed(0)
+    old = rpn_detector("resnet18", num_classes=2, base_channels=8, rpn_feature="conv4",
+                       reduce_channels=None)  # fmt: skip
+    assert old.rpn.in_features == ("conv4",) and old.neck is None
+    with pytest.raises(ValueError, match=r"rpn_feature='conv4' .* has no reduce conv"):
+        rpn_detector("resnet18", num_classes=2, base_channels=8, rpn_feature="conv4")
+    with pytest.raises(ValueError, match="rpn_feature must be one of"):
+        rpn_detector("resnet18", num_classes=2, base_channels=8, rpn_feature="conv3")
+    with pytest.raises(TypeError, match="reduce_channels must be an int or None"):
+        rpn_detector("resnet18", num_classes=2, base_channels=8, reduce_channels=16.0)

@@ -322,6 +322,13 @@ def faster_rcnn(
     return FasterRCNN(body, rpn, roi_heads, neck, mimic=branch)
 
 
+#: where the class-aware RPN reads its features: ``"conv5"`` (v1 Table 1: on top of the feature
+#: extraction network, conv5 and its 1x1 reduce conv, so every deformable conv5 layer counts) or
+#: ``"conv4"`` (the layout of torchdcn before 2026-12-02, kept to load its checkpoints: conv5 is
+#: built but unused, so its layers, deformable or not, never change the output)
+RPN_FEATURES = ("conv5", "conv4")
+
+
 def rpn_detector(
     backbone: str = "resnet50",
     deform: str | DeformConfig | Sequence[DeformConfig] | None = None,
@@ -332,13 +339,18 @@ def rpn_detector(
     frozen_bn: bool | None = None,
     freeze_at: int | None = None,
     base_channels: int = 64,
+    reduce_channels: int | None = 1024,
+    rpn_feature: str = "conv5",
     anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     rpn_kwargs: Mapping[str, Any] | None = None,
     **detector_kwargs: Any,
 ) -> RPNDetector:
-    """The class-aware RPN of v1 (section 2.3) as a detector: a ResNet at output stride 16 and a
-    (C+1)-way RPN with class-specific boxes on conv4 (:class:`~.rpn_detector.RPNDetector`).
+    """The class-aware RPN of v1 (section 2.3) as a detector: a ResNet at output stride 16 (conv5
+    dilated), the feature extraction network's 1x1 conv reducing conv5 to ``reduce_channels``
+    (1024), and a (C+1)-way RPN with class-specific boxes on it
+    (:class:`~.rpn_detector.RPNDetector`). Deformable convs in conv5 (v1 Table 1: the last 1, 2,
+    3 or 6 3x3 convs) change what the RPN sees.
 
     Args:
         backbone, deform, num_classes, pretrained_backbone, frozen_bn, freeze_at,
@@ -348,6 +360,11 @@ def rpn_detector(
             band) unless ``rpn_kwargs`` gives a ``matcher``.
         class_aware: must be ``True`` (a plain RPN proposes, it does not detect; use
             :func:`faster_rcnn`).
+        reduce_channels: width of the 1x1 conv + ReLU on conv5 (v1: 1024); ``None`` or 0: the
+            RPN reads conv5 itself.
+        rpn_feature: ``"conv5"`` (default) or ``"conv4"``, the layout of checkpoints written
+            before 2026-12-02 (``reduce_channels`` must then be ``None``; conv5 is built but
+            unused, see :data:`RPN_FEATURES`).
         detector_kwargs: ``score_thresh``, ``nms_thresh``, ``detections_per_img`` of
             :class:`~.rpn_detector.RPNDetector`.
     """
@@ -360,9 +377,25 @@ def rpn_detector(
         raise ValueError(
             f"num_classes must be a positive int (foreground classes), got {num_classes!r}"
         )
+    if rpn_feature not in RPN_FEATURES:
+        raise ValueError(f"rpn_feature must be one of {RPN_FEATURES}, got {rpn_feature!r}")
+    if reduce_channels is not None and (
+        isinstance(reduce_channels, bool) or not isinstance(reduce_channels, int)
+    ):
+        raise TypeError(f"reduce_channels must be an int or None, got {reduce_channels!r}")
+    if reduce_channels is not None and reduce_channels < 0:
+        raise ValueError(f"reduce_channels must be positive, 0 or None, got {reduce_channels}")
+    if rpn_feature == "conv4" and reduce_channels:
+        raise ValueError(
+            f"rpn_feature='conv4' (the earlier layout) has no reduce conv: pass "
+            f"reduce_channels=None, got {reduce_channels}"
+        )
     body = _backbone(backbone, deform, 16, frozen_bn, freeze_at, pretrained_backbone, base_channels)
+    neck = ConvReduce(body.feature_info, "conv5", reduce_channels) if reduce_channels else None
+    infos = body.feature_info if neck is None else neck.feature_info
+    feature = rpn_feature if neck is None else neck.out_name
     rpn = _rpn(
-        body.feature_info, ["conv4"], (tuple(anchor_sizes),), aspect_ratios, num_classes, True,
+        infos, [feature], (tuple(anchor_sizes),), aspect_ratios, num_classes, True,
         **{"matcher": detector_matcher(), **dict(rpn_kwargs or {})},
     )  # fmt: skip
-    return RPNDetector(body, rpn, **detector_kwargs)
+    return RPNDetector(body, rpn, neck=neck, **detector_kwargs)

@@ -107,8 +107,11 @@ class RPNDetector(nn.Module):
         backbone (nn.Module): ``[N, 3, H, W] -> dict[str, Tensor]`` with ``feature_info`` and
             ``size_divisibility`` (e.g. ``resnet50(features_only=True, output_stride=16)``).
         rpn (RegionProposalNetwork): ``class_aware=True``; its ``in_features`` must be maps of
-            the backbone. Train it with ``matcher=detector_matcher()`` (the ``rpn_detector``
-            preset does), see the module docstring.
+            the backbone (or of the neck). Train it with ``matcher=detector_matcher()`` (the
+            ``rpn_detector`` preset does), see the module docstring.
+        neck (nn.Module, optional): ``dict[str, Tensor] -> dict[str, Tensor]`` applied to the
+            backbone's maps, with its own ``feature_info`` (e.g. :class:`~.conv_reduce.
+            ConvReduce`: v1's 1x1 conv reducing conv5 to 1024 channels).
         score_thresh, nms_thresh, detections_per_img: post-processing (see
             :func:`class_aware_detections`): thresholds in ``[0, 1]``, a positive int.
         pixel_mean, pixel_std (tuple[float, float, float]): normalisation of ``[0, 1]`` inputs.
@@ -123,16 +126,18 @@ class RPNDetector(nn.Module):
         detections_per_img: int = 100,
         pixel_mean: Sequence[float] = IMAGENET_MEAN,
         pixel_std: Sequence[float] = IMAGENET_STD,
+        neck: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(rpn, RegionProposalNetwork) or not rpn.class_aware:
             raise ValueError("rpn must be a RegionProposalNetwork built with class_aware=True")
-        names = [info.name for info in getattr(backbone, "feature_info", [])]
+        source = backbone if neck is None else neck
+        names = [info.name for info in getattr(source, "feature_info", [])]
         missing = [name for name in rpn.in_features if name not in names]
         if missing:
             raise ValueError(
-                f"the RPN reads {list(rpn.in_features)} but the backbone's feature_info names "
-                f"{names}"
+                f"the RPN reads {list(rpn.in_features)} but the "
+                f"{'backbone' if neck is None else 'neck'}'s feature_info names {names}"
             )
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
             raise ValueError(
@@ -140,6 +145,7 @@ class RPNDetector(nn.Module):
                 f"{pixel_std!r}"
             )
         self.backbone = backbone
+        self.neck = neck
         self.rpn = rpn
         self.score_thresh, self.nms_thresh, self.detections_per_img = check_postprocess_args(
             score_thresh, nms_thresh, detections_per_img
@@ -186,6 +192,8 @@ class RPNDetector(nn.Module):
             check_targets(targets, batch.image_sizes, self.num_classes)
         orig_sizes = check_orig_sizes(orig_sizes, len(batch))
         features = self.backbone(batch.tensors)
+        if self.neck is not None:
+            features = self.neck(features)
         if self.training:
             # No proposals are needed: the losses alone (skips the top-k and NMS).
             anchors, logits, deltas, _ = self.rpn.predict(batch, features)
