@@ -227,17 +227,28 @@ def max_roi_pool_node(
 # TorchScript exporter (dynamo=False): symbolics over torch._C.Graph
 
 
-def _static_sizes(value, name: str, dims: tuple[int, ...]) -> list[int]:
-    """Sizes of ``dims`` of a TorchScript graph value, which must be known at export time."""
+def _static_sizes(g, value, position: int, name: str, dims: tuple[int, ...]) -> list[int]:
+    """Sizes of ``dims`` of the op's input ``value`` (its ``position``-th input), which must be
+    known at export time.
+
+    ONNX shape inference gives them for most graphs, but not after an op whose output shape it
+    cannot infer (``F.pad`` in reflect mode, a ``Pad`` whose pads are computed): then they come
+    from the traced graph, which records the example input's sizes. The dims asked for are
+    channel counts and kernel sizes, which the weights fix, so the example's are the model's.
+    """
     from torch.onnx import symbolic_helper
 
-    sizes = symbolic_helper._get_tensor_sizes(value)
-    if sizes is None or any(d >= len(sizes) or sizes[d] is None for d in dims):
-        raise OnnxExportUnsupported(
-            f"torchdcn.ops.deform_conv2d export needs the static sizes of {name} dims {dims}, "
-            f"got sizes {sizes}"
-        )
-    return [sizes[d] for d in dims]
+    node = getattr(g, "original_node", None)
+    candidates = [value] + ([node.inputsAt(position)] if node is not None else [])
+    sizes = None
+    for candidate in candidates:
+        sizes = symbolic_helper._get_tensor_sizes(candidate)
+        if sizes is not None and all(d < len(sizes) and sizes[d] is not None for d in dims):
+            return [sizes[d] for d in dims]
+    raise OnnxExportUnsupported(
+        f"torchdcn.ops.deform_conv2d export needs the static sizes of {name} dims {dims}, "
+        f"got sizes {sizes}"
+    )
 
 
 def _deform_conv2d_symbolic(
@@ -254,9 +265,10 @@ def _deform_conv2d_symbolic(
         )
     ]
     sh, sw, ph, pw, dh, dw = (int(i) for i in ints)
-    (c_in,) = _static_sizes(input, "input", (1,))
-    c_out, c_per_group, kh, kw = _static_sizes(weight, "weight", (0, 1, 2, 3))
-    (offset_channels,) = _static_sizes(offset, "offset", (1,))
+    # positions in the op's schema: input, offset, mask, weight, ...
+    (c_in,) = _static_sizes(g, input, 0, "input", (1,))
+    c_out, c_per_group, kh, kw = _static_sizes(g, weight, 3, "weight", (0, 1, 2, 3))
+    (offset_channels,) = _static_sizes(g, offset, 1, "offset", (1,))
     inputs = [input, weight, offset]
     if symbolic_helper._is_none(bias):
         # DeformConv's B is optional, but mask comes after it: an explicit zero bias is exact
