@@ -24,6 +24,11 @@ Deformable convolutions need nothing passed to either exporter:
 * TorchScript exporter (``dynamo=False``, deprecated by torch): ``import torchdcn`` registers the
   symbolics (:func:`._onnx_torchscript.register_onnx_symbolics`).
 
+An ``opset_version`` below a node's (``DeformConv`` 19, ``RoiAlign`` 16) is refused: the
+TorchScript exporter reports the op unsupported at that opset, and with the dynamo exporter,
+which would write the node into a model no runtime loads, :func:`check_export_opset` raises
+:class:`OnnxExportUnsupported` naming the opsets (:mod:`._onnx_opset`).
+
 The RoI functions do the same: during ``torch.onnx.export(dynamo=True)``
 :func:`torchdcn.ops.roi_align` returns a ``RoiAlign`` node (:func:`roi_align_node`),
 ``roi_pool(mode="max")`` a ``MaxRoiPool`` node (:func:`max_roi_pool_node`), and the others raise
@@ -41,12 +46,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._onnx_opset import export_opset
+
 DEFORM_CONV_OPSET = 19  # ONNX DeformConv was added in opset 19
 ROI_ALIGN_OPSET = 16  # RoiAlign's coordinate_transformation_mode was added in opset 16
 
 
 class OnnxExportUnsupported(RuntimeError):
-    """A torchdcn op with no equivalent in the standard ONNX operator set."""
+    """A torchdcn op with no equivalent in the standard ONNX operator set, or not at the
+    requested opset."""
+
+
+def check_export_opset(name: str, op_type: str, needed: int) -> None:
+    """Raise :class:`OnnxExportUnsupported` when the dynamo export in progress asks for an opset
+    below ``needed``, the first with ONNX ``op_type`` as ``name`` uses it (the exporter would
+    write the node anyway, into a model that does not load). Unknown opset: no check."""
+    opset = export_opset()
+    if 0 < opset < needed:
+        raise OnnxExportUnsupported(
+            f"{name} exports to ONNX {op_type}, which needs opset_version >= {needed}; "
+            f"torch.onnx.export got opset_version={opset}, and a model at that opset would not "
+            f"load. Pass opset_version={needed} or higher"
+        )
 
 
 def roi_integer_pool_unsupported(
@@ -155,6 +176,7 @@ def deform_conv_node(
     :func:`torchdcn.ops.deform_conv2d` returns it during ``torch.onnx.export(dynamo=True)``, so
     no translation table is needed. Arguments as the op's (checked by the caller); returns
     ``Tensor[N, C_out, H_out, W_out]`` (a placeholder outside export)."""
+    check_export_opset("torchdcn.ops.deform_conv2d", "DeformConv", DEFORM_CONV_OPSET)
     c_out, c_per_group, kh, kw = weight.shape
     if bias is None and mask is not None:  # DeformConv's inputs are positional: B before mask
         bias = weight.new_zeros(c_out)
@@ -190,6 +212,7 @@ def roi_align_node(
     """The ONNX ``RoiAlign`` node of :func:`torchdcn.ops.roi_align` for the dynamo exporter
     (``torch.onnx.ops.symbolic``; semantics in the module docstring): ``input [N, C, H, W]``,
     ``rois [K, 5]`` -> ``[K, C, pooled_h, pooled_w]``."""
+    check_export_opset("torchdcn.ops.roi_align", "RoiAlign", ROI_ALIGN_OPSET)
     boxes = rois[:, 1:5]
     batch = rois[:, 0].to(torch.int64)
     return torch.onnx.ops.symbolic(

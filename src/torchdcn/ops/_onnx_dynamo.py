@@ -17,7 +17,10 @@ from . import (
     deform_conv,  # noqa: F401  (registers torch.ops.torchdcn.deform_conv2d)
 )
 from ._onnx import (
+    DEFORM_CONV_OPSET,
+    ROI_ALIGN_OPSET,
     OnnxExportUnsupported,
+    check_export_opset,
     roi_aligned_pool_unsupported,
     roi_integer_pool_unsupported,
 )
@@ -47,6 +50,7 @@ def deform_conv2d(
     dil_w: int,
 ):
     """``torchdcn::deform_conv2d`` -> ONNX ``DeformConv`` (X, W, offset, B, mask)."""
+    check_export_opset("torchdcn.ops.deform_conv2d", "DeformConv", DEFORM_CONV_OPSET)
     c_in = _static_dim(input, 1, "input")
     _, c_per_group, kh, kw = (_static_dim(weight, d, "weight") for d in range(4))
     offset_channels = _static_dim(offset, 1, "offset")
@@ -83,6 +87,7 @@ def roi_aligned_pool(
     error = roi_aligned_pool_unsupported(offset is not None, bool(position_sensitive))
     if error is not None:
         raise error
+    check_export_opset("torchdcn.ops.roi_align", "RoiAlign", ROI_ALIGN_OPSET)
     boxes = op.Slice(rois, [1], [5], [1])
     batch = op.Cast(op.Gather(rois, 0, axis=1), to=7)  # 7: INT64
     return op.RoiAlign(
