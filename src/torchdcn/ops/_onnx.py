@@ -14,6 +14,16 @@
 * Every other RoI op (``roi_pool(mode="avg")``, ``ps_roi_pool``, ``ps_roi_align``,
   ``deform_roi_pool``, ``deform_ps_roi_pool``) has no standard ONNX operator: exporting one
   raises :class:`OnnxExportUnsupported` naming the function.
+* ``torchdcn::nms`` (:func:`torchdcn.ops.nms`, :func:`torchdcn.ops.batched_nms`) becomes ONNX
+  ``NonMaxSuppression`` (opset 11) in a small graph giving the same indices in the same order:
+  ``TopK`` sorts the boxes by score (ties: lower index first, as the stable sort), the scores
+  given to ``NonMaxSuppression`` are the ranks (``N, N-1, ..., 1``: distinct, so its own order
+  and tie rule do not matter), ``batched_nms``'s categories are its classes (``Unique`` numbers
+  them; a box's score is 0, under the score threshold, in the other classes), and the kept
+  ranks sorted ascending index the sorted boxes. The IoU is computed in float32 by the runtime
+  (float64 boxes too) and compared with :func:`nms_iou_threshold`. The TorchScript exporter
+  needs nothing; the dynamo exporter needs :func:`onnx_translation_table` (a
+  ``torch.onnx.ops.symbolic`` node cannot have an output length that depends on the data).
 
 Deformable convolutions need nothing passed to either exporter:
 
@@ -106,16 +116,40 @@ def roi_aligned_pool_unsupported(
     )
 
 
+def nms_iou_threshold(iou_threshold: float) -> float:
+    """The float32 threshold of the exported ``NonMaxSuppression``, which takes one in [0, 1]:
+    the largest float32 number not above ``iou_threshold`` (a float32 IoU is above it exactly
+    when it is above ``iou_threshold``, as :func:`torchdcn.ops.nms` compares), and 1 for a
+    threshold above 1 (no IoU is above either: nothing is suppressed).
+
+    Raises:
+        OnnxExportUnsupported: ``iou_threshold < 0``, with which torchdcn suppresses every box
+            after the first, overlapping or not (IoU 0 > threshold).
+    """
+    from .nms import threshold_in
+
+    if iou_threshold < 0:
+        raise OnnxExportUnsupported(
+            f"torchdcn.ops.nms export needs iou_threshold >= 0, got {iou_threshold}: ONNX "
+            "NonMaxSuppression takes a threshold in [0, 1], and a negative one, which suppresses "
+            "boxes that do not overlap, has no equivalent"
+        )
+    return threshold_in(torch.float32, min(float(iou_threshold), 1.0))
+
+
 def onnx_translation_table() -> dict[Any, Any]:
     """The translations to pass to the dynamo exporter (``torch.onnx.export(..., dynamo=True)``)
-    for the RoI ops and for ``torch.ops.torchdcn.deform_conv2d`` called directly (models using
-    :func:`torchdcn.ops.deform_conv2d` or the ``torchdcn.nn`` layers export without it).
+    when it meets the registered ops themselves: :func:`~torchdcn.ops.nms` and
+    :func:`~torchdcn.ops.batched_nms` (always), and the other ops called as
+    ``torch.ops.torchdcn.*``. (Models calling :func:`~torchdcn.ops.deform_conv2d`,
+    :func:`~torchdcn.ops.roi_align`, :func:`~torchdcn.ops.roi_pool` or the ``torchdcn.nn``
+    layers export without it.)
 
     Returns:
         ``{torch.ops.torchdcn.<op>.default: onnxscript function}`` for ``deform_conv2d``
-        (``DeformConv``) and the two RoI ops (``RoiAlign`` for :func:`~torchdcn.ops.roi_align`,
+        (``DeformConv``), the two RoI ops (``RoiAlign`` for :func:`~torchdcn.ops.roi_align`,
         ``MaxRoiPool`` for :func:`~torchdcn.ops.roi_pool` with ``mode="max"``, a clear error for
-        the others).
+        the others) and ``nms`` (``NonMaxSuppression``, see the module docstring).
 
     Raises:
         ImportError: ``onnxscript`` is not installed (``pip install torchdcn[onnx]``).

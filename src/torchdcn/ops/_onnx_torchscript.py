@@ -10,6 +10,7 @@ from ._onnx import (
     DEFORM_CONV_OPSET,
     ROI_ALIGN_OPSET,
     OnnxExportUnsupported,
+    nms_iou_threshold,
     roi_aligned_pool_unsupported,
     roi_integer_pool_unsupported,
 )
@@ -130,13 +131,61 @@ def _roi_integer_pool_symbolic(g, input, rois, pooled_h, pooled_w, spatial_scale
     )
 
 
+NMS_OPSET = 13  # NonMaxSuppression and Unique: 11; Unsqueeze / Squeeze take axes as inputs: 13
+_INT64, _FLOAT = 7, 1  # ONNX TensorProto data types
+
+
+def _nms_symbolic(g, boxes, scores, idxs, iou_threshold):
+    """``torchdcn::nms`` -> ``NonMaxSuppression`` on the boxes sorted by score, with their ranks
+    as scores and ``batched_nms``'s categories as classes (the graph: :mod:`._onnx`)."""
+    from torch.onnx import symbolic_helper
+
+    def const(value, dtype=torch.long):
+        return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+    threshold = nms_iou_threshold(symbolic_helper._get_const(iou_threshold, "f", "iou_threshold"))
+    n = g.op("Gather", g.op("Shape", boxes), const([0]), axis_i=0)  # [1]
+    _, order = g.op("TopK", scores, n, axis_i=0, largest_i=1, sorted_i=1, outputs=2)
+    sorted_boxes = g.op("Cast", g.op("Gather", boxes, order, axis_i=0), to_i=_FLOAT)
+    rank = g.op("Cast", g.op("Range", g.op("Squeeze", n, const([0])), const(0), const(-1)),
+                to_i=_FLOAT)  # fmt: skip
+    if symbolic_helper._is_none(idxs):
+        class_scores = g.op("Unsqueeze", rank, const([0, 1]))  # [1, 1, N]
+    else:
+        categories = g.op("Cast", g.op("Gather", idxs, order, axis_i=0), to_i=_INT64)
+        classes, _, inverse, _ = g.op("Unique", categories, sorted_i=1, outputs=4)
+        c = g.op("Squeeze", g.op("Gather", g.op("Shape", classes), const([0]), axis_i=0),
+                 const([0]))  # fmt: skip
+        member = g.op(
+            "Equal",
+            g.op("Unsqueeze", g.op("Range", const(0), c, const(1)), const([1])),
+            g.op("Unsqueeze", inverse, const([0])),
+        )  # [C, N]
+        class_scores = g.op(
+            "Unsqueeze", g.op("Where", member, rank, const(0.0, torch.float)), const([0])
+        )  # [1, C, N]
+    selected = g.op(
+        "NonMaxSuppression",
+        g.op("Unsqueeze", sorted_boxes, const([0])),  # [1, N, 4]
+        class_scores,
+        const([2**63 - 1]),  # max_output_boxes_per_class: all
+        const([threshold], torch.float),
+        const([0.5], torch.float),  # score_threshold: ranks are >= 1, other classes' 0
+    )  # [K, 3]: (batch, class, rank)
+    kept = g.op("Gather", selected, const(2), axis_i=1)  # [K]
+    kept, _ = g.op("TopK", kept, g.op("Shape", kept), axis_i=0, largest_i=0, sorted_i=1,
+                   outputs=2)  # fmt: skip
+    return g.op("Gather", order, kept, axis_i=0)
+
+
 def register_onnx_symbolics() -> None:
     """Register the TorchScript-exporter symbolics of every torchdcn op (idempotent).
 
-    Called by ``import torchdcn``; DeformConv needs ``opset_version >= 19``, RoiAlign >= 16 (an
-    older opset makes the exporter report the op as unsupported at that version).
+    Called by ``import torchdcn``; DeformConv needs ``opset_version >= 19``, RoiAlign >= 16, NMS
+    >= 13 (an older opset makes the exporter report the op as unsupported at that version).
     """
     register = torch.onnx.register_custom_op_symbolic
     register("torchdcn::deform_conv2d", _deform_conv2d_symbolic, DEFORM_CONV_OPSET)
     register("torchdcn::roi_aligned_pool", _roi_aligned_pool_symbolic, ROI_ALIGN_OPSET)
     register("torchdcn::roi_integer_pool", _roi_integer_pool_symbolic, 1)
+    register("torchdcn::nms", _nms_symbolic, NMS_OPSET)
