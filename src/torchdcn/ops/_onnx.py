@@ -25,7 +25,8 @@
   needs nothing; the dynamo exporter needs :func:`onnx_translation_table` (a
   ``torch.onnx.ops.symbolic`` node cannot have an output length that depends on the data).
 
-Deformable convolutions need nothing passed to either exporter:
+Deformable convolutions (:func:`torchdcn.ops.deform_conv2d`, the ``torchdcn.nn`` layers) need
+nothing passed to either exporter:
 
 * dynamo exporter (``dynamo=True``, torch's default; needs ``onnxscript``):
   :func:`torchdcn.ops.deform_conv2d` returns a ``torch.onnx.ops.symbolic`` ``DeformConv`` node
@@ -34,18 +35,27 @@ Deformable convolutions need nothing passed to either exporter:
 * TorchScript exporter (``dynamo=False``, deprecated by torch): ``import torchdcn`` registers the
   symbolics (:func:`._onnx_torchscript.register_onnx_symbolics`).
 
+The RoI functions do the same: during ``torch.onnx.export(dynamo=True)``
+:func:`torchdcn.ops.roi_align` returns a ``RoiAlign`` node (:func:`roi_align_node`),
+``roi_pool(mode="max")`` a ``MaxRoiPool`` node (:func:`max_roi_pool_node`), and the others raise
+:class:`OnnxExportUnsupported` naming themselves. The dynamo exporter meets the registered ops
+themselves, and needs ``custom_translation_table=torchdcn.ops.onnx_translation_table()``, in
+three cases: ``torchdcn::nms`` (always), ``torch.ops.torchdcn.*`` called directly (bypassing the
+public functions), and an ``ExportedProgram`` (``torch.export.export``, a loaded ``.pt2``) given
+to ``torch.onnx.export``: it was captured before the export began, so the public functions
+returned the registered ops, not the ONNX nodes. torch has no public way to register default
+translations (its global decomposition table, which the exporter applies to ops it cannot
+translate, is also what FakeTensor runs for ops with symbolic shapes, so it is no place for an
+export-only rewrite).
+
 An ``opset_version`` below a node's (``DeformConv`` 19, ``RoiAlign`` 16) is refused: the
 TorchScript exporter reports the op unsupported at that opset, and with the dynamo exporter,
 which would write the node into a model no runtime loads, :func:`check_export_opset` raises
 :class:`OnnxExportUnsupported` naming the opsets (:mod:`._onnx_opset`).
 
-The RoI functions do the same: during ``torch.onnx.export(dynamo=True)``
-:func:`torchdcn.ops.roi_align` returns a ``RoiAlign`` node (:func:`roi_align_node`),
-``roi_pool(mode="max")`` a ``MaxRoiPool`` node (:func:`max_roi_pool_node`), and the others raise
-:class:`OnnxExportUnsupported` naming themselves. Only ``torch.ops.torchdcn.*`` called directly
-(bypassing the public functions) reach the dynamo exporter as custom ops: pass
-``custom_translation_table=torchdcn.ops.onnx_translation_table()`` then (torch has no public
-way to register default translations).
+Errors: the TorchScript exporter raises :class:`OnnxExportUnsupported` as is; the dynamo
+exporter wraps it, raising torch's ``torch.onnx.OnnxExporterError`` (``TorchExportError`` or
+``ConversionError``) with the :class:`OnnxExportUnsupported` in its ``__cause__`` chain.
 """
 
 from __future__ import annotations
@@ -141,9 +151,10 @@ def onnx_translation_table() -> dict[Any, Any]:
     """The translations to pass to the dynamo exporter (``torch.onnx.export(..., dynamo=True)``)
     when it meets the registered ops themselves: :func:`~torchdcn.ops.nms` and
     :func:`~torchdcn.ops.batched_nms` (always), and the other ops called as
-    ``torch.ops.torchdcn.*``. (Models calling :func:`~torchdcn.ops.deform_conv2d`,
-    :func:`~torchdcn.ops.roi_align`, :func:`~torchdcn.ops.roi_pool` or the ``torchdcn.nn``
-    layers export without it.)
+    ``torch.ops.torchdcn.*`` or held by an ``ExportedProgram`` given to ``torch.onnx.export``
+    (``torch.export.export``'s, a loaded ``.pt2``). (Models calling
+    :func:`~torchdcn.ops.deform_conv2d`, :func:`~torchdcn.ops.roi_align`,
+    :func:`~torchdcn.ops.roi_pool` or the ``torchdcn.nn`` layers export without it.)
 
     Returns:
         ``{torch.ops.torchdcn.<op>.default: onnxscript function}`` for ``deform_conv2d``
