@@ -5,12 +5,20 @@ fail with an error naming them."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 
 import pytest
 import torch
+from onnx_helpers import (
+    EXPORTERS,
+    IGNORE_EXPORTER_WARNINGS,
+    exception_chain,
+    export,
+    op_types,
+    randomise_predictors,
+    run_ort,
+)
 from torch import nn
 
 import torchdcn
@@ -30,80 +38,13 @@ from torchdcn.ops import (
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-HAS_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None
-EXPORTERS = [
-    pytest.param(
-        True,
-        id="dynamo",
-        marks=pytest.mark.skipif(
-            not HAS_ONNXSCRIPT, reason="dynamo=True needs onnxscript (pip install torchdcn[onnx])"
-        ),
-    ),
-    pytest.param(False, id="torchscript"),
-]
-# the TorchScript exporter is deprecated in torch >= 2.9 (it warns) but still works
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning", "ignore::FutureWarning"
-)
+pytestmark = IGNORE_EXPORTER_WARNINGS
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _quiet_exporter():
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
     yield
-
-
-def export(model, args, path, dynamo, dynamic=None, table=False):
-    """Export with the given exporter (opset 19), check the model and return its ONNX proto.
-
-    ``dynamic``: ``{input name: [dynamic dims]}``; ``table``: pass torchdcn's translation table
-    to the dynamo exporter (deformable convolutions export without it).
-    """
-    names = [f"in{i}" for i in range(len(args))]
-    kwargs = {}
-    if dynamo and table:
-        kwargs["custom_translation_table"] = onnx_translation_table()
-    if dynamo:
-        if dynamic:
-            auto = torch.export.Dim.AUTO
-            kwargs["dynamic_shapes"] = [
-                {d: auto for d in dynamic.get(n, [])} or None for n in names
-            ]
-        kwargs["verbose"] = False
-    elif dynamic:
-        kwargs["dynamic_axes"] = {n: {d: f"{n}_{d}" for d in dims} for n, dims in dynamic.items()}
-    torch.onnx.export(
-        model, tuple(args), str(path), opset_version=19, dynamo=dynamo, input_names=names,
-        **kwargs,
-    )  # fmt: skip
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
-
-
-def run_ort(path, args):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    feed = dict(zip(names, (a.numpy() for a in args)))
-    return [torch.from_numpy(o) for o in session.run(None, feed)]
-
-
-def op_types(proto) -> list[str]:
-    return [n.op_type for n in proto.graph.node]
-
-
-def randomise_predictors(model: nn.Module, std: float = 0.05, seed: int = 0) -> nn.Module:
-    """Give every offset predictor non-zero weights (fresh ones predict offset 0, which would
-    leave the bilinear sampling untested) and return the model in eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, DeformConv2dPack):
-                m.conv_offset.weight.normal_(0, std, generator=gen)
-                m.conv_offset.bias.uniform_(-1.5, 1.5, generator=gen)
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,10 +289,7 @@ def test_other_roi_ops_fail_naming_the_op(tmp_path, dynamo, name):
     fn(x, rois)  # runs eagerly
     with pytest.raises(Exception) as info:
         export(_Call(fn).eval(), [x, rois], tmp_path / "u.onnx", dynamo, table=True)
-    chain, e = [], info.value
-    while e is not None:  # the exporters wrap the error; ours is in the chain
-        chain.append(e)
-        e = e.__cause__ or e.__context__
+    chain = exception_chain(info.value)  # the exporters wrap the error; ours is in the chain
     ours = [e for e in chain if isinstance(e, OnnxExportUnsupported)]
     assert ours, f"no OnnxExportUnsupported in {chain!r}"
     assert public_name in str(ours[0]) and "no standard ONNX operator" in str(ours[0])

@@ -145,3 +145,27 @@ def test_ops_without_onnx_equivalent_name_themselves(tmp_path, dynamo, name):
     ours = [e for e in _chain(info.value) if isinstance(e, OnnxExportUnsupported)]
     assert ours, f"no OnnxExportUnsupported in {_chain(info.value)!r}"
     assert public_name in str(ours[0]) and "no standard ONNX operator" in str(ours[0])
+
+
+@pytest.mark.parametrize(
+    "dynamo",
+    [pytest.param(True, id="dynamo", marks=needs_onnxscript), pytest.param(False, id="ts")],
+)
+def test_what_each_exporter_raises(tmp_path, dynamo):
+    """As the README says: the TorchScript exporter raises OnnxExportUnsupported itself; the
+    dynamo exporter raises torch's OnnxExporterError, ours in its ``__cause__`` chain."""
+    module = _Call(lambda x, r: ps_roi_align(x, r, 2, 0.5)).eval()
+    args = (torch.randn(1, 8, 8, 8), torch.tensor([[0.0, 1.0, 1.0, 12.0, 10.0]]))
+    path = str(tmp_path / "u.onnx")
+    if not dynamo:
+        with pytest.raises(OnnxExportUnsupported, match="ps_roi_align"):
+            torch.onnx.export(module, args, path, opset_version=19, dynamo=False)
+        return
+    with pytest.raises(torch.onnx.OnnxExporterError) as info:
+        torch.onnx.export(module, args, path, opset_version=19, dynamo=True, verbose=False)
+    assert not isinstance(info.value, OnnxExportUnsupported)
+    causes, err = [], info.value.__cause__
+    while err is not None:
+        causes.append(err)
+        err = err.__cause__
+    assert any(isinstance(e, OnnxExportUnsupported) and "ps_roi_align" in str(e) for e in causes)

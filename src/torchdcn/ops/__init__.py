@@ -2,7 +2,8 @@
 
 from ._backend import BACKENDS, set_workspace_limit, use_backend, workspace_limit
 from ._checks import pair  # argument normaliser shared with torchdcn.nn (kernel_size, output_size)
-from ._onnx import OnnxExportUnsupported, onnx_translation_table, register_onnx_symbolics
+from ._onnx import OnnxExportUnsupported, onnx_translation_table
+from ._onnx_torchscript import register_onnx_symbolics
 from ._roi_checks import RoIs  # the RoI argument type: Tensor[R, 5] or list of Tensor[R_i, 4]
 from ._types import IntPair  # a size argument: 3 or (3, 5)
 from .boxes import box_area, box_iou, clip_boxes_to_image, remove_small_boxes

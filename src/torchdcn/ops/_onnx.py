@@ -14,23 +14,48 @@
 * Every other RoI op (``roi_pool(mode="avg")``, ``ps_roi_pool``, ``ps_roi_align``,
   ``deform_roi_pool``, ``deform_ps_roi_pool``) has no standard ONNX operator: exporting one
   raises :class:`OnnxExportUnsupported` naming the function.
+* ``torchdcn::nms`` (:func:`torchdcn.ops.nms`, :func:`torchdcn.ops.batched_nms`) becomes ONNX
+  ``NonMaxSuppression`` (opset 11) in a small graph giving the same indices in the same order:
+  ``TopK`` sorts the boxes by score (ties: lower index first, as the stable sort), the scores
+  given to ``NonMaxSuppression`` are the ranks (``N, N-1, ..., 1``: distinct, so its own order
+  and tie rule do not matter), ``batched_nms``'s categories are its classes (``Unique`` numbers
+  them; a box's score is 0, under the score threshold, in the other classes), and the kept
+  ranks sorted ascending index the sorted boxes. The IoU is computed in float32 by the runtime
+  (float64 boxes too) and compared with :func:`nms_iou_threshold`. The TorchScript exporter
+  needs nothing; the dynamo exporter needs :func:`onnx_translation_table` (a
+  ``torch.onnx.ops.symbolic`` node cannot have an output length that depends on the data).
 
-Deformable convolutions need nothing passed to either exporter:
+Deformable convolutions (:func:`torchdcn.ops.deform_conv2d`, the ``torchdcn.nn`` layers) need
+nothing passed to either exporter:
 
 * dynamo exporter (``dynamo=True``, torch's default; needs ``onnxscript``):
   :func:`torchdcn.ops.deform_conv2d` returns a ``torch.onnx.ops.symbolic`` ``DeformConv`` node
   while ``torch.onnx.export`` captures the model (:func:`in_dynamo_onnx_export`), so the captured
   graph holds the ONNX node itself;
 * TorchScript exporter (``dynamo=False``, deprecated by torch): ``import torchdcn`` registers the
-  symbolics (:func:`register_onnx_symbolics`).
+  symbolics (:func:`._onnx_torchscript.register_onnx_symbolics`).
 
 The RoI functions do the same: during ``torch.onnx.export(dynamo=True)``
 :func:`torchdcn.ops.roi_align` returns a ``RoiAlign`` node (:func:`roi_align_node`),
 ``roi_pool(mode="max")`` a ``MaxRoiPool`` node (:func:`max_roi_pool_node`), and the others raise
-:class:`OnnxExportUnsupported` naming themselves. Only ``torch.ops.torchdcn.*`` called directly
-(bypassing the public functions) reach the dynamo exporter as custom ops: pass
-``custom_translation_table=torchdcn.ops.onnx_translation_table()`` then (torch has no public
-way to register default translations).
+:class:`OnnxExportUnsupported` naming themselves. The dynamo exporter meets the registered ops
+themselves, and needs ``custom_translation_table=torchdcn.ops.onnx_translation_table()``, in
+three cases: ``torchdcn::nms`` (always), ``torch.ops.torchdcn.*`` called directly (bypassing the
+public functions), and an ``ExportedProgram`` (``torch.export.export``, a loaded ``.pt2``) given
+to ``torch.onnx.export``: it was captured before the export began, so the public functions
+returned the registered ops, not the ONNX nodes. torch has no public way to register default
+translations (its global decomposition table, which the exporter applies to ops it cannot
+translate, is also what FakeTensor runs for ops with symbolic shapes, so it is no place for an
+export-only rewrite).
+
+An ``opset_version`` below a node's (``DeformConv`` 19, ``RoiAlign`` 16) is refused: the
+TorchScript exporter reports the op unsupported at that opset, and with the dynamo exporter,
+which would write the node into a model no runtime loads, :func:`check_export_opset` raises
+:class:`OnnxExportUnsupported` naming the opsets (:mod:`._onnx_opset`).
+
+Errors: the TorchScript exporter raises :class:`OnnxExportUnsupported` as is; the dynamo
+exporter wraps it, raising torch's ``torch.onnx.OnnxExporterError`` (``TorchExportError`` or
+``ConversionError``) with the :class:`OnnxExportUnsupported` in its ``__cause__`` chain.
 """
 
 from __future__ import annotations
@@ -41,12 +66,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._onnx_opset import export_opset
+
 DEFORM_CONV_OPSET = 19  # ONNX DeformConv was added in opset 19
 ROI_ALIGN_OPSET = 16  # RoiAlign's coordinate_transformation_mode was added in opset 16
 
 
 class OnnxExportUnsupported(RuntimeError):
-    """A torchdcn op with no equivalent in the standard ONNX operator set."""
+    """A torchdcn op with no equivalent in the standard ONNX operator set, or not at the
+    requested opset."""
+
+
+def check_export_opset(name: str, op_type: str, needed: int) -> None:
+    """Raise :class:`OnnxExportUnsupported` when the dynamo export in progress asks for an opset
+    below ``needed``, the first with ONNX ``op_type`` as ``name`` uses it (the exporter would
+    write the node anyway, into a model that does not load). Unknown opset: no check."""
+    opset = export_opset()
+    if 0 < opset < needed:
+        raise OnnxExportUnsupported(
+            f"{name} exports to ONNX {op_type}, which needs opset_version >= {needed}; "
+            f"torch.onnx.export got opset_version={opset}, and a model at that opset would not "
+            f"load. Pass opset_version={needed} or higher"
+        )
 
 
 def roi_integer_pool_unsupported(
@@ -85,16 +126,41 @@ def roi_aligned_pool_unsupported(
     )
 
 
+def nms_iou_threshold(iou_threshold: float) -> float:
+    """The float32 threshold of the exported ``NonMaxSuppression``, which takes one in [0, 1]:
+    the largest float32 number not above ``iou_threshold`` (a float32 IoU is above it exactly
+    when it is above ``iou_threshold``, as :func:`torchdcn.ops.nms` compares), and 1 for a
+    threshold above 1 (no IoU is above either: nothing is suppressed).
+
+    Raises:
+        OnnxExportUnsupported: ``iou_threshold < 0``, with which torchdcn suppresses every box
+            after the first, overlapping or not (IoU 0 > threshold).
+    """
+    from .nms import threshold_in
+
+    if iou_threshold < 0:
+        raise OnnxExportUnsupported(
+            f"torchdcn.ops.nms export needs iou_threshold >= 0, got {iou_threshold}: ONNX "
+            "NonMaxSuppression takes a threshold in [0, 1], and a negative one, which suppresses "
+            "boxes that do not overlap, has no equivalent"
+        )
+    return threshold_in(torch.float32, min(float(iou_threshold), 1.0))
+
+
 def onnx_translation_table() -> dict[Any, Any]:
     """The translations to pass to the dynamo exporter (``torch.onnx.export(..., dynamo=True)``)
-    for the RoI ops and for ``torch.ops.torchdcn.deform_conv2d`` called directly (models using
-    :func:`torchdcn.ops.deform_conv2d` or the ``torchdcn.nn`` layers export without it).
+    when it meets the registered ops themselves: :func:`~torchdcn.ops.nms` and
+    :func:`~torchdcn.ops.batched_nms` (always), and the other ops called as
+    ``torch.ops.torchdcn.*`` or held by an ``ExportedProgram`` given to ``torch.onnx.export``
+    (``torch.export.export``'s, a loaded ``.pt2``). (Models calling
+    :func:`~torchdcn.ops.deform_conv2d`, :func:`~torchdcn.ops.roi_align`,
+    :func:`~torchdcn.ops.roi_pool` or the ``torchdcn.nn`` layers export without it.)
 
     Returns:
         ``{torch.ops.torchdcn.<op>.default: onnxscript function}`` for ``deform_conv2d``
-        (``DeformConv``) and the two RoI ops (``RoiAlign`` for :func:`~torchdcn.ops.roi_align`,
+        (``DeformConv``), the two RoI ops (``RoiAlign`` for :func:`~torchdcn.ops.roi_align`,
         ``MaxRoiPool`` for :func:`~torchdcn.ops.roi_pool` with ``mode="max"``, a clear error for
-        the others).
+        the others) and ``nms`` (``NonMaxSuppression``, see the module docstring).
 
     Raises:
         ImportError: ``onnxscript`` is not installed (``pip install torchdcn[onnx]``).
@@ -129,7 +195,8 @@ def in_onnx_export() -> bool:
 @torch.compiler.assume_constant_result
 def in_dynamo_onnx_export() -> bool:
     """True while ``torch.onnx.export(dynamo=True)`` captures the model (the TorchScript
-    exporter traces with ``torch.jit``, and its symbolics below handle the op there)."""
+    exporter traces with ``torch.jit``, and its symbolics, :mod:`._onnx_torchscript`, handle
+    the op there)."""
     return _has_symbolic_ops() and torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
 
 
@@ -154,6 +221,7 @@ def deform_conv_node(
     :func:`torchdcn.ops.deform_conv2d` returns it during ``torch.onnx.export(dynamo=True)``, so
     no translation table is needed. Arguments as the op's (checked by the caller); returns
     ``Tensor[N, C_out, H_out, W_out]`` (a placeholder outside export)."""
+    check_export_opset("torchdcn.ops.deform_conv2d", "DeformConv", DEFORM_CONV_OPSET)
     c_out, c_per_group, kh, kw = weight.shape
     if bias is None and mask is not None:  # DeformConv's inputs are positional: B before mask
         bias = weight.new_zeros(c_out)
@@ -189,6 +257,7 @@ def roi_align_node(
     """The ONNX ``RoiAlign`` node of :func:`torchdcn.ops.roi_align` for the dynamo exporter
     (``torch.onnx.ops.symbolic``; semantics in the module docstring): ``input [N, C, H, W]``,
     ``rois [K, 5]`` -> ``[K, C, pooled_h, pooled_w]``."""
+    check_export_opset("torchdcn.ops.roi_align", "RoiAlign", ROI_ALIGN_OPSET)
     boxes = rois[:, 1:5]
     batch = rois[:, 0].to(torch.int64)
     return torch.onnx.ops.symbolic(
@@ -221,122 +290,3 @@ def max_roi_pool_node(
         shape=[rois.shape[0], input.shape[1], pooled_h, pooled_w],
         version=1,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# TorchScript exporter (dynamo=False): symbolics over torch._C.Graph
-
-
-def _static_sizes(value, name: str, dims: tuple[int, ...]) -> list[int]:
-    """Sizes of ``dims`` of a TorchScript graph value, which must be known at export time."""
-    from torch.onnx import symbolic_helper
-
-    sizes = symbolic_helper._get_tensor_sizes(value)
-    if sizes is None or any(d >= len(sizes) or sizes[d] is None for d in dims):
-        raise OnnxExportUnsupported(
-            f"torchdcn.ops.deform_conv2d export needs the static sizes of {name} dims {dims}, "
-            f"got sizes {sizes}"
-        )
-    return [sizes[d] for d in dims]
-
-
-def _deform_conv2d_symbolic(
-    g, input, offset, mask, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
-):
-    """``torchdcn::deform_conv2d`` -> ONNX ``DeformConv`` (inputs X, W, offset, B, mask)."""
-    from torch.onnx import symbolic_helper
-
-    ints = [
-        symbolic_helper._get_const(v, "i", n)
-        for v, n in zip(
-            (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w),
-            ("stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w"),
-        )
-    ]
-    sh, sw, ph, pw, dh, dw = (int(i) for i in ints)
-    (c_in,) = _static_sizes(input, "input", (1,))
-    c_out, c_per_group, kh, kw = _static_sizes(weight, "weight", (0, 1, 2, 3))
-    (offset_channels,) = _static_sizes(offset, "offset", (1,))
-    inputs = [input, weight, offset]
-    if symbolic_helper._is_none(bias):
-        # DeformConv's B is optional, but mask comes after it: an explicit zero bias is exact
-        dtype = weight.type().dtype() if weight.type().dtype() is not None else torch.float32
-        bias = g.op("Constant", value_t=torch.zeros(c_out, dtype=dtype))
-    inputs.append(bias)
-    if not symbolic_helper._is_none(mask):
-        inputs.append(mask)
-    return g.op(
-        "DeformConv",
-        *inputs,
-        kernel_shape_i=[kh, kw],
-        strides_i=[sh, sw],
-        pads_i=[ph, pw, ph, pw],
-        dilations_i=[dh, dw],
-        group_i=c_in // c_per_group,
-        offset_group_i=offset_channels // (2 * kh * kw),
-    )
-
-
-def _roi_aligned_pool_symbolic(
-    g, input, rois, offset, mask, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,
-    gamma, position_sensitive,
-):  # fmt: skip
-    """``torchdcn::roi_aligned_pool`` of :func:`torchdcn.ops.roi_align` -> ONNX ``RoiAlign``."""
-    from torch.onnx import symbolic_helper
-
-    ps = bool(symbolic_helper._get_const(position_sensitive, "b", "position_sensitive"))
-    error = roi_aligned_pool_unsupported(not symbolic_helper._is_none(offset), ps)
-    if error is not None:
-        raise error
-    start = g.op("Constant", value_t=torch.tensor([1], dtype=torch.long))
-    end = g.op("Constant", value_t=torch.tensor([5], dtype=torch.long))
-    axis = g.op("Constant", value_t=torch.tensor([1], dtype=torch.long))
-    boxes = g.op("Slice", rois, start, end, axis)
-    zero = g.op("Constant", value_t=torch.tensor(0, dtype=torch.long))
-    batch = g.op("Cast", g.op("Gather", rois, zero, axis_i=1), to_i=7)  # 7: INT64
-    ratio = int(symbolic_helper._get_const(sampling_ratio, "i", "sampling_ratio"))
-    is_aligned = bool(symbolic_helper._get_const(aligned, "b", "aligned"))
-    return g.op(
-        "RoiAlign",
-        input,
-        boxes,
-        batch,
-        coordinate_transformation_mode_s="half_pixel" if is_aligned else "output_half_pixel",
-        mode_s="avg",
-        output_height_i=int(symbolic_helper._get_const(pooled_h, "i", "pooled_h")),
-        output_width_i=int(symbolic_helper._get_const(pooled_w, "i", "pooled_w")),
-        sampling_ratio_i=max(ratio, 0),
-        spatial_scale_f=float(symbolic_helper._get_const(spatial_scale, "f", "spatial_scale")),
-    )
-
-
-def _roi_integer_pool_symbolic(g, input, rois, pooled_h, pooled_w, spatial_scale, mode, ps):
-    """``torchdcn::roi_integer_pool`` of ``roi_pool(mode="max")`` -> ONNX ``MaxRoiPool``."""
-    from torch.onnx import symbolic_helper
-
-    mode_s = symbolic_helper._get_const(mode, "s", "mode")
-    error = roi_integer_pool_unsupported(mode_s, bool(symbolic_helper._get_const(ps, "b", "ps")))
-    if error is not None:
-        raise error
-    return g.op(
-        "MaxRoiPool",
-        input,
-        rois,
-        pooled_shape_i=[
-            int(symbolic_helper._get_const(pooled_h, "i", "pooled_h")),
-            int(symbolic_helper._get_const(pooled_w, "i", "pooled_w")),
-        ],
-        spatial_scale_f=float(symbolic_helper._get_const(spatial_scale, "f", "spatial_scale")),
-    )
-
-
-def register_onnx_symbolics() -> None:
-    """Register the TorchScript-exporter symbolics of every torchdcn op (idempotent).
-
-    Called by ``import torchdcn``; DeformConv needs ``opset_version >= 19``, RoiAlign >= 16 (an
-    older opset makes the exporter report the op as unsupported at that version).
-    """
-    register = torch.onnx.register_custom_op_symbolic
-    register("torchdcn::deform_conv2d", _deform_conv2d_symbolic, DEFORM_CONV_OPSET)
-    register("torchdcn::roi_aligned_pool", _roi_aligned_pool_symbolic, ROI_ALIGN_OPSET)
-    register("torchdcn::roi_integer_pool", _roi_integer_pool_symbolic, 1)
