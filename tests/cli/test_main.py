@@ -220,6 +220,11 @@ def _one_error_line(err: str, command: str) -> str:
         (["train", "--log-every", "0"], "--log-every must be >= 1"),
         (["train", "--clip-grad-norm", "0"], "--clip-grad-norm must be > 0"),
         (["train", "--milestones", "2", "-1"], "--milestones must be >= 0, got -1.0"),
+        # a cosine floor above 1 raised the rate over the run ([0.003, 0.0038, 0.006, ...])
+        (["train", "--min-lr-factor", "5"], "--min-lr-factor must be <= 1, got 5.0"),
+        (["train", "--gamma", "2"], "--gamma must be <= 1, got 2.0"),
+        (["train", "--warmup-factor", "1.5"], "--warmup-factor must be <= 1, got 1.5"),
+        (["train", "--momentum", "1"], "--momentum must be < 1, got 1.0"),
         (["demo", "--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
         (["demo", "--jobs", "-2"], "--jobs must be >= 0"),
     ],

@@ -217,11 +217,16 @@ TRAIN_OPTIONS = (
         above=0,
     ),
     Option("weight-decay", _float, 1e-4, "weight decay", at_least=0),
-    Option("momentum", _float, 0.9, "SGD momentum", at_least=0),
+    Option("momentum", _float, 0.9, "SGD momentum, in [0, 1)", at_least=0, below=1),
     Option("schedule", str, "cosine", "learning-rate schedule after warm-up", ("cosine", "step")),
     Option("warmup-steps", int, 50, "linear warm-up steps" + WARMUP_NOTE, at_least=0),
     Option(
-        "warmup-factor", _float, 0.001, "learning-rate factor at the first warm-up step", at_least=0
+        "warmup-factor",
+        _float,
+        0.001,
+        "learning-rate factor at the first warm-up step, in [0, 1]",
+        at_least=0,
+        at_most=1,
     ),
     Option(
         "milestones",
@@ -232,8 +237,22 @@ TRAIN_OPTIONS = (
         "*",
         at_least=0,
     ),
-    Option("gamma", _float, 0.1, "factor of the step schedule at each milestone", above=0),
-    Option("min-lr-factor", _float, 0.0, "final factor of the cosine schedule", at_least=0),
+    Option(
+        "gamma",
+        _float,
+        0.1,
+        "factor of the step schedule at each milestone, in (0, 1]",
+        above=0,
+        at_most=1,
+    ),
+    Option(
+        "min-lr-factor",
+        _float,
+        0.0,
+        "final factor of the cosine schedule, in [0, 1]",
+        at_least=0,
+        at_most=1,
+    ),
     Option("amp", None, False, "mixed precision (bfloat16 on CPU, float16 on CUDA)", flag=True),
     Option(
         "clip-grad-norm",
