@@ -61,7 +61,9 @@ def _settings(argv):
 
 def test_precedence_defaults_then_yaml_then_flags(tmp_path):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("lr: 0.05\nbatch-size: 32\ndeform: v2\namp: true\nmilestones: [2, 4]\n")
+    cfg.write_text(
+        "lr: 0.05\nbatch-size: 32\ndeform: v2\namp: true\nschedule: step\nmilestones: [2, 4]\n"
+    )
     s = _settings(["train", "--config", str(cfg), "--lr", "0.01"])
     assert s["lr"] == 0.01  # flag beats file
     assert s["batch_size"] == 32 and s["deform"] == "v2" and s["amp"] is True  # file beats default
@@ -295,7 +297,9 @@ def test_config_values_are_checked_like_flags(tmp_path, capsys, name, content, m
 
 def test_config_numbers_that_the_flags_accept_are_accepted(tmp_path):
     cfg = tmp_path / "ok.yaml"
-    cfg.write_text("epochs: 3\nlr: 1\nmilestones: [1, 2.5]\nlimit_test: null\nseed: '7'\n")
+    cfg.write_text(
+        "epochs: 3\nlr: 1\nschedule: step\nmilestones: [1, 2.5]\nlimit_test: null\nseed: '7'\n"
+    )
     s = _settings(["train", "--config", str(cfg)])
     assert s["epochs"] == 3 and s["lr"] == 1.0 and isinstance(s["lr"], float)
     assert s["milestones"] == [1.0, 2.5] and s["limit_test"] is None and s["seed"] == 7

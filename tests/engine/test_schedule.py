@@ -77,3 +77,20 @@ def test_trainer_sets_scheduled_rates_per_group(tiny_model, tiny_data, tiny_conf
     for step, lrs in enumerate(seen):
         f = lr_factor(step, total, trainer.steps_per_epoch, cfg.schedule)
         assert lrs == sorted({round(0.05 * f * 0.1, 12), round(0.05 * f, 12)})
+
+
+def test_milestones_not_before_the_end_of_the_run_warn(tiny_model, tiny_data, tiny_config):
+    import warnings
+
+    # 48 samples / batch 8 = 6 steps per epoch, 1 epoch: epoch 1 is step 6, after the last step
+    late = tiny_config(epochs=1, schedule=ScheduleConfig("step", milestones=(0.5, 1, 9)))
+    with pytest.warns(UserWarning) as record:
+        trainer = Trainer(tiny_model(), tiny_data(), late)
+    assert [str(r.message) for r in record] == trainer.setting_warnings
+    (message,) = trainer.setting_warnings
+    assert message.startswith("milestones 1, 9 (epochs) not before the end of the run (1 epochs")
+    assert "never multiplies the rate by gamma" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # milestones inside the run, or a cosine run, warn nothing
+        inside = tiny_config(epochs=2, schedule=ScheduleConfig("step", milestones=(0.5, 1.5)))
+        assert Trainer(tiny_model(), tiny_data(), inside).setting_warnings == []

@@ -21,6 +21,7 @@ from typing import Any
 from .option import UsageError
 from .options import COMMANDS, EPILOG
 from .presets import get_preset, legacy_backbone_config
+from .schedule_options import resumed_milestones
 from .settings import read_config_file, resolve_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -210,6 +211,9 @@ def _train(s: dict[str, Any]) -> int:
         # detection evaluates a few images per process at a time, the classifier 250 digits
         few = detection or segmentation
         eval_batch = max(1, s["batch_size"] // dist.world_size) if few else 250
+        if resume:
+            kept = resumed_milestones(s, ckpt if resume is True else resume)
+            s = s if kept is None else {**s, "milestones": kept}  # a run from before scaling
         config = _settings_to_train_config(s, out, eval_batch)
         engine.seed_everything(s["seed"])
         model_config, build_kwargs, extra = preset.model_config(s), {}, {}

@@ -67,7 +67,8 @@ ImageSets/Segmentation/train.txt and val.txt).
             f"--{k.replace('_', '-')} {' '.join(f'{x:g}' for x in v) if isinstance(v, list) else v}"
             for k, v in MODELS["faster_rcnn"].defaults.items()
         )
-        + " unless the config file or a flag says otherwise.",
+        + " unless the config file or a flag says otherwise; without --milestones, the "
+        "milestones scale with --epochs (8 and 11 of 12 epochs: --epochs 6 decays at 4 and 5.5).",
         100,
     )
     + "\n"
@@ -217,7 +218,14 @@ TRAIN_OPTIONS = (
         above=0,
     ),
     Option("weight-decay", _float, 1e-4, "weight decay", at_least=0),
-    Option("momentum", _float, 0.9, "SGD momentum, in [0, 1)", at_least=0, below=1),
+    Option(
+        "momentum",
+        _float,
+        0.9,
+        "SGD momentum, in [0, 1) (--optimizer sgd only)",
+        at_least=0,
+        below=1,
+    ),
     Option("schedule", str, "cosine", "learning-rate schedule after warm-up", ("cosine", "step")),
     Option("warmup-steps", int, 50, "linear warm-up steps" + WARMUP_NOTE, at_least=0),
     Option(
@@ -232,7 +240,8 @@ TRAIN_OPTIONS = (
         "milestones",
         _float,
         [],
-        "epochs where the step schedule multiplies by gamma",
+        "epochs where the step schedule multiplies by gamma (--schedule step only; a preset's "
+        "scale with --epochs)",
         None,
         "*",
         at_least=0,
@@ -241,7 +250,7 @@ TRAIN_OPTIONS = (
         "gamma",
         _float,
         0.1,
-        "factor of the step schedule at each milestone, in (0, 1]",
+        "factor of the step schedule at each milestone, in (0, 1] (--schedule step only)",
         above=0,
         at_most=1,
     ),
@@ -249,7 +258,7 @@ TRAIN_OPTIONS = (
         "min-lr-factor",
         _float,
         0.0,
-        "final factor of the cosine schedule, in [0, 1]",
+        "final factor of the cosine schedule, in [0, 1] (--schedule cosine only)",
         at_least=0,
         at_most=1,
     ),

@@ -186,18 +186,29 @@ class Trainer:
         self.logger = MetricLogger(config.output_dir, self.dist.is_main, config.tensorboard)
 
     def _check_schedule(self) -> list[str]:
-        """A warm-up not shorter than the run keeps the rate below its base value throughout (50
-        warm-up steps in an 8-step cosine run: at most 0.042 of it); it is kept as configured
-        (the settings are the run's identity, see ``TrainConfig.fingerprint``) and warned about."""
+        """Settings kept as configured (they are the run's identity, see
+        ``TrainConfig.fingerprint``) but warned about: a warm-up not shorter than the run keeps
+        the rate below its base value throughout (50 warm-up steps in an 8-step cosine run: at
+        most 0.042 of it), and a step-schedule milestone at or after the run's last step never
+        lowers the rate."""
         schedule, total = self.config.schedule, self.total_steps
-        if schedule.warmup_steps < total:
-            return []
-        peak = max(lr_factor(t, total, self.steps_per_epoch, schedule) for t in range(total))
-        return [
-            f"the warm-up ({schedule.warmup_steps} steps) is not shorter than the run ({total} "
-            f"steps): the learning rate never reaches its base value (at most {peak:.3g} times "
-            "it); lower warmup_steps or train longer"
-        ]
+        found = []
+        if schedule.warmup_steps >= total:
+            peak = max(lr_factor(t, total, self.steps_per_epoch, schedule) for t in range(total))
+            found.append(
+                f"the warm-up ({schedule.warmup_steps} steps) is not shorter than the run ({total} "
+                f"steps): the learning rate never reaches its base value (at most {peak:.3g} "
+                "times it); lower warmup_steps or train longer"
+            )
+        late = [m for m in schedule.milestones if round(m * self.steps_per_epoch) >= total]
+        if schedule.name == "step" and late:
+            shown = ", ".join(f"{m:g}" for m in late)
+            found.append(
+                f"milestone{'s' if len(late) > 1 else ''} {shown} (epochs) not before the end of "
+                f"the run ({self.config.epochs} epochs, {total} steps): the step schedule never "
+                f"multiplies the rate by gamma there; lower the milestones or train longer"
+            )
+        return found
 
     # -- checkpoints -----------------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""``torchdcn train``'s schedule options: options the optimizer or schedule does not read are
+refused, a preset's milestones scale with ``--epochs``, and milestones after the run warn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchdcn import cli
+from torchdcn.cli.schedule_options import SCALED_FROM, resumed_milestones
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    import numba
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    yield
+    torch.set_num_threads(before[0])
+    numba.set_num_threads(before[1])
+
+
+def _settings(argv):
+    args = cli.build_parser().parse_args(argv)
+    return cli.resolve_settings(args.command, args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--milestones", "0.5"],  # the classifier's default schedule is cosine
+            "--milestones applies to --schedule step, not to --schedule cosine",
+        ),
+        (["--gamma", "0.5"], "--gamma applies to --schedule step, not to --schedule cosine"),
+        (["--momentum", "0.1"], "--momentum applies to --optimizer sgd, not to --optimizer adamw"),
+        (
+            ["--model", "faster_rcnn", "--min-lr-factor", "0.1"],  # detectors: step schedule
+            "--min-lr-factor applies to --schedule cosine, not to --schedule step",
+        ),
+        (
+            ["--model", "faster_rcnn", "--optimizer", "adamw", "--momentum", "0.8"],
+            "--momentum applies to --optimizer sgd",
+        ),
+    ],
+)
+def test_options_the_schedule_or_optimizer_does_not_read_exit_2(tmp_path, capsys, argv, message):
+    argv = ["train", *argv, "--data-root", str(tmp_path / "nodata")]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "ignored" in lines[0], err
+
+
+def test_a_config_file_option_that_is_not_read_is_refused_and_read_ones_pass(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("optimizer: adamw\nmomentum: 0.5\n")
+    with pytest.raises(cli.UsageError, match="--momentum applies to --optimizer sgd"):
+        _settings(["train", "--config", str(cfg)])
+    s = _settings(["train", "--config", str(cfg), "--optimizer", "sgd"])
+    assert s["momentum"] == 0.5
+    s = _settings(["train", "--schedule", "step", "--milestones", "2", "--gamma", "0.5"])
+    assert s["milestones"] == [2.0] and s["gamma"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "milestones"),
+    [
+        (["--model", "faster_rcnn"], [8.0, 11.0]),  # the preset's 12 epochs: unchanged
+        (["--model", "faster_rcnn", "--epochs", "6"], [4.0, 5.5]),  # 2/3 and 11/12 of the run
+        (["--model", "rfcn", "--epochs", "24"], [16.0, 22.0]),
+        (["--model", "deeplab", "--epochs", "3"], [2.0]),  # DeepLab: 2/3 of the run
+        (["--model", "faster_rcnn", "--epochs", "6", "--milestones", "5"], [5.0]),  # given: kept
+        (["--epochs", "3", "--schedule", "step"], []),  # the classifier has no preset milestones
+    ],
+)
+def test_preset_milestones_scale_with_the_epochs(argv, milestones):
+    s = _settings(["train", *argv])
+    assert s["milestones"] == pytest.approx(milestones)
+    scaled = s["milestones"] != [8.0, 11.0] and "--milestones" not in argv and milestones
+    assert (SCALED_FROM in s) == bool(scaled)
+
+
+def test_a_checkpoint_written_before_the_scaling_resumes_with_its_milestones(tmp_path):
+    from torchdcn.engine import save_checkpoint
+
+    s = _settings(["train", "--model", "faster_rcnn", "--epochs", "6"])
+    ckpt = tmp_path / "last.pt"
+    old = {"train": {"schedule": {"milestones": [8.0, 11.0]}}}
+    save_checkpoint(ckpt, {"step": 1}, old)
+    assert resumed_milestones(s, ckpt) == [8.0, 11.0]
+    save_checkpoint(ckpt, {"step": 1}, {"train": {"schedule": {"milestones": [4.0, 5.5]}}})
+    assert resumed_milestones(s, ckpt) is None  # a run that already scaled: nothing to keep
+    assert resumed_milestones(s, tmp_path / "missing.pt") is None
+    explicit = _settings(["train", "--model", "faster_rcnn", "--epochs", "6", "--milestones", "4"])
+    save_checkpoint(ckpt, {"step": 1}, old)
+    assert resumed_milestones(explicit, ckpt) is None  # given milestones are the run's
+
+
+def write_coco(root: Path) -> Path:
+    """Two 48x48 images with one box each (category 1)."""
+    from PIL import Image
+
+    (root / "train").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, annotations = [], []
+    for i, (x, y) in enumerate([(6, 8), (20, 14)], start=1):
+        pixels = np.full((48, 48, 3), 128, np.uint8)
+        pixels[y : y + 20, x : x + 20] = (220, 40, 40)
+        Image.fromarray(pixels).save(root / "train" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "height": 48, "width": 48})
+        annotations.append(
+            {"id": i, "image_id": i, "category_id": 1, "bbox": [x, y, 20, 20], "area": 400,
+             "iscrowd": 0}
+        )  # fmt: skip
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]}
+    (root / "annotations" / "instances_train.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_detector_run_of_an_earlier_version_resumes_and_milestones_after_the_run_warn(
+    tmp_path, capsys
+):
+    pytest.importorskip("pycocotools")
+    root = write_coco(tmp_path / "data")
+    out = tmp_path / "run"
+    base = [
+        "train", "--model", "rpn_detector", "--backbone", "resnet18", "--base-channels", "8",
+        "--data-root", str(root), "--min-size", "48", "--max-size", "48", "--epochs", "1",
+        "--batch-size", "2", "--limit-test", "1", "--warmup-steps", "0", "--no-progress",
+        "--threads", "1", "--eval-every", "0", "--output-dir", str(out),
+    ]  # fmt: skip
+    # what an earlier version stored for --epochs 1: the preset's 8 and 11, after the run
+    assert cli.main([*base, "--milestones", "8", "11"]) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "warning: milestones 8, 11 (epochs) not before the end of the run" in err
+    # resumed without --milestones: the settings scale them, the checkpoint keeps its own
+    # (a mismatch would exit 3)
+    assert cli.main([*base, "--resume", "auto"]) == cli.EXIT_OK
+    assert "warning: milestones 8, 11 (epochs)" in capsys.readouterr().err
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("resume") == 1
