@@ -404,12 +404,15 @@ class Trainer:
                 for hook in self.hooks:
                     hook(self)
             done = self.step == self.total_steps
+            # the epoch's checkpoint first: an evaluation that fails loses no training (a
+            # resumed run goes on from here; evaluating changes no weights and draws from no
+            # RNG that a later step reads, so the order leaves the run as it was)
+            self.save()
             if self.eval_sets and (
                 done or (self.eval_every and (epoch + 1) % self.eval_every == 0)
             ):
                 metrics = self.evaluate_metrics()
                 self._log_eval("eval", metrics, epoch=epoch)
-            self.save()
         bar.close()
         if not metrics and self.eval_sets:
             metrics = self.evaluate_metrics()  # a run resumed after its last step
