@@ -144,6 +144,10 @@ def test_corrupt_checkpoint_exits_3(tmp_path, capsys):
     assert cli.main(argv) == cli.EXIT_INPUT
 
 
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
 @needs_data
 def test_tiny_train_eval_and_resume_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
@@ -160,6 +164,14 @@ def test_tiny_train_eval_and_resume_end_to_end(tmp_path, capsys):
     assert "optim.lr" in capsys.readouterr().err
     assert cli.main(["train", *base, "--resume", "auto"]) == cli.EXIT_OK
     capsys.readouterr()
+    # results.json of the call that trained nothing keeps the run's loss, as strict JSON
+    resumed = json.loads((out / "results.json").read_text(), parse_constant=_refuse_constant)
+    assert resumed["loss"] == summary["loss"] and resumed["resumed_from_step"] == 3
+    # --resume and --overwrite contradict each other: refused, nothing deleted
+    assert cli.main(["train", *base, "--resume", "auto", "--overwrite"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--resume auto continues a run, --overwrite starts one over" in err
+    assert (out / "last.pt").exists() and (out / "metrics.jsonl").exists()
     ckpt, acc_file = str(out / "last.pt"), str(tmp_path / "acc.json")
     argv = ["eval", "--checkpoint", ckpt, "--limit-test", "40", "--json", acc_file]
     argv += ["--num-workers", "1"]  # a DataLoader worker reads the test digits

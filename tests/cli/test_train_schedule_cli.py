@@ -144,3 +144,28 @@ def test_detector_run_of_an_earlier_version_resumes_and_milestones_after_the_run
     assert "warning: milestones 8, 11 (epochs)" in capsys.readouterr().err
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("resume") == 1
+
+
+def test_results_of_a_call_that_trained_nothing(tmp_path):
+    from types import SimpleNamespace
+
+    from torchdcn.cli.train_results import write_results
+
+    def result(steps, resumed, loss):
+        return SimpleNamespace(
+            steps=steps, loss=loss, accuracy={}, wall_time_s=0.1, resumed_from_step=resumed,
+            checkpoint=tmp_path / "last.pt", losses={},
+        )  # fmt: skip
+
+    # no metrics.jsonl (a checkpoint copied elsewhere): null, not NaN
+    written = write_results(tmp_path, result(4, 4, float("nan")), losses={}, metrics={})
+    assert written["loss"] is None and "NaN" not in (tmp_path / "results.json").read_text()
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(
+        json.dumps({"event": "train", "step": 4, "loss": 1.5, "losses": {"a": 1.0, "b": 0.5}})
+        + "\n"
+    )
+    written = write_results(tmp_path, result(4, 4, float("nan")), losses={}, metrics={})
+    assert written["loss"] == 1.5 and written["losses"] == {"a": 1.0, "b": 0.5}
+    assert write_results(tmp_path, result(6, 6, float("nan")))["loss"] is None  # another step
+    assert write_results(tmp_path, result(6, 4, 0.25))["loss"] == 0.25  # trained: its own loss

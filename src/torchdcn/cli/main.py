@@ -162,6 +162,11 @@ def _check(command: str, s: dict[str, Any]) -> None:
             from ..engine.checkpoint import CheckpointError
 
             raise CheckpointError(f"--pretrained-backbone {s['pretrained_backbone']}: no such file")
+    if command == "train" and s.get("resume") is not None and s.get("overwrite"):
+        raise UsageError(
+            f"--resume {s['resume']} continues a run, --overwrite starts one over: give one of "
+            "them, not both"
+        )
     limit, batch = s.get("limit_train"), s.get("batch_size")
     if command in ("train", "demo") and limit is not None and limit < batch:
         raise UsageError(
@@ -263,27 +268,22 @@ def _train(s: dict[str, Any]) -> int:
             raise UsageError(str(err)) from err
         result = trainer.fit(resume=resume)
         if dist.is_main:
-            summary = {
-                "steps": result.steps,
-                "loss": result.loss,
-                "accuracy": result.accuracy,
-                "wall_time_s": round(result.wall_time_s, 1),
-                "resumed_from_step": result.resumed_from_step,
-                "checkpoint": str(result.checkpoint),
-            }
+            from .train_results import write_results
+
+            extra: dict[str, Any] = {}
             if detection:
                 from .detection import metrics_table
 
-                summary["losses"], summary["metrics"] = result.losses, result.metrics
+                extra = {"losses": result.losses, "metrics": result.metrics}
                 print(metrics_table(result.metrics["val"]))
             elif segmentation:
                 from .segmentation import miou_lines
 
-                summary["losses"], summary["metrics"] = result.losses, result.metrics
+                extra = {"losses": result.losses, "metrics": result.metrics}
                 print(miou_lines(result.metrics["val"]))
             else:
                 print(_accuracy_lines(result.accuracy))
-            (out / "results.json").write_text(json.dumps(summary, indent=1))
+            write_results(out, result, **extra)
             print(f"checkpoint: {result.checkpoint}")
     finally:
         distributed.cleanup()
