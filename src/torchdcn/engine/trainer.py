@@ -384,7 +384,7 @@ class Trainer:
                     means = self._mean_over_processes(window, window_steps)
                     loss_avg, terms_avg = means.pop(""), means
                     rate = window_steps * cfg.batch_size / (time.perf_counter() - window_start)
-                    lr = self.optimizer.param_groups[0]["lr"]
+                    lr, group_lrs = self._last_rates()
                     shown = {k: f"{v:.4f}" for k, v in terms_avg.items()} if len(means) > 1 else {}
                     bar.set_postfix(
                         loss=f"{loss_avg:.4f}", **shown, img_s=f"{rate:.0f}", lr=f"{lr:.2e}"
@@ -396,6 +396,7 @@ class Trainer:
                         loss=loss_avg,
                         losses=terms_avg,
                         lr=lr,
+                        **({"lr_groups": group_lrs} if len(group_lrs) > 1 else {}),
                         img_per_s=round(rate, 1),
                     )
                     window, window_steps, window_start = {}, 0, time.perf_counter()
@@ -429,6 +430,17 @@ class Trainer:
             losses=terms_avg,
             metrics=metrics,
         )
+
+    def _last_rates(self) -> tuple[float, dict[str, float]]:
+        """The base rate of the last step (``optim.lr`` times the schedule's factor) and the rate
+        of each learning-rate multiplier's groups, ``{"lr_mult=10": ...}`` (offset predictors
+        train at the base rate times their multiplier)."""
+        cfg = self.config
+        factor = lr_factor(self.step - 1, self.total_steps, self.steps_per_epoch, cfg.schedule)
+        groups = {
+            f"lr_mult={g.get('lr_mult', 1.0):g}": g["lr"] for g in self.optimizer.param_groups
+        }
+        return cfg.optim.lr * factor, groups
 
     def _log_eval(self, event: str, metrics: dict[str, dict[str, float]], **fields: Any) -> None:
         """An ``eval``/``end`` event: ``accuracy`` ``{set: percent}`` as before, and every
