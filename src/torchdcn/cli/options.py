@@ -298,6 +298,22 @@ TRAIN_OPTIONS = (
     Option(
         "overwrite", None, False, "start over even if <output-dir> holds a checkpoint", flag=True
     ),
+    Option(
+        "init-from",
+        str,
+        None,
+        "start a new run from the model weights of a torchdcn checkpoint or a state_dict file "
+        "(the whole model; not its optimizer, schedule or step; not with --resume)",
+        metavar="PATH",
+    ),
+    Option(
+        "init-strict",
+        None,
+        True,
+        "with --init-from: refuse a file whose keys or shapes differ from the model's "
+        "(--no-init-strict: load what fits, list the rest)",
+        flag=True,
+    ),
     DEVICE,
     Option(
         "tensorboard", None, False, "also log to <output-dir>/tb (needs tensorboard)", flag=True

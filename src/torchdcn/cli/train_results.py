@@ -65,3 +65,9 @@ def write_results(out: Path, result: Any, **extra: Any) -> dict[str, Any]:
     summary = finite_or_none(summary)
     (out / "results.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     return summary
+
+
+def accuracy_lines(accuracy: dict[str, float]) -> str:
+    """One ``name  NN.NN %`` line per evaluation set."""
+    width = max((len(k) for k in accuracy), default=5)
+    return "\n".join(f"{k:<{width}}  {v:6.2f} %" for k, v in accuracy.items())

@@ -1,5 +1,6 @@
-"""``torchdcn train``'s schedule options: options the optimizer or schedule does not read are
-refused, a preset's milestones scale with ``--epochs``, and milestones after the run warn."""
+"""``torchdcn train``: options the optimizer or schedule does not read are refused, a preset's
+milestones scale with ``--epochs`` and milestones after the run warn; a run starts from another
+run's weights with ``--init-from``; ``results.json`` of a call that trained nothing."""
 
 from __future__ import annotations
 
@@ -169,3 +170,73 @@ def test_results_of_a_call_that_trained_nothing(tmp_path):
     assert written["loss"] == 1.5 and written["losses"] == {"a": 1.0, "b": 0.5}
     assert write_results(tmp_path, result(6, 6, float("nan")))["loss"] is None  # another step
     assert write_results(tmp_path, result(6, 4, 0.25))["loss"] == 0.25  # trained: its own loss
+
+
+def _detector_argv(root: Path, out: Path, model: str = "rpn_detector") -> list[str]:
+    return [
+        "train", "--model", model, "--backbone", "resnet18", "--base-channels", "8",
+        "--data-root", str(root), "--min-size", "48", "--max-size", "48", "--epochs", "1",
+        "--batch-size", "2", "--limit-test", "1", "--warmup-steps", "0", "--no-progress",
+        "--threads", "1", "--eval-every", "0", "--output-dir", str(out),
+    ]  # fmt: skip
+
+
+def test_init_from_starts_a_new_run_from_a_whole_detector(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("pycocotools")
+    from torchdcn import engine
+
+    root = write_coco(tmp_path / "data")
+    first = tmp_path / "first"
+    assert cli.main(_detector_argv(root, first)) == cli.EXIT_OK
+    ckpt = first / "last.pt"
+    # resuming for more epochs is another run: the refusal says how to start it
+    longer = [*_detector_argv(root, first), "--epochs", "2", "--resume", "auto"]
+    assert cli.main(longer) == cli.EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "train.epochs: 1 -> 2" in err and f"--init-from {ckpt}" in err
+    assert cli.main([*longer, "--init-from", str(ckpt)]) == cli.EXIT_USAGE
+    assert "give one of them, not both" in capsys.readouterr().err
+
+    seen = {}
+    fit = engine.Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.update({k: v.clone() for k, v in self.model.state_dict().items()})
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Trainer, "fit", recording_fit)
+    second = tmp_path / "second"
+    argv = [*_detector_argv(root, second), "--epochs", "2", "--init-from", str(ckpt)]
+    assert cli.main(argv) == cli.EXIT_OK
+    assert "initialised from" in capsys.readouterr().out
+    trained = engine.load_checkpoint(ckpt)["model"]
+    assert seen.keys() == trained.keys()  # RPN and heads too, not only the backbone
+    assert all(torch.equal(seen[k], trained[k]) for k in trained)
+    summary = json.loads((second / "results.json").read_text())
+    assert summary["steps"] == 2 and summary["resumed_from_step"] == 0  # a new run: step 0
+    events = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "init_from" and events[0]["path"] == str(ckpt)
+    # a run started from weights resumes as any other (the weights are not its identity)
+    assert cli.main([*_detector_argv(root, second), "--epochs", "2", "--resume", "auto"]) == 0
+
+
+def test_init_from_another_architecture_is_strict_unless_told(tmp_path, capsys):
+    pytest.importorskip("pycocotools")
+    root = write_coco(tmp_path / "data")
+    rpn = tmp_path / "rpn"
+    assert cli.main(_detector_argv(root, rpn)) == cli.EXIT_OK
+    capsys.readouterr()
+    argv = [*_detector_argv(root, tmp_path / "frcnn", "faster_rcnn"), "--init-from"]
+    assert cli.main([*argv, str(rpn / "last.pt")]) == cli.EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "--init-from: the weights of" in err and "do not fit this model" in err
+    assert "missing from the file: neck.conv.weight" in err and "roi_heads.head.fc6.weight" in err
+    assert "--no-init-strict loads what fits" in err
+    assert cli.main([*argv, str(rpn / "last.pt"), "--no-init-strict"]) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "warning: --init-from" in err and "keep their initialisation" in err
+    assert cli.main([*argv, str(tmp_path / "gone.pt"), "--overwrite"]) == cli.EXIT_INPUT
+    assert "--init-from" in capsys.readouterr().err
+    no_init = _detector_argv(root, tmp_path / "x")
+    assert cli.main([*no_init, "--no-init-strict"]) == cli.EXIT_USAGE
+    assert "--no-init-strict applies to --init-from" in capsys.readouterr().err
