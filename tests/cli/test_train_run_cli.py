@@ -240,3 +240,11 @@ def test_init_from_another_architecture_is_strict_unless_told(tmp_path, capsys):
     no_init = _detector_argv(root, tmp_path / "x")
     assert cli.main([*no_init, "--no-init-strict"]) == cli.EXIT_USAGE
     assert "--no-init-strict applies to --init-from" in capsys.readouterr().err
+
+
+def test_sync_bn_reaches_the_train_config(tmp_path):
+    from torchdcn.cli.train import train_config
+
+    s = _settings(["train", "--model", "faster_rcnn", "--sync-bn"])
+    assert s["sync_bn"] is True and train_config(s, tmp_path).sync_bn is True
+    assert train_config(_settings(["train"]), tmp_path).sync_bn is False

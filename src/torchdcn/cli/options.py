@@ -264,6 +264,15 @@ TRAIN_OPTIONS = (
     ),
     Option("amp", None, False, "mixed precision (bfloat16 on CPU, float16 on CUDA)", flag=True),
     Option(
+        "sync-bn",
+        None,
+        False,
+        "under torchrun: BatchNorm statistics over the global batch, so N processes train like "
+        "one (detectors, deeplab with trained BatchNorm; SyncBatchNorm on CUDA, an all-reduce "
+        "BatchNorm on CPU)",
+        flag=True,
+    ),
+    Option(
         "clip-grad-norm",
         _float_or_none,
         None,

@@ -192,6 +192,7 @@ def train_config(s: dict[str, Any], out: Path, eval_batch_size: int = 250):
                 s["min_lr_factor"],
             ),
             amp=s["amp"],
+            sync_bn=s["sync_bn"],
             clip_grad_norm=s["clip_grad_norm"],
             output_dir=str(out),
             checkpoint_every=s["checkpoint_every"],

@@ -134,8 +134,19 @@ class TrainConfig:
     Attributes:
         epochs: passes over the training set (each drops its last partial batch); an ``int``, as
             every other count here.
-        batch_size: the *global* batch: split evenly over the processes of a distributed run, so
-            ``N`` processes with ``batch_size`` train like one process with ``batch_size``.
+        batch_size: the *global* batch, split evenly over the processes of a distributed run.
+            ``N`` processes then train like one process with ``batch_size`` (to float rounding)
+            when (1) no BatchNorm layer normalises by batch statistics (GroupNorm, frozen or
+            eval-mode BatchNorm), or ``sync_bn`` is set, otherwise each process's BatchNorm sees
+            only its ``batch_size / N`` samples and :class:`~torchdcn.engine.Trainer` warns; and
+            (2) the model's training forward draws nothing at random: the detectors' RPN and RoI
+            heads sample anchors and RoIs from each process's own RNG stream (a step's seed
+            mixes in the rank), so their distributed runs match one process in distribution,
+            not weight for weight.
+        sync_bn: with several processes, BatchNorm statistics over the global batch
+            (:func:`~torchdcn.engine.sync_batchnorm.convert_sync_batchnorm`: torch's
+            ``SyncBatchNorm`` on CUDA, an all-reduce BatchNorm on CPU); no effect in one
+            process. Part of the fingerprint only when set, so earlier checkpoints resume.
         seed: seeds model initialisation (by the caller), data order and every step's RNG.
         optim, schedule: see :class:`OptimConfig`, :class:`ScheduleConfig`.
         amp: automatic mixed precision (float16 with loss scaling on CUDA, bfloat16 on CPU).
@@ -168,6 +179,7 @@ class TrainConfig:
     tensorboard: bool = False
     device: str = "auto"
     num_workers: int = 0
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         _int("epochs", self.epochs, 1)
@@ -183,6 +195,9 @@ class TrainConfig:
         _int("log_every", self.log_every, 1)
         _int("eval_batch_size", self.eval_batch_size, 1)
         _int("num_workers", self.num_workers, 0)
+        for name in ("amp", "progress", "tensorboard", "sync_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide the trained weights (a resumed run must match them)."""
@@ -198,6 +213,8 @@ class TrainConfig:
             "num_workers",
         ):
             d.pop(key)
+        if not d["sync_bn"]:  # runs from before the option had none
+            d.pop("sync_bn")
         d["optim"]["betas"] = list(d["optim"]["betas"])
         d["schedule"]["milestones"] = list(d["schedule"]["milestones"])
         return d

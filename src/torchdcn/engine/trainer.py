@@ -55,6 +55,7 @@ from .optim import build_optimizer
 from .sampler import TrainBatchSampler, mix_seed, steps_per_epoch
 from .schedule import apply_lr, lr_factor
 from .seeded_data import SeededSamples
+from .sync_batchnorm import batch_statistics_layers, convert_sync_batchnorm
 
 __all__ = ["CHECKPOINT_NAME", "DEVICE_PATTERN", "TrainResult", "Trainer", "resolve_device"]
 
@@ -118,8 +119,15 @@ class Trainer:
         name: label of the progress bar.
 
     The model must be built (and seeded) identically on every process; a distributed run wraps it
-    in :class:`~torch.nn.parallel.DistributedDataParallel`, which averages gradients, so with a
-    global batch of ``B`` the update equals the one of a single process reading all ``B``.
+    in :class:`~torch.nn.parallel.DistributedDataParallel`, which averages gradients. With a
+    global batch of ``B`` the update then equals the one of a single process reading all ``B``
+    (to float rounding) when no BatchNorm layer normalises by batch statistics (GroupNorm, frozen
+    or eval-mode BatchNorm), or with ``config.sync_bn``, which converts the model's BatchNorm
+    layers in place (:func:`~.sync_batchnorm.convert_sync_batchnorm`) before wrapping it
+    (otherwise each process normalises by its own ``B / N`` samples, and the trainer warns) --
+    and when the training forward draws nothing at random: every process draws from its own RNG
+    stream (seeded from ``(seed, step, rank)``), so the detectors, whose RPN and RoI heads
+    sample anchors and RoIs, match one process in distribution, not weight for weight.
     """
 
     def __init__(
@@ -148,6 +156,8 @@ class Trainer:
             )
         self.device = resolve_device(config.device, self.dist.local_rank)
         self.model = model.to(self.device)
+        if config.sync_bn and self.dist.world_size > 1:
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.train_set = train_set = as_dataset(train_set)
         self.eval_sets = {k: as_dataset(v) for k, v in (eval_sets or {}).items()}
         self.eval_every = eval_every
@@ -163,7 +173,7 @@ class Trainer:
             )
         self.total_steps = config.epochs * self.steps_per_epoch
         #: problems with the settings, warned about here and logged as "warning" events by fit
-        self.setting_warnings = self._check_schedule()
+        self.setting_warnings = self._check_schedule() + self._check_batch_norm()
         for message in self.setting_warnings if self.dist.is_main else ():
             warnings.warn(message, UserWarning, stacklevel=2)
         self.run_info = run_info or {}
@@ -209,6 +219,22 @@ class Trainer:
                 f"multiplies the rate by gamma there; lower the milestones or train longer"
             )
         return found
+
+    def _check_batch_norm(self) -> list[str]:
+        """With several processes and without ``sync_bn``, BatchNorm layers that normalise by
+        batch statistics make the run differ from one process with the global batch."""
+        if self.dist.world_size == 1 or self.config.sync_bn:
+            return []
+        layers = batch_statistics_layers(self.model)
+        if not layers:
+            return []
+        share = self.config.batch_size // self.dist.world_size
+        return [
+            f"{len(layers)} BatchNorm layers (e.g. {layers[0]}) normalise by the statistics of "
+            f"each process's {share} samples, not of the global batch of "
+            f"{self.config.batch_size}: these {self.dist.world_size} processes do not train like "
+            "one process; set sync_bn (torchdcn train --sync-bn) or freeze BatchNorm"
+        ]
 
     # -- checkpoints -----------------------------------------------------------------------
 
