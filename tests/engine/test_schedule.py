@@ -88,7 +88,9 @@ def test_milestones_not_before_the_end_of_the_run_warn(tiny_model, tiny_data, ti
         trainer = Trainer(tiny_model(), tiny_data(), late)
     assert [str(r.message) for r in record] == trainer.setting_warnings
     (message,) = trainer.setting_warnings
-    assert message.startswith("milestones 1, 9 (epochs) not before the end of the run (1 epochs")
+    assert message.startswith(
+        "milestones 1, 9 (epochs) not before the end of the run (1 epoch, 6 steps)"
+    )
     assert "never multiplies the rate by gamma" in message
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # milestones inside the run, or a cosine run, warn nothing

@@ -215,7 +215,8 @@ class Trainer:
             shown = ", ".join(f"{m:g}" for m in late)
             found.append(
                 f"milestone{'s' if len(late) > 1 else ''} {shown} (epochs) not before the end of "
-                f"the run ({self.config.epochs} epochs, {total} steps): the step schedule never "
+                f"the run ({self.config.epochs} epoch{'s' if self.config.epochs > 1 else ''}, "
+                f"{total} steps): the step schedule never "
                 f"multiplies the rate by gamma there; lower the milestones or train longer"
             )
         return found
