@@ -59,6 +59,8 @@ def test_writes_the_splits_and_overwrites_only_when_asked(tmp_path, capsys):
         (["--heldout-heights", "10", "20"], "overlap"),
         (["--heights", "16", "44", "50"], "pairs"),
         (["--rotation", "30", "10"], "LO <= HI"),
+        (["--rotation", "0", "400"], "--rotation must be <= 180, got 400.0"),
+        (["--heldout-rotation", "190", "200"], "--heldout-rotation must be <= 180"),
         (["--min-digits", "5", "--max-digits", "3"], "--max-digits"),
     ],
 )

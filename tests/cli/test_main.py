@@ -61,7 +61,9 @@ def _settings(argv):
 
 def test_precedence_defaults_then_yaml_then_flags(tmp_path):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("lr: 0.05\nbatch-size: 32\ndeform: v2\namp: true\nmilestones: [2, 4]\n")
+    cfg.write_text(
+        "lr: 0.05\nbatch-size: 32\ndeform: v2\namp: true\nschedule: step\nmilestones: [2, 4]\n"
+    )
     s = _settings(["train", "--config", str(cfg), "--lr", "0.01"])
     assert s["lr"] == 0.01  # flag beats file
     assert s["batch_size"] == 32 and s["deform"] == "v2" and s["amp"] is True  # file beats default
@@ -142,6 +144,10 @@ def test_corrupt_checkpoint_exits_3(tmp_path, capsys):
     assert cli.main(argv) == cli.EXIT_INPUT
 
 
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
 @needs_data
 def test_tiny_train_eval_and_resume_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
@@ -158,6 +164,14 @@ def test_tiny_train_eval_and_resume_end_to_end(tmp_path, capsys):
     assert "optim.lr" in capsys.readouterr().err
     assert cli.main(["train", *base, "--resume", "auto"]) == cli.EXIT_OK
     capsys.readouterr()
+    # results.json of the call that trained nothing keeps the run's loss, as strict JSON
+    resumed = json.loads((out / "results.json").read_text(), parse_constant=_refuse_constant)
+    assert resumed["loss"] == summary["loss"] and resumed["resumed_from_step"] == 3
+    # --resume and --overwrite contradict each other: refused, nothing deleted
+    assert cli.main(["train", *base, "--resume", "auto", "--overwrite"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--resume auto continues a run, --overwrite starts one over" in err
+    assert (out / "last.pt").exists() and (out / "metrics.jsonl").exists()
     ckpt, acc_file = str(out / "last.pt"), str(tmp_path / "acc.json")
     argv = ["eval", "--checkpoint", ckpt, "--limit-test", "40", "--json", acc_file]
     argv += ["--num-workers", "1"]  # a DataLoader worker reads the test digits
@@ -220,6 +234,11 @@ def _one_error_line(err: str, command: str) -> str:
         (["train", "--log-every", "0"], "--log-every must be >= 1"),
         (["train", "--clip-grad-norm", "0"], "--clip-grad-norm must be > 0"),
         (["train", "--milestones", "2", "-1"], "--milestones must be >= 0, got -1.0"),
+        # a cosine floor above 1 raised the rate over the run ([0.003, 0.0038, 0.006, ...])
+        (["train", "--min-lr-factor", "5"], "--min-lr-factor must be <= 1, got 5.0"),
+        (["train", "--gamma", "2"], "--gamma must be <= 1, got 2.0"),
+        (["train", "--warmup-factor", "1.5"], "--warmup-factor must be <= 1, got 1.5"),
+        (["train", "--momentum", "1"], "--momentum must be < 1, got 1.0"),
         (["demo", "--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
         (["demo", "--jobs", "-2"], "--jobs must be >= 0"),
     ],
@@ -290,7 +309,9 @@ def test_config_values_are_checked_like_flags(tmp_path, capsys, name, content, m
 
 def test_config_numbers_that_the_flags_accept_are_accepted(tmp_path):
     cfg = tmp_path / "ok.yaml"
-    cfg.write_text("epochs: 3\nlr: 1\nmilestones: [1, 2.5]\nlimit_test: null\nseed: '7'\n")
+    cfg.write_text(
+        "epochs: 3\nlr: 1\nschedule: step\nmilestones: [1, 2.5]\nlimit_test: null\nseed: '7'\n"
+    )
     s = _settings(["train", "--config", str(cfg)])
     assert s["epochs"] == 3 and s["lr"] == 1.0 and isinstance(s["lr"], float)
     assert s["milestones"] == [1.0, 2.5] and s["limit_test"] is None and s["seed"] == 7

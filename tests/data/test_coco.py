@@ -228,6 +228,13 @@ def test_bad_arguments_and_missing_paths(tmp_path):
     ann_file, images, _ = _synthetic(tmp_path)
     with pytest.raises(ValueError, match="on_bad"):
         CocoDetection(ann_file, images, on_bad="ignore")
+    # a bad seed failed only when the first sample was read
+    with pytest.raises(TypeError, match=r"seed must be an int >= 0, got 'a' \(str\)"):
+        CocoDetection(ann_file, images, seed="a")
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+        CocoDetection(ann_file, images, seed=-1)
+    with pytest.raises(TypeError, match="masks must be True or False, got 'no'"):
+        CocoDetection(ann_file, images, masks="no")
     with pytest.raises(DataNotFoundError, match="image folder"):
         CocoDetection(ann_file, tmp_path / "nowhere")
     with pytest.raises(DataNotFoundError, match="annotation file"):

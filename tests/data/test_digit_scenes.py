@@ -256,6 +256,10 @@ def test_bad_parameters_are_refused():
         Geometry(heights=((20.0, 10.0),))
     with pytest.raises(ValueError, match="aspect"):
         Geometry(aspect=(0.0, 1.0))
+    # a magnitude above 180 degrees is another name for a smaller angle
+    with pytest.raises(ValueError, match=r"rotation must be .* 0 <= lo <= hi <= 180, got"):
+        Geometry(rotation=((0.0, 400.0),))
+    assert Geometry(rotation=((170.0, 180.0),)).rotation == ((170.0, 180.0),)
     with pytest.raises(ValueError, match="max_iou"):
         SceneConfig(max_iou=1.0)
     with pytest.raises(ValueError, match="digits"):

@@ -170,3 +170,42 @@ def test_bad_arguments():
         RandomHorizontalFlip()(torch.zeros(3, 4, 4), None)
     with pytest.raises(TypeError, match="callable"):
         Compose([1])
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: Resize("600"), TypeError, "min_size must be a number of pixels or a sequence"),
+        (lambda: Resize(None), TypeError, "got None (NoneType)"),
+        (lambda: Resize([]), ValueError, "min_size must hold at least one size"),
+        (lambda: Resize(float("nan")), ValueError, "min_size must be a finite number of pixels"),
+        (lambda: Resize(600, float("inf")), ValueError, "max_size must be a finite number"),
+        (lambda: Resize([600, "800"]), TypeError, "min_size must be a number of pixels, got '800'"),
+        (lambda: Resize(600, True), TypeError, "max_size must be a number of pixels, got True"),
+        (lambda: Compose(lambda i, t, g: (i, t)), TypeError, "got one function (wrap it"),
+        (lambda: Compose(None), TypeError, "transforms must be a list of callables, got NoneType"),
+    ],
+)
+def test_bad_transform_arguments_name_what_they_got(make, error, message):
+    import re
+
+    with pytest.raises(error, match=re.escape(message)):
+        make()
+
+
+@pytest.mark.parametrize("transform", [Resize(10), RandomHorizontalFlip(1.0)])
+def test_targets_that_do_not_fit_the_image_are_refused(transform):
+    import re
+
+    image = torch.zeros(3, 5, 5)
+    cases = [
+        # 7x7 masks on a 5x5 image were rescaled (or flipped) silently
+        ({"masks": torch.zeros(1, 7, 7, dtype=torch.uint8)}, ValueError, "got (1, 7, 7)"),
+        ({"masks": torch.zeros(5, 5, dtype=torch.uint8)}, ValueError, "[K, H, W] with the image"),
+        ({"boxes": torch.tensor([1.0, 1, 2, 2])}, ValueError, "target['boxes'] must be [K, 4]"),
+        ({"boxes": [[1, 1, 2, 2]]}, TypeError, "target['boxes'] must be a Tensor[K, 4], got list"),
+        ({"crowd_boxes": torch.zeros(2, 5)}, ValueError, "target['crowd_boxes'] must be [K, 4]"),
+    ]
+    for target, error, message in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            transform(image, target, torch.Generator())

@@ -1,5 +1,6 @@
 """A 2-process DDP run (torchrun, gloo, CPU) ends where 1 process with the same global batch
-ends; the accuracy evaluator's summed counts and all_gather_object see both processes."""
+ends; the accuracy evaluator's summed counts and all_gather_object see both processes. With
+trained BatchNorm that holds with ``sync_bn`` only (and the trainer warns without it)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,72 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
     assert two["accuracy"] == one["accuracy"]
     # rank 0 wrote the checkpoint
     assert (tmp_path / "run2" / "last.pt").exists()
+
+
+BN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import warnings
+    import torch
+    from torch import nn
+    sys.path.insert(0, sys.argv[1])
+    import conftest  # the engine tests' tiny data and settings
+    from torchdcn.engine import Trainer, OptimConfig, init_distributed
+    from torchdcn.engine import distributed
+
+    def bn_net():
+        # no conv bias before BatchNorm: its gradient is zero up to rounding, which AdamW's
+        # normalised step would turn into updates that differ between any two summation orders
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        )
+
+    info = init_distributed()
+    torch.set_num_threads(1)
+    data = conftest._tiny_data(48)
+    out = {"world": info.world_size}
+    for sync in (True, False):
+        cfg = conftest._tiny_config(epochs=1, batch_size=8, optim=OptimConfig("adamw", lr=0.05),
+                                    sync_bn=sync)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = Trainer(bn_net(), data, cfg)
+        trainer.fit()
+        out[sync] = {"model": trainer.model.state_dict(), "warnings": trainer.setting_warnings,
+                     "layers": sorted({type(m).__name__ for m in trainer.model.modules()})}
+    if info.is_main:
+        torch.save(out, sys.argv[2])
+    distributed.cleanup()
+    """
+)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_two_processes_with_trained_batchnorm_equal_one_only_with_sync_bn(tmp_path):
+    script = tmp_path / "ddp_bn.py"
+    script.write_text(BN_SCRIPT)
+    here = str(Path(__file__).parent)
+    _run([sys.executable, str(script), here, "one.pt"], tmp_path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    _run([*torchrun, "--nproc-per-node", "2", str(script), here, "two.pt"], tmp_path)
+    one = torch.load(tmp_path / "one.pt", weights_only=True)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert one["world"] == 1 and two["world"] == 2
+    reference = one[False]["model"]  # one process: plain BatchNorm over the global batch of 8
+    assert one[True]["model"].keys() == reference.keys()  # sync_bn changes nothing in 1 process
+    assert "AllReduceBatchNorm" in two[True]["layers"] and two[True]["warnings"] == []
+    synced = two[True]["model"]
+    assert synced.keys() == reference.keys()  # the checkpoint keys of the unconverted model
+    for key, value in reference.items():
+        # weights and running statistics: float summation order only
+        torch.testing.assert_close(synced[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # without it each process normalises by its own 4 samples: another run, and a warning
+    apart = two[False]["model"]
+    assert max((apart[k] - v).abs().max().item() for k, v in reference.items()) > 1e-3
+    (message,) = two[False]["warnings"]
+    assert "2 BatchNorm layers (e.g. 1) normalise by the statistics of each process's 4" in message
+    assert "set sync_bn (torchdcn train --sync-bn)" in message
+    assert one[False]["warnings"] == []  # one process: nothing to warn about

@@ -77,3 +77,50 @@ def test_trainer_sets_scheduled_rates_per_group(tiny_model, tiny_data, tiny_conf
     for step, lrs in enumerate(seen):
         f = lr_factor(step, total, trainer.steps_per_epoch, cfg.schedule)
         assert lrs == sorted({round(0.05 * f * 0.1, 12), round(0.05 * f, 12)})
+
+
+def test_milestones_not_before_the_end_of_the_run_warn(tiny_model, tiny_data, tiny_config):
+    import warnings
+
+    # 48 samples / batch 8 = 6 steps per epoch, 1 epoch: epoch 1 is step 6, after the last step
+    late = tiny_config(epochs=1, schedule=ScheduleConfig("step", milestones=(0.5, 1, 9)))
+    with pytest.warns(UserWarning) as record:
+        trainer = Trainer(tiny_model(), tiny_data(), late)
+    assert [str(r.message) for r in record] == trainer.setting_warnings
+    (message,) = trainer.setting_warnings
+    assert message.startswith(
+        "milestones 1, 9 (epochs) not before the end of the run (1 epoch, 6 steps)"
+    )
+    assert "never multiplies the rate by gamma" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # milestones inside the run, or a cosine run, warn nothing
+        inside = tiny_config(epochs=2, schedule=ScheduleConfig("step", milestones=(0.5, 1.5)))
+        assert Trainer(tiny_model(), tiny_data(), inside).setting_warnings == []
+
+
+def test_the_logged_lr_is_the_base_rate_and_each_multiplier_has_its_own(
+    tmp_path, tiny_data, tiny_config
+):
+    import torch
+    from torch import nn
+
+    from torchdcn.engine import read_metrics
+    from torchdcn.nn import DeformConv2dPack
+
+    torch.manual_seed(0)
+    # the offset predictor at 10x sorts first among the groups: it was logged as "lr"
+    model = nn.Sequential(
+        DeformConv2dPack(1, 4, 3, padding=1, offset_lr_mult=10.0),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 4),
+    )
+    cfg = tiny_config(epochs=1, output_dir=str(tmp_path), log_every=1)
+    trainer = Trainer(model, tiny_data(), cfg)
+    trainer.fit()
+    train = [e for e in read_metrics(tmp_path / "metrics.jsonl") if e["event"] == "train"]
+    assert [e["step"] for e in train] == [1, 2, 3, 4, 5, 6]
+    for e in train:
+        base = 0.05 * lr_factor(e["step"] - 1, 6, 6, cfg.schedule)
+        assert e["lr"] == pytest.approx(base)
+        assert e["lr_groups"] == pytest.approx({"lr_mult=10": 10 * base, "lr_mult=1": base})

@@ -134,3 +134,37 @@ def test_resolve_device_refuses_unknown_or_absent_devices(name, message):
 def test_cuda_without_cuda_is_refused_when_the_trainer_is_built(tiny_model, tiny_data, tiny_config):
     with pytest.raises(ValueError, match=r"'cuda' asked for, but .*; use cpu or auto"):
         Trainer(tiny_model(), tiny_data(), tiny_config(device="cuda"))
+
+
+class _FailingEvaluator:
+    """An evaluator that crashes on its first batch."""
+
+    def reset(self):
+        pass
+
+    def process(self, outputs, targets):
+        raise RuntimeError("evaluator crashed")
+
+    def summarize(self):
+        return {}
+
+
+def test_a_failing_evaluation_loses_no_epoch(tmp_path, tiny_model, tiny_data, tiny_config):
+    # 48 samples / batch 8 = 6 steps per epoch; no checkpoints within the epochs
+    data = tiny_data()
+    cfg = tiny_config(epochs=2, output_dir=str(tmp_path / "a"))
+    full = Trainer(tiny_model(), data, cfg, eval_sets={"train": data})
+    full.fit()
+    cfg = tiny_config(epochs=2, output_dir=str(tmp_path / "b"))
+    failing = Trainer(
+        tiny_model(), data, cfg, eval_sets={"train": data}, evaluator=_FailingEvaluator
+    )
+    with pytest.raises(RuntimeError, match="evaluator crashed"):
+        failing.fit()
+    assert failing.step == 6
+    # the first epoch's checkpoint was written before its evaluation failed
+    resumed = Trainer(tiny_model(seed=5), data, cfg, eval_sets={"train": data})
+    result = resumed.fit(resume=True)
+    assert result.resumed_from_step == 6 and result.steps == 12 and "train" in result.accuracy
+    a, b = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)

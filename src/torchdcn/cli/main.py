@@ -20,8 +20,10 @@ from typing import Any
 
 from .option import UsageError
 from .options import COMMANDS, EPILOG
-from .presets import get_preset, legacy_backbone_config
+from .presets import get_preset
 from .settings import read_config_file, resolve_settings
+from .train import check_train_start
+from .train_results import accuracy_lines
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -161,6 +163,8 @@ def _check(command: str, s: dict[str, Any]) -> None:
             from ..engine.checkpoint import CheckpointError
 
             raise CheckpointError(f"--pretrained-backbone {s['pretrained_backbone']}: no such file")
+    if command == "train":
+        check_train_start(s)
     limit, batch = s.get("limit_train"), s.get("batch_size")
     if command in ("train", "demo") and limit is not None and limit < batch:
         raise UsageError(
@@ -183,140 +187,16 @@ def _set_threads(threads: int) -> None:
 
 
 def _train(s: dict[str, Any]) -> int:
-    from .. import engine
-    from ..data.distorted_mnist import distorted_mnist
     from ..engine import distributed
+    from .train import run_train
 
-    preset = get_preset(s["model"])
     dist = distributed.init_distributed()
     _set_threads(s["threads"])
     try:
-        out = Path(s["output_dir"])
-        ckpt = out / engine.trainer.CHECKPOINT_NAME
-        resume: bool | str = False
-        if s["resume"] is not None:
-            resume = True if s["resume"] == "auto" else s["resume"]
-        elif ckpt.exists() and not s["overwrite"]:
-            raise UsageError(
-                f"{ckpt} exists: pass --resume auto to continue that run, or --overwrite to start "
-                "over in the same folder"
-            )
-        elif s["overwrite"] and dist.is_main:
-            for name in (engine.trainer.CHECKPOINT_NAME, "metrics.jsonl", "results.json"):
-                (out / name).unlink(missing_ok=True)
-        distributed.barrier()
-        detection = preset.task == "detection"
-        segmentation = preset.task == "segmentation"
-        # detection evaluates a few images per process at a time, the classifier 250 digits
-        few = detection or segmentation
-        eval_batch = max(1, s["batch_size"] // dist.world_size) if few else 250
-        config = _settings_to_train_config(s, out, eval_batch)
-        engine.seed_everything(s["seed"])
-        model_config, build_kwargs, extra = preset.model_config(s), {}, {}
-        if detection:
-            from .detection import coco_evaluator, training_data
-
-            train, val, data_info = training_data(s)
-            model_config = preset.model_config({**s, "num_classes": train.num_classes})
-            tests, extra["evaluator"] = {"val": val}, coco_evaluator(val)
-            if s["pretrained_backbone"]:
-                build_kwargs["pretrained_backbone"] = s["pretrained_backbone"]
-        elif segmentation:
-            from .segmentation import miou_evaluator
-            from .segmentation import training_data as segmentation_data
-
-            train, val, data_info = segmentation_data(s)
-            model_config = preset.model_config({**s, "num_classes": train.num_classes})
-            tests, extra["evaluator"] = {"val": val}, miou_evaluator(data_info["class_names"])
-            if s["pretrained_backbone"]:
-                build_kwargs["pretrained_backbone"] = s["pretrained_backbone"]
-        else:
-            train, tests = distorted_mnist(
-                s["data_root"], s["seed"], limit_train=s["limit_train"], limit_test=s["limit_test"]
-            )
-            data_info = {"protocol": "distorted_mnist", "limit_train": s["limit_train"]}
-        legacy: dict = {}
-        if resume and preset.task != "classification":
-            resumed = ckpt if resume is True else Path(resume)
-            model_config, legacy = legacy_backbone_config(model_config, resumed, s)
-        model = preset.build(**model_config, **build_kwargs, **legacy)
-        run_info = {"model": s["model"], "model_config": model_config, "data": data_info}
-        if build_kwargs:
-            run_info["pretrained_backbone"] = str(Path(s["pretrained_backbone"]).resolve())
-        try:
-            trainer = engine.Trainer(
-                model,
-                train,
-                config,
-                eval_sets=tests,
-                eval_every=s["eval_every"],
-                run_info=run_info,
-                name=f"train {s['deform'] or 'plain'}",
-                **preset.trainer_kwargs(),
-                **extra,
-            )
-        except ValueError as err:  # batch vs processes or data size, device
-            raise UsageError(str(err)) from err
-        result = trainer.fit(resume=resume)
-        if dist.is_main:
-            summary = {
-                "steps": result.steps,
-                "loss": result.loss,
-                "accuracy": result.accuracy,
-                "wall_time_s": round(result.wall_time_s, 1),
-                "resumed_from_step": result.resumed_from_step,
-                "checkpoint": str(result.checkpoint),
-            }
-            if detection:
-                from .detection import metrics_table
-
-                summary["losses"], summary["metrics"] = result.losses, result.metrics
-                print(metrics_table(result.metrics["val"]))
-            elif segmentation:
-                from .segmentation import miou_lines
-
-                summary["losses"], summary["metrics"] = result.losses, result.metrics
-                print(miou_lines(result.metrics["val"]))
-            else:
-                print(_accuracy_lines(result.accuracy))
-            (out / "results.json").write_text(json.dumps(summary, indent=1))
-            print(f"checkpoint: {result.checkpoint}")
+        run_train(s, dist)
     finally:
         distributed.cleanup()
     return EXIT_OK
-
-
-def _settings_to_train_config(s: dict[str, Any], out: Path, eval_batch_size: int = 250):
-    """The :class:`~torchdcn.engine.TrainConfig` of the settings (UsageError if rejected)."""
-    from ..engine import OptimConfig, ScheduleConfig, TrainConfig
-
-    try:
-        return TrainConfig(
-            epochs=s["epochs"],
-            batch_size=s["batch_size"],
-            seed=s["seed"],
-            optim=OptimConfig(s["optimizer"], s["lr"], s["weight_decay"], momentum=s["momentum"]),
-            schedule=ScheduleConfig(
-                s["schedule"],
-                s["warmup_steps"],
-                s["warmup_factor"],
-                tuple(s["milestones"]),
-                s["gamma"],
-                s["min_lr_factor"],
-            ),
-            amp=s["amp"],
-            clip_grad_norm=s["clip_grad_norm"],
-            output_dir=str(out),
-            checkpoint_every=s["checkpoint_every"],
-            log_every=s["log_every"],
-            progress=s["progress"],
-            tensorboard=s["tensorboard"],
-            device=s["device"],
-            num_workers=s["num_workers"],
-            eval_batch_size=eval_batch_size,
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from err
 
 
 def _eval(s: dict[str, Any]) -> int:
@@ -385,7 +265,7 @@ def _eval(s: dict[str, Any]) -> int:
                 result = {"metrics": metrics["val"]}
             else:
                 accuracy = {name: m["accuracy"] for name, m in metrics.items()}
-                print(_accuracy_lines(accuracy))
+                print(accuracy_lines(accuracy))
                 result = {"accuracy": accuracy}
             if s["json"]:
                 Path(s["json"]).write_text(json.dumps(result, indent=1))
@@ -428,11 +308,6 @@ def _demo(s: dict[str, Any]) -> int:
 
     run_tour(s)
     return EXIT_OK
-
-
-def _accuracy_lines(accuracy: dict[str, float]) -> str:
-    width = max((len(k) for k in accuracy), default=5)
-    return "\n".join(f"{k:<{width}}  {v:6.2f} %" for k, v in accuracy.items())
 
 
 if __name__ == "__main__":  # pragma: no cover

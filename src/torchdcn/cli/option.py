@@ -28,6 +28,8 @@ class Option:
     metavar: str | None = None
     at_least: float | None = None  # smallest allowed value (of each value, for lists)
     above: float | None = None  # the value must be greater than this
+    at_most: float | None = None  # largest allowed value
+    below: float | None = None  # the value must be smaller than this
     positional: bool = False  # an argument without a -- flag (config key: its name)
 
     def shown_metavar(self) -> str:
@@ -72,6 +74,10 @@ class Option:
                 return f"--{self.name} must be >= {self.at_least:g}, got {v}"
             if self.above is not None and not v > self.above:
                 return f"--{self.name} must be > {self.above:g}, got {v}"
+            if self.at_most is not None and v > self.at_most:
+                return f"--{self.name} must be <= {self.at_most:g}, got {v}"
+            if self.below is not None and not v < self.below:
+                return f"--{self.name} must be < {self.below:g}, got {v}"
         return None
 
 

@@ -67,7 +67,8 @@ ImageSets/Segmentation/train.txt and val.txt).
             f"--{k.replace('_', '-')} {' '.join(f'{x:g}' for x in v) if isinstance(v, list) else v}"
             for k, v in MODELS["faster_rcnn"].defaults.items()
         )
-        + " unless the config file or a flag says otherwise.",
+        + " unless the config file or a flag says otherwise; without --milestones, the "
+        "milestones scale with --epochs (8 and 11 of 12 epochs: --epochs 6 decays at 4 and 5.5).",
         100,
     )
     + "\n"
@@ -217,24 +218,60 @@ TRAIN_OPTIONS = (
         above=0,
     ),
     Option("weight-decay", _float, 1e-4, "weight decay", at_least=0),
-    Option("momentum", _float, 0.9, "SGD momentum", at_least=0),
+    Option(
+        "momentum",
+        _float,
+        0.9,
+        "SGD momentum, in [0, 1) (--optimizer sgd only)",
+        at_least=0,
+        below=1,
+    ),
     Option("schedule", str, "cosine", "learning-rate schedule after warm-up", ("cosine", "step")),
     Option("warmup-steps", int, 50, "linear warm-up steps" + WARMUP_NOTE, at_least=0),
     Option(
-        "warmup-factor", _float, 0.001, "learning-rate factor at the first warm-up step", at_least=0
+        "warmup-factor",
+        _float,
+        0.001,
+        "learning-rate factor at the first warm-up step, in [0, 1]",
+        at_least=0,
+        at_most=1,
     ),
     Option(
         "milestones",
         _float,
         [],
-        "epochs where the step schedule multiplies by gamma",
+        "epochs where the step schedule multiplies by gamma (--schedule step only; a preset's "
+        "scale with --epochs)",
         None,
         "*",
         at_least=0,
     ),
-    Option("gamma", _float, 0.1, "factor of the step schedule at each milestone", above=0),
-    Option("min-lr-factor", _float, 0.0, "final factor of the cosine schedule", at_least=0),
+    Option(
+        "gamma",
+        _float,
+        0.1,
+        "factor of the step schedule at each milestone, in (0, 1] (--schedule step only)",
+        above=0,
+        at_most=1,
+    ),
+    Option(
+        "min-lr-factor",
+        _float,
+        0.0,
+        "final factor of the cosine schedule, in [0, 1] (--schedule cosine only)",
+        at_least=0,
+        at_most=1,
+    ),
     Option("amp", None, False, "mixed precision (bfloat16 on CPU, float16 on CUDA)", flag=True),
+    Option(
+        "sync-bn",
+        None,
+        False,
+        "under torchrun: BatchNorm statistics over the global batch, so N processes train like "
+        "one (detectors, deeplab with trained BatchNorm; SyncBatchNorm on CUDA, an all-reduce "
+        "BatchNorm on CPU)",
+        flag=True,
+    ),
     Option(
         "clip-grad-norm",
         _float_or_none,
@@ -269,6 +306,22 @@ TRAIN_OPTIONS = (
     ),
     Option(
         "overwrite", None, False, "start over even if <output-dir> holds a checkpoint", flag=True
+    ),
+    Option(
+        "init-from",
+        str,
+        None,
+        "start a new run from the model weights of a torchdcn checkpoint or a state_dict file "
+        "(the whole model; not its optimizer, schedule or step; not with --resume)",
+        metavar="PATH",
+    ),
+    Option(
+        "init-strict",
+        None,
+        True,
+        "with --init-from: refuse a file whose keys or shapes differ from the model's "
+        "(--no-init-strict: load what fits, list the rest)",
+        flag=True,
     ),
     DEVICE,
     Option(

@@ -2,7 +2,8 @@
 
 Precedence: built-in defaults (:mod:`.options`) < the model preset's defaults
 (:attr:`~.presets.ModelPreset.defaults`, ``train`` only) < config file < flags. A key in a
-YAML/TOML file is checked and converted exactly as the flag would be.
+YAML/TOML file is checked and converted exactly as the flag would be. ``train``'s optimizer and
+schedule options are checked and a preset's milestones scaled in :mod:`.schedule_options`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from .option import _KIND, Option, UsageError
 from .options import CLASSIFICATION_ONLY, COMMANDS, DETECTION_ONLY, SEGMENTATION_ONLY
 from .presets import MODELS, TASKS
+from .schedule_options import check_applicable, scale_preset_milestones
 
 
 def _key(name: str) -> str:
@@ -115,8 +117,8 @@ def resolve_settings(command: str, args: argparse.Namespace) -> dict[str, Any]:
                 )
             from_file[key] = _coerce(options[key], value, f"config file {config_path}")
     explicit = {**from_file, **given}
-    if command == "train":
-        settings.update(_preset_defaults(explicit))
+    preset_defaults = _preset_defaults(explicit) if command == "train" else {}
+    settings.update(preset_defaults)
     settings.update(explicit)
     for key, opt in options.items():
         error = opt.range_error(settings[key])
@@ -125,6 +127,8 @@ def resolve_settings(command: str, args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(source + error)
     if command == "train":
         _check_model_options(settings, explicit)
+        check_applicable(settings, explicit)
+        scale_preset_milestones(settings, preset_defaults, explicit)
     return settings
 
 

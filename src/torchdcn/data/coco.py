@@ -36,6 +36,7 @@ import contextlib
 import io
 import logging
 import math
+import numbers
 import os
 import warnings
 from collections import Counter
@@ -137,6 +138,13 @@ class CocoDetection(Dataset):
     ) -> None:
         if on_bad not in ("skip", "error"):
             raise ValueError(f"on_bad must be 'skip' or 'error', got {on_bad!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int >= 0, got {seed!r} ({type(seed).__name__})")
+        if seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed}")
+        for name, flag in (("masks", masks), ("drop_empty", drop_empty)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         if transforms is not None and not callable(transforms):
             raise TypeError(f"transforms must be callable, got {type(transforms).__name__}")
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)

@@ -25,8 +25,8 @@ class Geometry:
             a range is picked uniformly, then the height log-uniformly in it.
         aspect: ``(lo, hi)``: width factor (on top of the digit's own width at that height),
             log-uniform.
-        rotation: ranges ``(lo, hi)`` of the angle's magnitude in degrees (a range picked
-            uniformly, the magnitude uniform in it, the sign random).
+        rotation: ranges ``(lo, hi)`` of the angle's magnitude in degrees, ``0 <= lo <= hi <=
+            180`` (a range picked uniformly, the magnitude uniform in it, the sign random).
     """
 
     heights: tuple[tuple[float, float], ...] = ((16.0, 44.0),)
@@ -34,11 +34,16 @@ class Geometry:
     rotation: tuple[tuple[float, float], ...] = ((0.0, 20.0),)
 
     def __post_init__(self) -> None:
-        for name, ranges, low in (("heights", self.heights, 2.0), ("rotation", self.rotation, 0)):
-            if not ranges or any(len(r) != 2 or not low <= r[0] <= r[1] for r in ranges):
+        # a rotation's magnitude beyond 180 degrees is the same angle as 360 minus it
+        for name, ranges, low, high in (
+            ("heights", self.heights, 2.0, math.inf),
+            ("rotation", self.rotation, 0, 180),
+        ):
+            if not ranges or any(len(r) != 2 or not low <= r[0] <= r[1] <= high for r in ranges):
+                bound = "" if high == math.inf else f" <= {high}"
                 raise ValueError(
-                    f"{name} must be a non-empty tuple of (lo, hi) with {low} <= lo <= hi, got "
-                    f"{ranges!r}"
+                    f"{name} must be a non-empty tuple of (lo, hi) with {low} <= lo <= hi{bound}, "
+                    f"got {ranges!r}"
                 )
         if len(self.aspect) != 2 or not 0 < self.aspect[0] <= self.aspect[1]:
             raise ValueError(f"aspect must be (lo, hi) with 0 < lo <= hi, got {self.aspect!r}")

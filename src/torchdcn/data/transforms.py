@@ -20,6 +20,8 @@ does.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,16 +51,57 @@ def _check_image(image: Any) -> Tensor:
     return image
 
 
-def _check_target(target: Any) -> dict[str, Any]:
+def _check_target(target: Any, image: Tensor | None = None) -> dict[str, Any]:
+    """A copy of ``target`` after checking its boxes (float Tensor[K, 4]) and, with ``image``,
+    that its masks are ``[K, H, W]`` with the image's ``H, W`` (a transform would otherwise move
+    masks that were never aligned with the image)."""
     if not isinstance(target, dict):
         raise TypeError(f"target must be a dict, got {type(target).__name__}")
+    for key in BOX_KEYS:
+        if key in target:
+            boxes = target[key]
+            if not isinstance(boxes, Tensor):
+                raise TypeError(
+                    f"target[{key!r}] must be a Tensor[K, 4], got {type(boxes).__name__}"
+                )
+            if boxes.dim() != 2 or boxes.shape[1] != 4:
+                raise ValueError(f"target[{key!r}] must be [K, 4], got {tuple(boxes.shape)}")
+    if image is not None and "masks" in target:
+        masks = target["masks"]
+        if not isinstance(masks, Tensor):
+            raise TypeError(
+                f"target['masks'] must be a Tensor[K, H, W], got {type(masks).__name__}"
+            )
+        if masks.dim() != 3 or masks.shape[-2:] != image.shape[-2:]:
+            raise ValueError(
+                f"target['masks'] must be [K, H, W] with the image's H, W = "
+                f"{tuple(image.shape[-2:])}, got {tuple(masks.shape)}"
+            )
     return dict(target)
+
+
+def _size(name: str, value: Any) -> float:
+    """``value`` if it is a finite number > 0 (TypeError for text, ``None``, bools)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a number of pixels, got {value!r} ({type(value).__name__})"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number of pixels > 0, got {value!r}")
+    return value
 
 
 class Compose:
     """Apply ``transforms`` in order, all drawing from the same generator."""
 
     def __init__(self, transforms: Sequence[Any]) -> None:
+        if callable(transforms) or not isinstance(transforms, Sequence | tuple | list):
+            raise TypeError(
+                "transforms must be a list of callables, got one "
+                f"{type(transforms).__name__} (wrap it: Compose([t]))"
+                if callable(transforms)
+                else f"transforms must be a list of callables, got {type(transforms).__name__}"
+            )
         if any(not callable(t) for t in transforms):
             raise TypeError(f"transforms must all be callable, got {list(transforms)!r}")
         self.transforms = list(transforms)
@@ -134,18 +177,26 @@ class Resize:
         max_size: float = 1000,
         antialias: bool = True,
     ) -> None:
-        sizes = (min_size,) if isinstance(min_size, (int, float)) else tuple(min_size)
-        if not sizes or any(s <= 0 for s in sizes) or max_size <= 0:
-            raise ValueError(
-                f"min_size and max_size must be positive, got min_size={min_size!r}, "
-                f"max_size={max_size!r}"
+        if isinstance(min_size, numbers.Real):
+            sizes: tuple = (min_size,)
+        elif isinstance(min_size, Sequence) and not isinstance(min_size, str | bytes):
+            sizes = tuple(min_size)
+        else:
+            raise TypeError(
+                "min_size must be a number of pixels or a sequence of them, got "
+                f"{min_size!r} ({type(min_size).__name__})"
             )
+        if not sizes:
+            raise ValueError("min_size must hold at least one size, got an empty sequence")
+        sizes = tuple(_size("min_size", s) for s in sizes)
+        max_size = _size("max_size", max_size)
         self.min_sizes, self.max_size, self.antialias = sizes, max_size, antialias
 
     def __call__(
         self, image: Tensor, target: dict[str, Any], generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Any]]:
-        image, target = _check_image(image), _check_target(target)
+        image = _check_image(image)
+        target = _check_target(target, image)
         height, width = image.shape[-2:]
         if len(self.min_sizes) == 1:
             min_size = self.min_sizes[0]
@@ -206,7 +257,8 @@ class RandomHorizontalFlip:
     def __call__(
         self, image: Tensor, target: dict[str, Any], generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Any]]:
-        image, target = _check_image(image), _check_target(target)
+        image = _check_image(image)
+        target = _check_target(target, image)
         # always draw, so later transforms see the same random stream whatever p is
         flip = bool(torch.rand((), generator=generator).item() < self.p)
         if flip:

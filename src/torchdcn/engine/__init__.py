@@ -22,6 +22,7 @@ from .device import resolve_device, to_device
 from .distributed import DistInfo, init_distributed
 from .evaluate import evaluate, evaluate_accuracy
 from .evaluator import AccuracyEvaluator, Evaluator
+from .init_weights import InitReport, load_model_weights, read_model_weights
 from .logger import MetricLogger, read_metrics
 from .losses import ClassificationLoss, check_losses, model_losses, total_loss
 from .miou import MIoUEvaluator
@@ -39,6 +40,7 @@ __all__ = [
     "CocoEvaluator",
     "DistInfo",
     "Evaluator",
+    "InitReport",
     "MIoUEvaluator",
     "MetricLogger",
     "OptimConfig",
@@ -56,10 +58,12 @@ __all__ = [
     "evaluate_accuracy",
     "init_distributed",
     "load_checkpoint",
+    "load_model_weights",
     "lr_factor",
     "model_losses",
     "rank_slice",
     "read_metrics",
+    "read_model_weights",
     "resolve_device",
     "save_checkpoint",
     "seed_everything",

@@ -30,7 +30,15 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointMismatchError(CheckpointError):
-    """A checkpoint belongs to a run with different settings than the one resuming it."""
+    """A checkpoint belongs to a run with different settings than the one resuming it.
+
+    Attributes:
+        differences: ``["key: old -> new", ...]`` (:func:`fingerprint_diff`).
+    """
+
+    def __init__(self, message: str, differences: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.differences = list(differences or [])
 
 
 def _digest(obj: Any, h: Any) -> None:
@@ -144,7 +152,8 @@ def load_checkpoint(
         if diffs:
             raise CheckpointMismatchError(
                 f"checkpoint {path} was written by a run with other settings; resuming would not "
-                "continue the same run. Differences (checkpoint -> now): " + "; ".join(diffs)
+                "continue the same run. Differences (checkpoint -> now): " + "; ".join(diffs),
+                diffs,
             )
     return state
 

@@ -1,7 +1,9 @@
 """Where a run reports: a JSONL file of metrics, optionally TensorBoard, and a tqdm progress bar.
 
 ``metrics.jsonl`` gets one JSON object per line: ``{"event": "train", "step": ..., "epoch": ...,
-"loss": ..., "lr": ..., "img_per_s": ..., "time": ...}`` every ``log_every`` steps, ``{"event":
+"loss": ..., "lr": ..., "img_per_s": ..., "time": ...}`` every ``log_every`` steps (``lr``: the
+base rate of the last step, ``optim.lr`` times the schedule's factor; with offset predictors on
+another multiplier also ``"lr_groups": {"lr_mult=0.1": ..., "lr_mult=1": ...}``), ``{"event":
 "eval", ..., "accuracy": {set name: percent}}`` after each epoch, and ``start`` / ``resume`` /
 ``end`` events. Only the main process of a distributed run writes.
 """

@@ -55,6 +55,7 @@ from .optim import build_optimizer
 from .sampler import TrainBatchSampler, mix_seed, steps_per_epoch
 from .schedule import apply_lr, lr_factor
 from .seeded_data import SeededSamples
+from .sync_batchnorm import batch_statistics_layers, convert_sync_batchnorm
 
 __all__ = ["CHECKPOINT_NAME", "DEVICE_PATTERN", "TrainResult", "Trainer", "resolve_device"]
 
@@ -118,8 +119,15 @@ class Trainer:
         name: label of the progress bar.
 
     The model must be built (and seeded) identically on every process; a distributed run wraps it
-    in :class:`~torch.nn.parallel.DistributedDataParallel`, which averages gradients, so with a
-    global batch of ``B`` the update equals the one of a single process reading all ``B``.
+    in :class:`~torch.nn.parallel.DistributedDataParallel`, which averages gradients. With a
+    global batch of ``B`` the update then equals the one of a single process reading all ``B``
+    (to float rounding) when no BatchNorm layer normalises by batch statistics (GroupNorm, frozen
+    or eval-mode BatchNorm), or with ``config.sync_bn``, which converts the model's BatchNorm
+    layers in place (:func:`~.sync_batchnorm.convert_sync_batchnorm`) before wrapping it
+    (otherwise each process normalises by its own ``B / N`` samples, and the trainer warns) --
+    and when the training forward draws nothing at random: every process draws from its own RNG
+    stream (seeded from ``(seed, step, rank)``), so the detectors, whose RPN and RoI heads
+    sample anchors and RoIs, match one process in distribution, not weight for weight.
     """
 
     def __init__(
@@ -148,6 +156,8 @@ class Trainer:
             )
         self.device = resolve_device(config.device, self.dist.local_rank)
         self.model = model.to(self.device)
+        if config.sync_bn and self.dist.world_size > 1:
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.train_set = train_set = as_dataset(train_set)
         self.eval_sets = {k: as_dataset(v) for k, v in (eval_sets or {}).items()}
         self.eval_every = eval_every
@@ -163,7 +173,7 @@ class Trainer:
             )
         self.total_steps = config.epochs * self.steps_per_epoch
         #: problems with the settings, warned about here and logged as "warning" events by fit
-        self.setting_warnings = self._check_schedule()
+        self.setting_warnings = self._check_schedule() + self._check_batch_norm()
         for message in self.setting_warnings if self.dist.is_main else ():
             warnings.warn(message, UserWarning, stacklevel=2)
         self.run_info = run_info or {}
@@ -186,17 +196,45 @@ class Trainer:
         self.logger = MetricLogger(config.output_dir, self.dist.is_main, config.tensorboard)
 
     def _check_schedule(self) -> list[str]:
-        """A warm-up not shorter than the run keeps the rate below its base value throughout (50
-        warm-up steps in an 8-step cosine run: at most 0.042 of it); it is kept as configured
-        (the settings are the run's identity, see ``TrainConfig.fingerprint``) and warned about."""
+        """Settings kept as configured (they are the run's identity, see
+        ``TrainConfig.fingerprint``) but warned about: a warm-up not shorter than the run keeps
+        the rate below its base value throughout (50 warm-up steps in an 8-step cosine run: at
+        most 0.042 of it), and a step-schedule milestone at or after the run's last step never
+        lowers the rate."""
         schedule, total = self.config.schedule, self.total_steps
-        if schedule.warmup_steps < total:
+        found = []
+        if schedule.warmup_steps >= total:
+            peak = max(lr_factor(t, total, self.steps_per_epoch, schedule) for t in range(total))
+            found.append(
+                f"the warm-up ({schedule.warmup_steps} steps) is not shorter than the run ({total} "
+                f"steps): the learning rate never reaches its base value (at most {peak:.3g} "
+                "times it); lower warmup_steps or train longer"
+            )
+        late = [m for m in schedule.milestones if round(m * self.steps_per_epoch) >= total]
+        if schedule.name == "step" and late:
+            shown = ", ".join(f"{m:g}" for m in late)
+            found.append(
+                f"milestone{'s' if len(late) > 1 else ''} {shown} (epochs) not before the end of "
+                f"the run ({self.config.epochs} epoch{'s' if self.config.epochs > 1 else ''}, "
+                f"{total} steps): the step schedule never "
+                f"multiplies the rate by gamma there; lower the milestones or train longer"
+            )
+        return found
+
+    def _check_batch_norm(self) -> list[str]:
+        """With several processes and without ``sync_bn``, BatchNorm layers that normalise by
+        batch statistics make the run differ from one process with the global batch."""
+        if self.dist.world_size == 1 or self.config.sync_bn:
             return []
-        peak = max(lr_factor(t, total, self.steps_per_epoch, schedule) for t in range(total))
+        layers = batch_statistics_layers(self.model)
+        if not layers:
+            return []
+        share = self.config.batch_size // self.dist.world_size
         return [
-            f"the warm-up ({schedule.warmup_steps} steps) is not shorter than the run ({total} "
-            f"steps): the learning rate never reaches its base value (at most {peak:.3g} times "
-            "it); lower warmup_steps or train longer"
+            f"{len(layers)} BatchNorm layers (e.g. {layers[0]}) normalise by the statistics of "
+            f"each process's {share} samples, not of the global batch of "
+            f"{self.config.batch_size}: these {self.dist.world_size} processes do not train like "
+            "one process; set sync_bn (torchdcn train --sync-bn) or freeze BatchNorm"
         ]
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -373,7 +411,7 @@ class Trainer:
                     means = self._mean_over_processes(window, window_steps)
                     loss_avg, terms_avg = means.pop(""), means
                     rate = window_steps * cfg.batch_size / (time.perf_counter() - window_start)
-                    lr = self.optimizer.param_groups[0]["lr"]
+                    lr, group_lrs = self._last_rates()
                     shown = {k: f"{v:.4f}" for k, v in terms_avg.items()} if len(means) > 1 else {}
                     bar.set_postfix(
                         loss=f"{loss_avg:.4f}", **shown, img_s=f"{rate:.0f}", lr=f"{lr:.2e}"
@@ -385,6 +423,7 @@ class Trainer:
                         loss=loss_avg,
                         losses=terms_avg,
                         lr=lr,
+                        **({"lr_groups": group_lrs} if len(group_lrs) > 1 else {}),
                         img_per_s=round(rate, 1),
                     )
                     window, window_steps, window_start = {}, 0, time.perf_counter()
@@ -393,12 +432,15 @@ class Trainer:
                 for hook in self.hooks:
                     hook(self)
             done = self.step == self.total_steps
+            # the epoch's checkpoint first: an evaluation that fails loses no training (a
+            # resumed run goes on from here; evaluating changes no weights and draws from no
+            # RNG that a later step reads, so the order leaves the run as it was)
+            self.save()
             if self.eval_sets and (
                 done or (self.eval_every and (epoch + 1) % self.eval_every == 0)
             ):
                 metrics = self.evaluate_metrics()
                 self._log_eval("eval", metrics, epoch=epoch)
-            self.save()
         bar.close()
         if not metrics and self.eval_sets:
             metrics = self.evaluate_metrics()  # a run resumed after its last step
@@ -415,6 +457,17 @@ class Trainer:
             losses=terms_avg,
             metrics=metrics,
         )
+
+    def _last_rates(self) -> tuple[float, dict[str, float]]:
+        """The base rate of the last step (``optim.lr`` times the schedule's factor) and the rate
+        of each learning-rate multiplier's groups, ``{"lr_mult=10": ...}`` (offset predictors
+        train at the base rate times their multiplier)."""
+        cfg = self.config
+        factor = lr_factor(self.step - 1, self.total_steps, self.steps_per_epoch, cfg.schedule)
+        groups = {
+            f"lr_mult={g.get('lr_mult', 1.0):g}": g["lr"] for g in self.optimizer.param_groups
+        }
+        return cfg.optim.lr * factor, groups
 
     def _log_eval(self, event: str, metrics: dict[str, dict[str, float]], **fields: Any) -> None:
         """An ``eval``/``end`` event: ``accuracy`` ``{set: percent}`` as before, and every
