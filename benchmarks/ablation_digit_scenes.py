@@ -221,6 +221,8 @@ def _run_one(job: dict) -> dict:
         info.setdefault("eval_seconds", 0.0)
         info["eval_seconds"] += time.perf_counter() - start
     result = {**{k: v for k, v in job.items() if k != "reuse"}, "info": info, "scores": scores}
+    if recipe.model in LAYOUTS:
+        result["layout"] = LAYOUTS[recipe.model]
     path = Path(job["path"])
     path.parent.mkdir(parents=True, exist_ok=True)
     if job.get("save_model"):
@@ -243,14 +245,35 @@ def _trunk(job: tuple) -> str:
     return str(pretrain_trunk(SceneRecipe(**recipe_dict), seed, cache, log=print))
 
 
+#: model layouts changed without a recipe field: a saved run of such a model is reused only
+#: when it records this layout (or its saved weights show it); rpn_detector read conv4 before
+#: 0f6f967 (conv5, where the deformable layers sit, unused)
+LAYOUTS = {"rpn_detector": "conv5"}
+
+
+def _current_layout(run: dict) -> bool:
+    """Whether a saved run was made with the model's current layout (:data:`LAYOUTS`)."""
+    layout = LAYOUTS.get(run["recipe"].get("model"))
+    if layout is None or run.get("layout") == layout:
+        return True
+    model = run.get("model")
+    if not model or not Path(model).exists():  # an unmarked run without weights: unknown
+        return False
+    import torch
+
+    keys = torch.load(model, weights_only=True, map_location="cpu").keys()
+    return any(k.startswith("neck.") for k in keys)  # rpn_detector's conv5 reduce conv
+
+
 def _saved_runs(out: Path, recipe):
-    """The saved runs of ``recipe`` (a ``SceneRecipe``) under any table of ``out``."""
+    """The saved runs of ``recipe`` (a ``SceneRecipe``) under any table of ``out``, made with
+    the model's current layout."""
     from torchdcn.cli.scene_recipe import SceneRecipe
 
     for path in sorted(out.glob("*/*.json")):
         run = json.loads(path.read_text())
         # a recipe saved before a field was added compares with that field's default
-        if SceneRecipe(**run["recipe"]) == recipe:
+        if SceneRecipe(**run["recipe"]) == recipe and _current_layout(run):
             yield run
 
 

@@ -137,3 +137,9 @@ def test_thresholds_must_be_increasing_areas(thresholds):
     model = nn.Sequential(DeformConv2dPack(1, 1, 3, padding=1))
     with pytest.raises(ValueError, match=r"thresholds must be two areas"):
         effective_dilation(model, torch.rand(1, 1, 6, 6), [torch.zeros(0, 4)], None, thresholds)
+
+
+@pytest.mark.parametrize("thresholds", [(True, 1e9), (32.0, "1e9"), None, "ab"])
+def test_thresholds_of_the_wrong_kind_are_a_type_error(thresholds):
+    with pytest.raises(TypeError, match=r"thresholds(\[\d\])? must be"):
+        position_classes(torch.zeros(1, 2), torch.zeros(0, 4), thresholds=thresholds)

@@ -64,8 +64,11 @@ def test_a_layer_without_a_map_and_bad_chunks_are_refused():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     with pytest.raises(ValueError, match=r"layer '2' must output a map \[N, C, h, w\].*\[2, 5\]"):
         saliency_regions(model, torch.rand(2, 1, 8, 8), "2", channel=3)
-    for chunk in (0, -2, 1.5):
+    for chunk in (0, -2):
         with pytest.raises(ValueError, match=f"chunk must be an int >= 1, got {chunk}"):
+            saliency_regions(model, torch.rand(1, 1, 8, 8), "0", chunk=chunk)
+    for chunk in (1.5, True, "2"):  # a wrong kind: TypeError, as every scalar argument
+        with pytest.raises(TypeError, match="chunk must be an int >= 1, got"):
             saliency_regions(model, torch.rand(1, 1, 8, 8), "0", chunk=chunk)
     with pytest.raises(ValueError, match="max_steps must be an int >= 2, got 1"):
         saliency_regions(model, torch.rand(1, 1, 8, 8), "0", max_steps=1)

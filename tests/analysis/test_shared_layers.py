@@ -67,6 +67,8 @@ def test_effective_sampling_asks_which_call():
     assert first.weights.sum() > 0 and second.weights.sum() > 0
     with pytest.raises(ValueError, match=r"call must be an int in \[0, 2\).*got 2"):
         effective_sampling_locations(model, images, "fuse", (6, 6), below="head", call=2)
+    with pytest.raises(TypeError, match=r"call must be an int, got str"):
+        effective_sampling_locations(model, images, "fuse", (6, 6), below="head", call="1")
     # a node on the head itself: the pass stops after its first call, which is the only one
     one = effective_sampling_locations(model, images, "head", (6, 6))
     assert one.call == 0 and one.stride == 1

@@ -89,3 +89,19 @@ def test_sync_bn_setting(tmp_path):
     trainer = Trainer(model, data, config)
     assert type(trainer.model[1]) is nn.BatchNorm2d  # one process: nothing to synchronise
     assert trainer.setting_warnings == []
+
+
+def test_all_reduce_batchnorm_keeps_float64(monkeypatch):
+    """Two processes (the other contributing an empty share): the statistics are computed in
+    the input's float64, as BatchNorm2d does (they were rounded to float32)."""
+    import torchdcn.engine.sync_batchnorm as sync
+
+    monkeypatch.setattr(sync, "_world", lambda: (0, 2))
+    monkeypatch.setattr(sync.dist, "all_reduce", lambda tensor, op=None: None)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64) * 1e3 + 1e4
+    plain, synced = nn.BatchNorm2d(3).double(), sync.AllReduceBatchNorm(3).double()
+    out = synced(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, plain(x), rtol=0, atol=1e-10)
+    torch.testing.assert_close(synced.running_var, plain.running_var, rtol=1e-12, atol=0)

@@ -181,3 +181,15 @@ def test_repr_shows_what_differs():
         "21, output_size=(7, 7), spatial_scale=0.0625, sampling_ratio=2, class_agnostic=True"
         in text
     )
+
+
+def test_module_spatial_scale_is_checked_as_the_ops_check_it():
+    """A 0-d tensor scale is taken (as the functional ops take it); inf is refused when the
+    module is built, not at its first forward."""
+    x = torch.randn(2, 4, 6, 7)
+    module = DeformRoIPool(4, 2, torch.tensor(SCALE))
+    torch.testing.assert_close(module(x, ROIS), DeformRoIPool(4, 2, SCALE)(x, ROIS))
+    with pytest.raises(ValueError, match="spatial_scale must be finite"):
+        DeformRoIPool(4, 2, float("inf"))
+    with pytest.raises(TypeError, match="spatial_scale must be a real number"):
+        DeformRoIPool(4, 2, "0.125")

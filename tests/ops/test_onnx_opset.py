@@ -88,3 +88,36 @@ def test_export_opset_outside_export_is_unknown():
     from torchdcn.ops._onnx_opset import export_opset
 
     assert export_opset() == 0
+
+
+class _RawRoIOp(nn.Module):
+    """The registered RoI op called directly: exported through the translation table."""
+
+    def forward(self, x, rois):
+        return torch.ops.torchdcn.roi_aligned_pool(x, rois, None, None, 2, 2, 1.0, 2, True, 0.0,
+                                                   False)  # fmt: skip
+
+
+class _NMS(nn.Module):
+    def forward(self, boxes, scores):
+        from torchdcn.ops import nms
+
+        return nms(boxes, scores, 0.5)
+
+
+@pytest.mark.parametrize("opset", [16, 17, 18])
+def test_translation_table_graphs_load_below_opset_19(tmp_path, opset):
+    """The translation table's graphs (nms, the raw RoI op) are written with opset 18's
+    operators: with opset 19's Cast (its saturate attribute) a model at 16-18 failed
+    onnx.checker and onnxruntime's load."""
+    raw = _RawRoIOp().eval()
+    export(raw, [X, ROIS], tmp_path / "r.onnx", True, table=True, opset=opset)
+    onnx.checker.check_model(onnx.load(tmp_path / "r.onnx"), full_check=True)
+    (out,) = run_ort(tmp_path / "r.onnx", [X, ROIS])
+    torch.testing.assert_close(out, raw(X, ROIS), rtol=1e-4, atol=1e-5)
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    export(_NMS().eval(), [boxes, scores], tmp_path / "n.onnx", True, table=True, opset=opset)
+    onnx.checker.check_model(onnx.load(tmp_path / "n.onnx"), full_check=True)
+    (keep,) = run_ort(tmp_path / "n.onnx", [boxes, scores])
+    assert keep.tolist() == [0, 2]

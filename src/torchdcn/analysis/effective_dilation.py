@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..ops._checks import real_scalar
 from .probe import (
     Forward,
     LayerGeometry,
@@ -102,17 +103,19 @@ def filter_centres(geometry: LayerGeometry, out_size: tuple[int, int]) -> Tensor
 
 def check_thresholds(thresholds: object) -> tuple[float, float]:
     """``thresholds`` as ``(small_max, medium_max)`` floats with ``0 <= small_max <
-    medium_max``; a ``ValueError`` naming ``thresholds`` otherwise (e.g. reversed)."""
-    try:
-        small, medium = (float(t) for t in thresholds)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        small = medium = math.nan
-    if not 0 <= small < medium:
+    medium_max``: a ``TypeError`` unless two real numbers
+    (:func:`~torchdcn.ops._checks.real_scalar`: not bools or text), a ``ValueError`` naming
+    ``thresholds`` for other values (e.g. reversed)."""
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
+        raise TypeError(f"thresholds must be two areas (small_max, medium_max), got {thresholds!r}")
+    if len(thresholds) == 2:
+        small, medium = (real_scalar(t, f"thresholds[{i}]") for i, t in enumerate(thresholds))
+    if len(thresholds) != 2 or not 0 <= small < medium:
         raise ValueError(
             "thresholds must be two areas (small_max, medium_max) with 0 <= small_max < "
             f"medium_max, got {thresholds!r}"
         )
-    return small, medium
+    return float(small), float(medium)
 
 
 def position_classes(

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import deform_conv2d
+from ..ops._checks import real_scalar
 from .effective_dilation import sampling_grid
 from .erf import node_response
 from .probe import (
@@ -171,7 +172,8 @@ def _call_index(calls: int, below: str, layer: str, call: int | None) -> int:
                 f"several inputs): pass call= 0 to {calls - 1} to choose one"
             )
         return 0
-    if isinstance(call, bool) or not isinstance(call, int) or not 0 <= call < calls:
+    call = real_scalar(call, "call", integral=True)  # TypeError for a non-integer
+    if not 0 <= call < calls:
         raise ValueError(
             f"call must be an int in [0, {calls}) ({below!r} ran {calls} times before "
             f"{layer!r}'s output), got {call!r}"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..ops._checks import real_scalar
 from .erf import _node_index, check_channel, check_map, node_vector
 from .probe import (
     Forward,
@@ -119,7 +120,7 @@ def saliency_regions(
     if not bound >= 0:
         raise ValueError(f"bound must be >= 0, got {bound}")
     for name, value, least in (("max_steps", max_steps, 2), ("chunk", chunk, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if real_scalar(value, name, integral=True, wanted=f"an int >= {least}") < least:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     n, _, h, w = images.shape
     with evaluating(model):

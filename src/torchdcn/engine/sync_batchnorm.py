@@ -72,7 +72,7 @@ class AllReduceBatchNorm(_BatchNorm):
         self._check_input_dim(input)
         channels = input.shape[1]
         dims = [0, *range(2, input.dim())]
-        x = input.float()
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # float64 stays
         count = x.numel() // channels
         if count:
             var, mean = torch.var_mean(x, dim=dims, correction=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numbers
 
 from ..ops import IntPair, pair
+from ..ops._checks import real_scalar
 
 MAX_OUTPUT_SIZE = 64
 """Bins per side a deformable RoI pooling module accepts (7 and 14 in the papers): more is an
@@ -82,8 +83,7 @@ def check_roi_module_args(
             f"side than feature channels, above {AMBIGUOUS_OUTPUT_SIZE}, reads as mmcv's "
             "(output_size, output_channels) order; " + _order_hint(module, channels_name)
         )
-    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real):
-        raise TypeError(f"spatial_scale must be a float, got {spatial_scale!r}")
+    spatial_scale = real_scalar(spatial_scale, "spatial_scale")  # finite, as the ops take it
     if not spatial_scale > 0:
         raise ValueError(
             f"spatial_scale must be positive (1/16 for stride 16), got {spatial_scale}"

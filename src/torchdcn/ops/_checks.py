@@ -1,6 +1,8 @@
 """Small argument checks shared by the op families; each family has one validation helper built
 from these, so every error names the argument, the shape received and the shape expected.
-:func:`real_scalar` is the one rule for scalar arguments (of the ops, and of the detectors)."""
+:func:`real_scalar` is the rule for scalar arguments: the ops', the RoI modules', the detectors'
+inputs and post-processing, the box coder's and the analysis tools' (the sampler, matcher,
+anchors, losses and the engine's configs keep checks of their own)."""
 
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ def real_scalar(
     tensor: bool = True,
     wanted: str | None = None,
 ) -> float | int:
-    """``value`` checked as one real number, returned as a Python number: the one rule of every
-    scalar argument (thresholds, scales, sizes, counts) of the ops and the detectors.
+    """``value`` checked as one real number, returned as a Python number: the rule of the scalar
+    arguments (thresholds, scales, sizes, counts) of the ops and their modules, the detectors'
+    inputs and post-processing and the analysis tools (see the module docstring).
 
     Accepted: a Python or NumPy real number, or (``tensor``) a 0-d real tensor that does not
     require grad, read with ``.item()``. ``integral``: an integer is wanted (Python or NumPy

@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from onnxscript import opset19 as op
+
+# written with opset 18's operators (Cast without opset 19's saturate attribute, which a model at
+# opset 13-18 rejects), so that nms (13) and RoiAlign (16) export at the opsets they need;
+# DeformConv alone is opset 19's
+from onnxscript import opset18 as op
+from onnxscript import opset19 as op19
 
 from . import (
     _roi_ops,  # noqa: F401  (registers torch.ops.torchdcn.roi_*_pool)
@@ -56,7 +61,7 @@ def deform_conv2d(
     c_in = _static_dim(input, 1, "input")
     _, c_per_group, kh, kw = (_static_dim(weight, d, "weight") for d in range(4))
     offset_channels = _static_dim(offset, 1, "offset")
-    return op.DeformConv(
+    return op19.DeformConv(
         input,
         weight,
         offset,

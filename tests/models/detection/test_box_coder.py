@@ -83,3 +83,11 @@ def test_empty_and_bad_input():
         coder.encode(torch.zeros(3, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="weights must be positive"):
         BoxCoder((1.0, 1.0, 0.0, 1.0))
+
+
+def test_bbox_xform_clip_must_be_a_number():
+    with pytest.raises(ValueError, match="bbox_xform_clip must be a number, got nan"):
+        BoxCoder(bbox_xform_clip=math.nan)  # decoded every box to NaN
+    with pytest.raises(TypeError, match="bbox_xform_clip must be a real number"):
+        BoxCoder(bbox_xform_clip="4")
+    assert BoxCoder(bbox_xform_clip=math.inf).bbox_xform_clip == math.inf  # no clipping

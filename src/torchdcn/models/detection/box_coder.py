@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ...ops._checks import real_scalar
+
 
 class BoxCoder:
     """Encode target boxes as deltas from reference boxes, and decode deltas back to boxes.
@@ -55,8 +57,8 @@ class BoxCoder:
             raise TypeError(f"weights must be 4 numbers (wx, wy, ww, wh), got {weights!r}")
         if not all(math.isfinite(w) and w > 0 for w in weights):
             raise ValueError(f"weights must be positive and finite, got {tuple(weights)}")
-        if isinstance(bbox_xform_clip, bool) or not isinstance(bbox_xform_clip, numbers.Real):
-            raise TypeError(f"bbox_xform_clip must be a number, got {bbox_xform_clip!r}")
+        # NaN gave all-NaN boxes; inf (no clipping) is allowed
+        bbox_xform_clip = real_scalar(bbox_xform_clip, "bbox_xform_clip", finite=False)
         self.weights = tuple(float(w) for w in weights)
         self.bbox_xform_clip = float(bbox_xform_clip)
 
