@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cli_args import settings as _settings
 
 from torchdcn import cli
 from torchdcn.cli.presets import MODELS, model_from_checkpoint
@@ -15,11 +16,6 @@ from torchdcn.models.backbones import resnet18
 from torchdcn.nn import FrozenBatchNorm2d
 
 PRESETS = ["faster_rcnn", "mask_rcnn", "rpn_detector", "rfcn", "deeplab"]
-
-
-def _settings(argv):
-    args = cli.build_parser().parse_args(argv)
-    return cli.resolve_settings(args.command, args)
 
 
 def _frozen(model):

@@ -22,17 +22,6 @@ def _has_data() -> bool:
     return True
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    """``run_demo`` sets the process's thread counts; put them back after each test."""
-    import numba
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
-
-
 def test_model_kwargs_merge_width_and_the_model_options():
     cfg = DemoConfig(width=16, model_options={"v2": {"offset_lr_mult": 0.5, "mask_init": 0.9}})
     assert cfg.model_kwargs(None) == {"width": 16}

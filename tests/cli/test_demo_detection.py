@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from cli_args import settings as _settings
 
 from torchdcn import cli
 from torchdcn.cli.demo_detection import (
@@ -21,23 +22,6 @@ pytest.importorskip("pycocotools")
 
 
 needs_data = pytest.mark.needs_mnist5k
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    """The demo sets the process's thread counts; put them back after each test."""
-    import numba
-    import torch
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
-
-
-def _settings(argv):
-    args = cli.build_parser().parse_args(argv)
-    return cli.resolve_settings(args.command, args)
 
 
 def test_options_default_to_the_config_and_reach_it():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_args import settings as _settings
 
 from torchdcn import cli
 
@@ -57,16 +58,6 @@ def write_coco(root: Path) -> Path:
     coco = {"images": images, "annotations": annotations, "categories": CATEGORIES}
     (root / "annotations" / "instances_train.json").write_text(json.dumps(coco))
     return root
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    import numba
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +187,6 @@ def test_draw_detections_outlines_the_box_in_the_class_colour():
     assert (image == 100).all()  # the input is not drawn on
     with pytest.raises(ValueError, match="label 3 has no name"):
         draw_detections(image, torch.zeros(1, 4), torch.tensor([3]), None, ["a", "b"])
-
-
-def _settings(argv):
-    args = cli.build_parser().parse_args(argv)
-    return cli.resolve_settings(args.command, args)
 
 
 def test_task_picks_the_model_and_the_preset_defaults_yield_to_file_and_flags(tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_args import settings as _settings
 
 from torchdcn import cli
 from torchdcn.data import DataNotFoundError, find_mnist5k
@@ -18,18 +19,6 @@ def _has_data() -> bool:
     except DataNotFoundError:
         return False
     return True
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    """``--threads`` changes the process's thread counts; put them back after each test."""
-    import numba
-    import torch
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
 
 
 needs_data = pytest.mark.skipif(
@@ -52,11 +41,6 @@ def test_top_level_help_via_python_m():
     )
     assert proc.returncode == 0
     assert all(c in proc.stdout for c in ("train", "eval", "demo"))
-
-
-def _settings(argv):
-    args = cli.build_parser().parse_args(argv)
-    return cli.resolve_settings(args.command, args)
 
 
 def test_precedence_defaults_then_yaml_then_flags(tmp_path):

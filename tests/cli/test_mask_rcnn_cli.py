@@ -46,16 +46,6 @@ def write_coco(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    import numba
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
-
-
 def test_preset_builds_and_requests_masks():
     from torchdcn.cli.presets import MODELS
     from torchdcn.models.detection import MaskRCNN

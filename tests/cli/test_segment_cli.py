@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from torchdcn import cli
 
@@ -71,16 +70,6 @@ def write_voc(root: Path) -> Path:
     (root / "ImageSets/Segmentation/train.txt").write_text("x\ny\n")
     (root / "class_names.txt").write_text("cat\ndog\n")
     return root
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    import numba
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
 
 
 def _train(root: Path, out: Path, *extra: str) -> int:

@@ -10,24 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_args import settings as _settings
 
 from torchdcn import cli
 from torchdcn.cli.schedule_options import SCALED_FROM, resumed_milestones
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    import numba
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
-
-
-def _settings(argv):
-    args = cli.build_parser().parse_args(argv)
-    return cli.resolve_settings(args.command, args)
 
 
 @pytest.mark.parametrize(

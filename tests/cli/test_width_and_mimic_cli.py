@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_args import settings as _settings
 
 from torchdcn import cli
 from torchdcn.cli.presets import MODELS
@@ -41,21 +42,6 @@ def write_coco(root: Path) -> Path:
     coco = {"images": images, "annotations": annotations, "categories": categories}
     (root / "annotations" / "instances_train.json").write_text(json.dumps(coco))
     return root
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    import numba
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
-
-
-def _settings(argv):
-    args = cli.build_parser().parse_args(argv)
-    return cli.resolve_settings(args.command, args)
 
 
 def test_flags_reach_the_faster_rcnn_config_and_model():
