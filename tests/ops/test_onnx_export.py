@@ -5,7 +5,6 @@ fail with an error naming them."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import pytest
@@ -39,12 +38,6 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 pytestmark = IGNORE_EXPORTER_WARNINGS
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_exporter():
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
-    yield
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,6 @@ it onnxruntime reproduces eager."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from onnx_helpers import IGNORE_EXPORTER_WARNINGS, needs_onnxscript, randomise_predictors
@@ -18,12 +16,6 @@ from torchdcn.ops import onnx_translation_table, roi_align
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytestmark = [IGNORE_EXPORTER_WARNINGS, needs_onnxscript]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_exporter():
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    yield
 
 
 class _DeformThenRoIAlign(nn.Module):

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from onnx_helpers import EXPORTERS, IGNORE_EXPORTER_WARNINGS, exception_chain, export, run_ort
@@ -17,12 +15,6 @@ from torchdcn.ops import OnnxExportUnsupported, batched_nms, nms
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytestmark = IGNORE_EXPORTER_WARNINGS
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_exporter():
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    yield
 
 
 class _NMS(nn.Module):

@@ -5,8 +5,6 @@ exported at, so an ``opset_version`` below the one ONNX ``DeformConv`` (19) or `
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from onnx_helpers import (
@@ -24,12 +22,6 @@ from torchdcn.ops import OnnxExportUnsupported
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytestmark = [IGNORE_EXPORTER_WARNINGS, needs_onnxscript]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_exporter():
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    yield
 
 
 class _RawOp(nn.Module):

@@ -5,8 +5,6 @@ when shape inference has none; both exporters agree with eager in onnxruntime.""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,12 +16,6 @@ from torchdcn.nn import DeformConv2dPack, ModulatedDeformConv2dPack
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytestmark = IGNORE_EXPORTER_WARNINGS
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_exporter():
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    yield
 
 
 class _ReflectPadded(nn.Module):

@@ -6,7 +6,6 @@ exporters. (With ``custom_translation_table``: tests/ops/test_onnx_export.py.)""
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 import pytest
 import torch
@@ -22,12 +21,6 @@ needs_onnxscript = pytest.mark.skipif(not HAS_ONNXSCRIPT, reason="dynamo=True ne
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning", "ignore::FutureWarning"
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_exporter():
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    yield
 
 
 def _export_dynamo(model, args, path):

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numbers
 
-from ..ops import IntPair, pair
-from ..ops._checks import real_scalar
+from ..ops import IntPair, pair, real_scalar
 
 MAX_OUTPUT_SIZE = 64
 """Bins per side a deformable RoI pooling module accepts (7 and 14 in the papers): more is an

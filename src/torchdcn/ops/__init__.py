@@ -1,7 +1,10 @@
 """Functional ops with exact gradients: deformable convolution v1/v2 and the RoI pooling family."""
 
 from ._backend import BACKENDS, set_workspace_limit, use_backend, workspace_limit
-from ._checks import pair  # argument normaliser shared with torchdcn.nn (kernel_size, output_size)
+from ._checks import (
+    pair,  # argument normaliser shared with torchdcn.nn (kernel_size, output_size)
+    real_scalar,  # the scalar-argument rule, shared with torchdcn.nn
+)
 from ._onnx import OnnxExportUnsupported, onnx_translation_table
 from ._onnx_torchscript import register_onnx_symbolics
 from ._roi_checks import RoIs  # the RoI argument type: Tensor[R, 5] or list of Tensor[R_i, 4]
@@ -32,6 +35,7 @@ __all__ = [
     "pair",
     "ps_roi_align",
     "ps_roi_pool",
+    "real_scalar",
     "register_onnx_symbolics",
     "remove_small_boxes",
     "roi_align",

@@ -6,10 +6,12 @@ anchors, losses and the engine's configs keep checks of their own)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import reprlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -188,3 +190,39 @@ def autocast_off(input: Tensor) -> AbstractContextManager:
     if autocast_dtype(input) is None:
         return nullcontext()
     return torch.autocast(input.device.type, enabled=False)
+
+
+class CheckedByCaller:
+    """A per-thread flag: inside :meth:`scope` a check the caller has just made is skipped by
+    the code it calls (the RoI ops' value check of ``rois``, the detector heads' target check).
+
+    ``scope()`` does nothing while ``torch.compile`` traces (the checks then run where the graph
+    runs); the flag is restored on exit, also after an exception, and nests.
+
+    Example:
+        >>> checked = CheckedByCaller()
+        >>> with checked.scope():
+        ...     bool(checked)
+        True
+        >>> bool(checked)
+        False
+    """
+
+    def __init__(self) -> None:
+        self._state = threading.local()
+
+    def __bool__(self) -> bool:
+        return getattr(self._state, "on", False)
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """The block in which the flag is set (this thread only)."""
+        if torch.compiler.is_compiling():
+            yield
+            return
+        before = bool(self)
+        self._state.on = True
+        try:
+            yield
+        finally:
+            self._state.on = before

@@ -6,15 +6,22 @@ argument, the shape received and the shape expected.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._checks import autocast_dtype, check_same, check_shape, check_tensor, pair, real_scalar
+from ._checks import (
+    CheckedByCaller,
+    autocast_dtype,
+    check_same,
+    check_shape,
+    check_tensor,
+    pair,
+    real_scalar,
+)
 from ._dispatch import compute_dtype
 from ._roi_common import check_sampling_ratio
 
@@ -22,11 +29,10 @@ from ._roi_common import check_sampling_ratio
 RoIs = Tensor | list[Tensor]
 
 # set (per thread) while a registered op runs on RoIs whose values were already checked
-_state = threading.local()
+_values_checked = CheckedByCaller()
 
 
-@contextlib.contextmanager
-def values_checked() -> Iterator[None]:
+def values_checked() -> AbstractContextManager[None]:
     """Within: :func:`check_kernel_args` skips the value check of ``rois`` (batch indices and
     coordinates; one device sync each), because the caller has just made it.
 
@@ -37,12 +43,7 @@ def values_checked() -> Iterator[None]:
     calls, TorchScript and ``torch.compile``'d graphs run without it and are checked. Layout and
     scalar checks (no sync) always run.
     """
-    before = getattr(_state, "checked", False)
-    _state.checked = True
-    try:
-        yield
-    finally:
-        _state.checked = before
+    return _values_checked.scope()
 
 
 class RoIArgs(NamedTuple):
@@ -220,7 +221,7 @@ def check_kernel_args(
     c_out = _check_layout(input, rois.shape[0], pooled, offset, mask, position_sensitive)
     if grad is not None:
         check_shape(grad, "grad", (rois.shape[0], c_out, ph, pw), "[R, C_out, ph, pw]")
-    if rois.device.type != "meta" and not getattr(_state, "checked", False):
+    if rois.device.type != "meta" and not _values_checked:
         _check_values(rois, input.shape[0], "rois")
 
 

@@ -19,39 +19,29 @@ naming ``targets[i]['key']`` and, for values, the first bad row.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
 
-from ...ops._checks import real_scalar
+from ...ops._checks import CheckedByCaller, real_scalar
 
 # set (per thread) while a detector runs its heads on the targets it has checked
-_state = threading.local()
+_targets_checked = CheckedByCaller()
 
 
-@contextlib.contextmanager
-def targets_checked() -> Iterator[None]:
+def targets_checked() -> AbstractContextManager[None]:
     """Within: :func:`checked_by_caller` is True, so the RPN, box and mask heads skip their own
     check of targets the detector has just checked with :func:`check_targets` (one device sync
     per image and head). Does nothing while ``torch.compile`` traces (the heads then check)."""
-    if torch.compiler.is_compiling():
-        yield
-        return
-    before = getattr(_state, "checked", False)
-    _state.checked = True
-    try:
-        yield
-    finally:
-        _state.checked = before
+    return _targets_checked.scope()
 
 
 def checked_by_caller() -> bool:
     """True inside :func:`targets_checked`: a head used inside a detector skips the check it
     makes when called on its own."""
-    return getattr(_state, "checked", False)
+    return bool(_targets_checked)
 
 
 def check_targets(
