@@ -1,4 +1,5 @@
-"""The CPU deform_conv2d at several column-block sizes (``_deform_conv_cpu.BLOCK_BYTES``).
+"""The CPU deform_conv2d at several column-block sizes (``_deform_conv_cpu.BLOCK_BYTES``, and
+``ONE_THREAD_BLOCK_BYTES`` set to the same size).
 
 A block's columns are sampled and multiplied while still in cache; smaller blocks stay in a
 core's L2 but pay their per-block costs (a product call, thread hand-offs) more often. This times
@@ -25,8 +26,8 @@ MIB = [1, 2, 4, 8, 16, 32]
 
 
 def _at_size(fn, size: int):
-    def call():
-        cpu.BLOCK_BYTES = size
+    def call():  # on one thread the op also caps whole-image blocks at ONE_THREAD_BLOCK_BYTES
+        cpu.BLOCK_BYTES = cpu.ONE_THREAD_BLOCK_BYTES = size
         return fn()
 
     return call
@@ -62,6 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
     default = cpu.BLOCK_BYTES
+    default_one = cpu.ONE_THREAD_BLOCK_BYTES
     print(
         f"# deform_conv2d (v2) by column-block size, float32, {args.threads} thread(s), medians of "
         f"{args.repeats}; {datetime.date.today()}, {platform.machine()}, torch {torch.__version__};"
@@ -73,7 +75,7 @@ def main() -> None:
         for shape in SHAPES:
             print("\n".join(_rows(*shape, args.repeats, default)), flush=True)
     finally:
-        cpu.BLOCK_BYTES = default
+        cpu.BLOCK_BYTES, cpu.ONE_THREAD_BLOCK_BYTES = default, default_one
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@ weight ``[C, 9 * C]`` (forward), and in the backward forms the weight gradient `
 into one accumulator) and the columns' gradient ``g @ W``. Two tables:
 
 * blocks: on one block of the size the op uses for that shape (``_deform_conv_cpu._blocks``),
-  the op's own ``_Product.forward`` on the ``torch.mm`` and the convolution routes, and the
+  the op's own ``_Product.forward`` on each route (``torch.mm``, the 1x1 convolution, the
+  strided convolution over the grid layout), and the
   backward's two products as the op runs them (``torch.mm``, the weight gradient accumulated in
   place) against the 1x1 convolution's weight and input backwards (alternatives the op does not
   take; the weight gradient computed and added), with the output gradient as the op passes it
   (rows for blocks of whole images, a strided segment of the NCHW gradient inside big images);
 * the op: ``deform_conv2d`` forward and forward+backward (v2, with mask) with the forward's
-  products on ``torch.mm`` and on the convolution (``_deform_conv_cpu.PRODUCTS``), dense
+  products on each route (``_deform_conv_cpu.PRODUCTS``), dense
   ``conv2d`` alongside, all interleaved in one process;
 * copies: the op's padded channels-last copy of the input (``_padded_channels_last``) forced
   to copy directly and to pad first, for channel planes of several sizes.
@@ -36,13 +37,13 @@ from torchdcn.ops import _deform_conv_cpu as cpu
 from torchdcn.ops import deform_conv2d
 
 SHAPES = [(1, 512, 38, 50), (1, 256, 38, 50), (1, 128, 75, 100), (8, 64, 32, 32), (64, 32, 12, 12)]
-ROUTES = ("mm", "conv")
+ROUTES = cpu.ROUTES
 _CONV = ((1, 1), (0, 0), (1, 1), False, (0, 0), 1)
 
 
 def bench_blocks(n, c, h, w, repeats):
     """``(P forward, P backward, whole images?, {name: ms})`` for one shape's first blocks: the
-    op's own ``_Product.forward`` on both routes; the weight gradient and the columns' gradient
+    op's own ``_Product.forward`` on each route; the weight gradient and the columns' gradient
     as the op computes them (``torch.mm``) and as the 1x1 convolution's weight and input
     backwards would (alternatives the op does not take)."""
     width = 9 * c
@@ -52,13 +53,13 @@ def bench_blocks(n, c, h, w, repeats):
     p_f = (f_blocks[0][1] - f_blocks[0][0]) * w
     b_blocks, whole = cpu._blocks(n, h, 2 * w * width * 4)
     p_b = (b_blocks[0][1] - b_blocks[0][0]) * w
-    cols_f = torch.randn(p_f, width, generator=gen)
+    cols_f = torch.randn(p_f // w, w, width, generator=gen)  # [rows, W_out, 9 C]
     cols, g_cols = torch.randn(p_b, width, generator=gen), torch.empty(p_b, width)
     # the output gradient as the op passes it, [C, P]: transposed rows for blocks of whole
     # images, else a strided segment of one image's NCHW gradient
     g_t = torch.randn(p_b, c, generator=gen).t() if whole else torch.randn(c, h * w)[:, :p_b]
     g_image = cpu._as_image(g_t.t()) if whole else g_t[None, :, None]
-    products = {route: cpu._Product(w2, 1, None, route=route) for route in ROUTES}
+    products = {route: cpu._Product(w2, 1, None, (3, 3), route=route) for route in ROUTES}
     w4, g_w = products["conv"].w4, products["mm"].g_w
     cb = torch.ops.aten.convolution_backward
 
@@ -149,8 +150,10 @@ def main() -> None:
     )
     if args.part in ("blocks", "all"):
         print(f"# deform_conv2d's block products, {head}")
-        print("| shape (N, C, HxW) | block P fwd / bwd (gradient as) | fwd mm / conv ms (ratio) "
-              "| gW mm / conv ms (ratio) | gcols mm / conv ms (ratio) |")  # fmt: skip
+        print(
+            "| shape (N, C, HxW) | block P fwd / bwd (gradient as) | fwd mm / conv / grid ms "
+            "(ratios to mm) | gW mm / conv ms (ratio) | gcols mm / conv ms (ratio) |"
+        )
         print("|---|---|---|---|---|")
         for n, c, h, w in SHAPES:
             p_f, p_b, whole, t = bench_blocks(n, c, h, w, args.repeats)
@@ -159,10 +162,12 @@ def main() -> None:
                 mm, conv = t[f"{key} mm"], t[f"{key} conv"]
                 return f"{mm:.2f} / {conv:.2f} ({conv / mm:.2f}x)"
 
+            fwd = " / ".join(f"{t[f'fwd {r}']:.2f}" for r in ROUTES)
+            ratios = " / ".join(f"{t[f'fwd {r}'] / t['fwd mm']:.2f}x" for r in ROUTES[1:])
             layout = "rows" if whole else "NCHW segment"
             print(
-                f"| ({n}, {c}, {h}x{w}) | {p_f} / {p_b} ({layout}) | {cell('fwd')} | {cell('gW')} "
-                f"| {cell('gcols')} |",
+                f"| ({n}, {c}, {h}x{w}) | {p_f} / {p_b} ({layout}) | {fwd} ({ratios}) "
+                f"| {cell('gW')} | {cell('gcols')} |",
                 flush=True,
             )
     if args.part in ("op", "all"):

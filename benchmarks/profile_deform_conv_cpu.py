@@ -58,13 +58,14 @@ def _mean_ms(fn, repeats: int) -> float:
 def _sampling_ms(x, offset, mask, weight, conv, repeats) -> tuple[float, float, float]:
     """(MiB, ms into a reused buffer, ms into a fresh buffer) for one image's columns."""
     _, c, h, w = x.shape
-    _, layout, geom, _ = cpu._setup(x[:1], offset[:1], weight, *conv)
+    _, _, geom, _ = cpu._setup(x[:1], offset[:1], weight, *conv)
+    places = cpu.column_places(c, 1, 1, (3, 3), w, grid=False)  # the product layout
     xpad = cpu._padded_channels_last(x[:1])
     off, m = offset[:1].numpy(), mask[:1].numpy()
     reused = torch.empty(h, w, 9 * c)
 
     def sample(buf):
-        cpu.columns_kernel(xpad.numpy(), off, m, True, *layout, geom, 0, buf.numpy())
+        cpu.columns_kernel(xpad.numpy(), off, m, True, *places, geom, 0, buf.view(h, -1).numpy())
 
     t_reused = _mean_ms(lambda: sample(reused), repeats)
     t_fresh = _mean_ms(lambda: sample(torch.empty(h, w, 9 * c)), repeats)

@@ -319,9 +319,21 @@ def _conv_tensors(case, dtype, seed):
     return x, offset, weight, bias, (mask if has_mask else None), (s, p, d)
 
 
+@pytest.fixture(params=["auto", "mm", "conv", "grid"])
+def products(request, backend, monkeypatch):
+    """The CPU kernel's forward product route (``_deform_conv_cpu.PRODUCTS``; "auto" is the
+    default, the others are forced): each is compared with torchvision on the numba backend."""
+    if backend != "numba" and request.param != "auto":
+        pytest.skip("product routes are the numba backend's")
+    from torchdcn.ops import _deform_conv_cpu
+
+    monkeypatch.setattr(_deform_conv_cpu, "PRODUCTS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
-def test_deform_conv2d(backend, dtype, case):
+def test_deform_conv2d(backend, products, dtype, case):
     x, offset, weight, bias, mask, (s, p, d) = _conv_tensors(CONV_CASES[case], dtype, case)
     tensors = [t for t in (x, offset, weight, bias, mask) if t is not None]
     has_bias, has_mask = bias is not None, mask is not None
@@ -341,7 +353,7 @@ def test_deform_conv2d(backend, dtype, case):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("offsets", ["zero", "integer", "to_last_rows"])
 @pytest.mark.parametrize("case", [0, 1, 2, 3])
-def test_deform_conv2d_offsets_on_the_border(backend, dtype, offsets, case):
+def test_deform_conv2d_offsets_on_the_border(backend, products, dtype, offsets, case):
     """Sampling points exactly on the lines -1, H - 1 and H (zero offsets of a padded layer put
     the border taps on -1 and H; integer offsets reach every line): outputs and the offset
     gradient, torchvision's right derivative there, agree."""

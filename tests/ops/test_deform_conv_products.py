@@ -1,6 +1,7 @@
-"""The CPU deform_conv2d's block products: the 1x1-convolution route (more than one thread) and
-the ``torch.mm`` route (one thread) give the same forward rows, columns' gradient and weight
-gradient, for each conv-group count, dtype and way the backward reads the output gradient."""
+"""The CPU deform_conv2d's block products: the 1x1-convolution route (more than one thread), the
+grid route (one thread, float32), and the ``torch.mm`` route give the same forward rows,
+columns' gradient and weight gradient, for each conv-group count, kernel shape, dtype and way
+the backward reads the output gradient."""
 
 import pytest
 import torch
@@ -30,21 +31,33 @@ def _mm_reference(w2, groups, bias, cols, g_rows):
     return rows, torch.cat(g_cols, 1), torch.cat(g_w, 0)
 
 
-@pytest.mark.parametrize("route", ["conv", "mm"])
+def _grid(cols, rows, wo, groups, kernel):
+    """Columns ``[rows * wo, (q, i, j, c')]`` in the grid layout ``[rows, kh, wo, kw, (q, c')]``,
+    seen as ``[rows, wo, width]`` as the forward passes them."""
+    kh, kw = kernel
+    cq = cols.shape[1] // (groups * kh * kw)
+    grid = cols.view(rows, wo, groups, kh, kw, cq).permute(0, 3, 1, 4, 2, 5).contiguous()
+    return grid.view(rows, wo, -1)
+
+
+@pytest.mark.parametrize("route", ["conv", "mm", "grid"])
 @pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("kernel", [(3, 3), (2, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows_layout", [True, False])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_products_match_plain_matrix_products(route, groups, dtype, rows_layout, with_bias):
+def test_products_match_plain_matrix_products(route, groups, kernel, dtype, rows_layout, with_bias):
     gen = torch.Generator().manual_seed(groups)
-    c_out, kc, p = 6 * groups, 9 * 3, 37
+    rows_n, wo = 5, 7
+    c_out, kc, p = 6 * groups, kernel[0] * kernel[1] * 3, rows_n * wo
     w2 = torch.randn(c_out, kc, generator=gen, dtype=dtype)
     bias = torch.randn(c_out, generator=gen, dtype=dtype) if with_bias else None
     cols = torch.randn(p, groups * kc, generator=gen, dtype=dtype)
     g_rows = torch.randn(p, c_out, generator=gen, dtype=dtype)
-    product = _Product(w2, groups, bias, route=route)
-    assert product.conv == (route == "conv")
-    rows = product.forward(cols)
+    product = _Product(w2, groups, bias, kernel, route=route)
+    assert product.route == route and product.grid == (route == "grid")
+    given = _grid(cols, rows_n, wo, groups, kernel) if product.grid else cols.view(rows_n, wo, -1)
+    rows = product.forward(given)
     assert rows.shape == (p, c_out) and rows.dtype == dtype and rows.stride(1) == 1
     g_cols = torch.full_like(cols, float("nan"))  # every element must be written
     if rows_layout:
@@ -65,29 +78,38 @@ def test_products_match_plain_matrix_products(route, groups, dtype, rows_layout,
     torch.testing.assert_close(product.g_w.double(), 2 * want_g_w, **tol)
 
 
-def test_default_route_follows_torch_threads():
-    w2 = torch.randn(4, 9)
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch.backends.mkldnn.flags on CPU
+def test_default_route_follows_torch_threads_dtype_and_mkldnn():
+    """More than one thread: the 1x1 convolution; one thread: the grid for float32 with mkldnn
+    on, ``torch.mm`` for float64 or with mkldnn off (where the grid would be im2col + GEMM)."""
+    w2, w2_64 = torch.randn(4, 9), torch.randn(4, 9, dtype=torch.float64)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert _Product(w2, 1, None).conv is False
+        assert _Product(w2_64, 1, None, (3, 3)).route == "mm"
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert _Product(w2, 1, None, (3, 3)).route == "mm"
+        with torch.backends.mkldnn.flags(enabled=True):
+            want = "grid" if torch.backends.mkldnn.is_available() else "mm"
+            assert _Product(w2, 1, None, (3, 3)).route == want
         torch.set_num_threads(2)
-        assert _Product(w2, 1, None).conv is True
+        assert _Product(w2, 1, None, (3, 3)).route == "conv"
+        assert _Product(w2_64, 1, None, (3, 3)).route == "conv"
     finally:
         torch.set_num_threads(before)
 
 
 def test_unknown_route_is_refused():
     with pytest.raises(ValueError, match="route must be"):
-        _Product(torch.randn(4, 9), 1, None, route="gemm")
+        _Product(torch.randn(4, 9), 1, None, (3, 3), route="gemm")
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch.backends.mkldnn.flags on CPU
 @pytest.mark.parametrize("mkldnn", [True, False], ids=["onednn", "no-mkldnn"])
-@pytest.mark.parametrize("route", ["mm", "conv"])
+@pytest.mark.parametrize("route", ["mm", "conv", "grid"])
 def test_op_on_each_product_route_matches_reference(route, mkldnn):
     """deform_conv2d (2 conv groups, 2 offset groups, mask, bias, float32) on each product route,
-    also with PyTorch's mkldnn backend switched off (the 1x1 convolution then runs on
+    also with PyTorch's mkldnn backend switched off (the convolutions then run on
     ``_slow_conv2d``): output and every gradient as the reference backend's."""
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(3, 8, 7, 9, generator=gen)
@@ -109,3 +131,31 @@ def test_op_on_each_product_route_matches_reference(route, mkldnn):
         cpu.PRODUCTS = before
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_one_thread_blocks_of_whole_images_are_smaller():
+    """On one Numba thread, whole-image blocks take about ``ONE_THREAD_BLOCK_BYTES`` (4 MiB),
+    more threads keep ``BLOCK_BYTES`` (16 MiB); an image too big for the small block is cut into
+    row blocks of ``BLOCK_BYTES`` either way, and a smaller ``BLOCK_BYTES`` still wins."""
+    import numba
+
+    row = 12 * 9 * 32 * 4  # one output row of (N, 32, 12x12) columns, 13.5 KiB
+    big_row = 50 * 9 * 256 * 4  # (1, 256, 38x50): 16.7 MiB an image, 36 rows in 16 MiB
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        blocks, per_block = cpu._blocks(64, 12, row)
+        assert per_block == cpu.ONE_THREAD_BLOCK_BYTES // (12 * row) == 25
+        assert blocks == [(0, 300), (300, 600), (600, 768)]
+        assert cpu._blocks(1, 38, big_row) == ([(0, 36), (36, 38)], 0)
+        old = cpu.BLOCK_BYTES
+        try:
+            cpu.BLOCK_BYTES = 4096
+            assert cpu._blocks(2, 12, row)[1] == 0  # the tests' row-block route
+        finally:
+            cpu.BLOCK_BYTES = old
+        if before >= 2:
+            numba.set_num_threads(2)
+            assert cpu._blocks(64, 12, row) == ([(0, 768)], 64)
+    finally:
+        numba.set_num_threads(before)

@@ -39,20 +39,35 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._backend import batch_chunks
-from ._deform_conv_cpu_kernels import columns_kernel, grad_kernel_images, grad_kernel_parts, runs
+from ._deform_conv_cpu_kernels import (
+    column_places,
+    columns_kernel,
+    grad_kernel_images,
+    grad_kernel_parts,
+    runs,
+)
 from ._numba_threads import thread_budget
 
 BLOCK_BYTES = 16 << 20
+
+#: On one thread, blocks of whole images take about this many bytes instead (when an image fits):
+#: with no hand-offs between threads to amortise, a block that stays in cache pays off; on this
+#: project's VM the op on one thread took 0.83-0.97x its 16 MiB time at 4 MiB for batches of
+#: small images, while single big images ran as fast or faster in 16 MiB row blocks
+#: (benchmarks/bench_block_bytes.py --threads 1, benchmarks/RESULTS.md).
+ONE_THREAD_BLOCK_BYTES = 4 << 20
 
 #: Channel planes of a multiple of this many bytes are padded before the transposing copy
 #: (:func:`_padded_channels_last`).
 PAD_FIRST_BYTES = 2048
 
 #: How the forward's block products run (:class:`_Product`): ``"auto"`` (the default: ``"conv"``
-#: with more than one torch thread, else ``"mm"``), ``"mm"`` (``torch.mm``) or ``"conv"``
-#: (oneDNN's 1x1 convolution). Private: tests and benchmarks/bench_cpu_products.py set it to take
-#: each route on any machine.
+#: with more than one torch thread; on one, ``"grid"`` for float32 with PyTorch's mkldnn backend
+#: on, else ``"mm"``), ``"mm"`` (``torch.mm``), ``"conv"`` (oneDNN's 1x1 convolution) or
+#: ``"grid"`` (the columns as a tiled image, a ``(kh, kw)``-strided convolution). Private: tests
+#: and benchmarks/bench_cpu_products.py set it to take each route on any machine.
 PRODUCTS = "auto"
+ROUTES = ("mm", "conv", "grid")
 
 
 def _setup(input, offset, weight, stride, padding, dilation):
@@ -87,21 +102,25 @@ def _padded_channels_last(input: Tensor) -> Tensor:
 
 
 def _blocks(images: int, ho: int, row_bytes: int) -> tuple[list[tuple[int, int]], int]:
-    """Row blocks ``(t0, t1)`` of about :data:`BLOCK_BYTES` and the images per block.
+    """Row blocks ``(t0, t1)`` of about :data:`BLOCK_BYTES` (:data:`ONE_THREAD_BLOCK_BYTES` on
+    one thread when an image fits in it) and the images per block.
 
     When one image's rows fit, blocks are whole images (``k`` per block, a multiple of the thread
     count when more fit) and ``k`` is returned; else blocks of rows (a multiple of the thread
     count when long) cut through images and ``0`` is returned."""
     threads = numba.get_num_threads()
     rows = images * ho
-    k = BLOCK_BYTES // max(1, ho * row_bytes)
+    limit = BLOCK_BYTES
+    if threads == 1 and ho * row_bytes <= ONE_THREAD_BLOCK_BYTES:
+        limit = min(limit, ONE_THREAD_BLOCK_BYTES)
+    k = limit // max(1, ho * row_bytes)
     if k >= 1:
         k = min(k, images)
         if k > threads:
             k -= k % threads
         step = k * ho
     else:
-        step = max(1, BLOCK_BYTES // max(1, row_bytes))
+        step = max(1, limit // max(1, row_bytes))
         if step > threads:
             step -= step % threads
     return [(t0, min(rows, t0 + step)) for t0 in range(0, rows, step)], k
@@ -122,19 +141,26 @@ def _as_image(rows: Tensor) -> Tensor:
 
 
 class _Product:
-    """The block products of one call for ``groups`` conv groups; ``w2`` ``[C_out, K * Cq]``.
+    """The block products of one call for ``groups`` conv groups; ``w2`` ``[C_out, K * Cq]``
+    (the weight's channels-last memory), ``kernel = (kh, kw)``.
 
-    A block's columns are ``[P, groups * K * Cq]``, which is also a channels-last image of ``P``
-    pixels and ``groups * K * Cq`` channels. The forward product runs (:data:`PRODUCTS`) as a 1x1
-    convolution over that image (all groups in one call) with more than one thread, as
-    ``torch.mm`` per group on one: on this project's 2-core VM, 2 threads, the convolution took
-    0.79-0.96x ``torch.mm``'s time on the forward blocks of the benchmark shapes and the op's
-    forward 0.76-0.98x (v2, five shapes, three runs); on one thread it was no faster (blocks
-    0.94-1.05x, the op's forward 0.99-1.11x): benchmarks/bench_cpu_products.py, RESULTS.md. The
-    backward's products stay ``torch.mm``: the convolution's weight backward, tried as a route,
-    changed the op's forward+backward by 0.92-1.07x in two runs while allocating a weight-sized
-    gradient per block, and its input backward was no faster on the blocks (0.88-1.04x on two
-    threads, 1.03-1.45x on one).
+    A block's columns in the product layout are ``[P, groups * K * Cq]``, which is also a
+    channels-last image of ``P`` pixels and ``groups * K * Cq`` channels. The forward product runs
+    (:data:`PRODUCTS`) as a 1x1 convolution over that image (all groups in one call) with more
+    than one thread, as ``torch.mm`` per group on one: on this project's 2-core VM, 2 threads,
+    the convolution took 0.79-0.96x ``torch.mm``'s time on the forward blocks of the benchmark
+    shapes and the op's forward 0.76-0.98x (v2, five shapes, three runs); on one thread it was no
+    faster (blocks 0.94-1.05x, the op's forward 0.99-1.11x): benchmarks/bench_cpu_products.py,
+    RESULTS.md. On one thread the *grid* route is faster: the forward's columns are written as
+    ``[rows, kh, W_out, kw, C]`` (:func:`column_places`), a channels-last image in which each
+    output position's kernel points form a ``kh x kw`` tile, and the layer's own weight convolves
+    it with stride ``(kh, kw)``, which oneDNN runs as a direct convolution, not as a GEMM
+    (float32; float64 or mkldnn off would run it as im2col + GEMM, so ``"auto"`` keeps ``mm``
+    there). The backward's products stay ``torch.mm``: the convolution's weight backward, tried
+    as a route, changed the op's forward+backward by 0.92-1.07x in two runs while allocating a
+    weight-sized gradient per block, and its input backward was no faster on the blocks
+    (0.88-1.04x on two threads, 1.03-1.45x on one); on the grid, the weight backward took 1.2-4.9x
+    ``torch.mm``'s time.
 
     The forward returns *rows* ``[P, C_out]`` (the caller moves them to NCHW). The backward reads
     the output gradient as rows too (blocks of whole images, after one transposing copy) or as one
@@ -142,7 +168,12 @@ class _Product:
     inside big images)."""
 
     def __init__(
-        self, w2: Tensor, groups: int, bias: Tensor | None, route: str | None = None
+        self,
+        w2: Tensor,
+        groups: int,
+        bias: Tensor | None,
+        kernel: tuple[int, int],
+        route: str | None = None,
     ) -> None:
         """``route``: one of :data:`PRODUCTS`'s values (default: :data:`PRODUCTS`)."""
         self.groups, self.co, self.kc = groups, w2.shape[0] // groups, w2.shape[1]
@@ -150,21 +181,39 @@ class _Product:
         route = PRODUCTS if route is None else route
         if route == "auto":
             route = "conv" if torch.get_num_threads() > 1 else "mm"
-        if route not in ("mm", "conv"):
-            raise ValueError(f"route must be auto, mm or conv, got {route!r}")
-        self.conv = route == "conv"
-        if self.conv:  # a view: [C_out, K * Cq, 1, 1] is channels-last already
+            if route == "mm" and w2.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+                route = "grid" if torch.backends.mkldnn.enabled else "mm"
+        if route not in ROUTES:
+            raise ValueError(f"route must be auto, mm, conv or grid, got {route!r}")
+        self.route, self.kernel = route, kernel
+        if route == "conv":  # a view: [C_out, K * Cq, 1, 1] is channels-last already
             self.w4 = w2[:, :, None, None].contiguous(memory_format=torch.channels_last)
+        elif route == "grid":  # [C_out, kh, kw, Cq] memory: the weight in channels-last
+            kh, kw = kernel
+            self.w4 = w2.view(w2.shape[0], kh, kw, -1).permute(0, 3, 1, 2)
         self.bias = bias
         self.g_w = torch.zeros_like(w2)
+
+    @property
+    def grid(self) -> bool:
+        """Whether the forward reads its columns in the grid layout (:func:`column_places`)."""
+        return self.route == "grid"
 
     def _slices(self):
         for q in range(self.groups):
             yield q, slice(q * self.co, (q + 1) * self.co), slice(q * self.kc, (q + 1) * self.kc)
 
     def forward(self, cols: Tensor) -> Tensor:
-        """``cols @ W^T (+ bias)`` as rows ``[P, C_out]`` (unit stride along C_out)."""
-        if self.conv:
+        """``cols @ W^T (+ bias)`` as rows ``[P, C_out]`` (unit stride along C_out). ``cols``:
+        ``[rows, W_out, groups * K * Cq]``, in the grid layout on the grid route."""
+        rows, wo, width = cols.shape
+        if self.route == "grid":
+            kh, kw = self.kernel
+            image = cols.view(1, rows * kh, wo * kw, -1).permute(0, 3, 1, 2)
+            out = F.conv2d(image, self.w4, self.bias, stride=(kh, kw), groups=self.groups)
+            return out[0].permute(1, 2, 0).reshape(rows * wo, -1)  # a view when channels-last
+        cols = cols.view(rows * wo, width)
+        if self.route == "conv":
             out = F.conv2d(_as_image(cols), self.w4, self.bias, groups=self.groups)
             return out[0, :, 0].t().contiguous()  # a view of oneDNN's channels-last result
         out = cols.new_empty(cols.shape[0], self.groups * self.co)
@@ -206,12 +255,15 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
     bias = None if bias is None else bias.contiguous()
     use_mask = mask is not None
     mask = (mask if use_mask else offset[:, :1]).contiguous()
-    groups, layout, geom, w2 = _setup(input, offset, weight, stride, padding, dilation)
+    groups, _, geom, w2 = _setup(input, offset, weight, stride, padding, dilation)
     n, c_out = input.shape[0], weight.shape[0]
     ho, wo = offset.shape[2:]
     out = input.new_empty(n, c_out, ho * wo)
-    product = _Product(w2, groups, bias)
+    kernel = geom[:2]
+    product = _Product(w2, groups, bias, kernel)
     width = groups * w2.shape[1]  # columns per position
+    offset_groups = offset.shape[1] // (2 * kernel[0] * kernel[1])
+    places = column_places(input.shape[1], groups, offset_groups, kernel, wo, product.grid)
     for a, b in batch_chunks(n, _item_bytes(input)):
         xpad = _padded_channels_last(input[a:b])
         off, m = offset[a:b].numpy(), mask[a:b].numpy()
@@ -219,8 +271,8 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
         buf = input.new_empty((blocks[0][1] - blocks[0][0]) * wo * width)
         for t0, t1 in blocks:
             cols = buf[: (t1 - t0) * wo * width].view(t1 - t0, wo, width)
-            columns_kernel(xpad.numpy(), off, m, use_mask, *layout, geom, t0, cols.numpy())
-            cols = cols.view((t1 - t0) * wo, width)
+            columns_kernel(xpad.numpy(), off, m, use_mask, *places, geom, t0,
+                           cols.view(t1 - t0, -1).numpy())  # fmt: skip
             # one product per block into rows [P, C_out], then to NCHW: one copy for whole
             # images, one per image otherwise
             r = product.forward(cols)
@@ -252,7 +304,7 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
     g_offset = torch.zeros_like(offset)
     g_mask = torch.zeros_like(mask)
     g_rows = grad.view(n, c_out, ho * wo)
-    product = _Product(w2, groups, None)
+    product = _Product(w2, groups, None, geom[:2])
     width = groups * w2.shape[1]  # columns per position
     row_bytes = 2 * wo * width * input.element_size()
     for a, b in batch_chunks(n, _item_bytes(input, backward=True)):

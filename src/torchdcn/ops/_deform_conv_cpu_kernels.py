@@ -11,11 +11,14 @@ in one conv group and one offset group, and every array is seen as a matrix of s
 ``[rows * W_out * width / L, L]``. Every access is then a whole row of a 2-D array, which Numba
 vectorises without the per-access slice arithmetic that dominated small channel counts.
 
-Column layout: for conv group ``q`` and kernel point ``k`` the channels of ``q`` are contiguous,
-``col[q*K*Cq + k*Cq + c']`` (the weight is permuted to match). In run units, run ``s`` at kernel
-point ``k`` starts at column run ``first[s] + k * Cq / L`` (:func:`runs`). Kernels address output
-rows by ``t = n * Ho + oy`` and take the first row ``t0`` of their block; ``cols`` / ``gcols`` are
-``[rows, W_out, width]``.
+Column layout of the products: for conv group ``q`` and kernel point ``k`` the channels of ``q``
+are contiguous, ``col[q*K*Cq + k*Cq + c']`` (the weight is permuted to match). In run units, run
+``s`` at kernel point ``k`` starts at column run ``first[s] + k * Cq / L`` (:func:`runs`). Kernels
+address output rows by ``t = n * Ho + oy`` and take the first row ``t0`` of their block; ``cols``
+/ ``gcols`` of the backward are ``[rows, W_out, width]``. The forward's :func:`columns_kernel`
+also writes a second layout, the *grid*: each output row's kernel points as ``kh`` rows of a
+channels-last image, ``[rows, kh, W_out, kw, C]``, which a ``(kh, kw)``-strided convolution
+multiplies (:func:`column_places`).
 
 Backward is one pass over the columns' gradient (:func:`_grad_row`): each sampling point's corners
 and weights are computed once and give the input gradient (scattered into ``gxpad``), the
@@ -48,6 +51,23 @@ def runs(channels: int, groups: int, offset_groups: int, k: int) -> tuple[int, n
     return length, np.asarray(table, dtype=np.int64), cq // length
 
 
+def column_places(
+    channels: int, groups: int, offset_groups: int, kernel: tuple[int, int], wo: int, grid: bool
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """``(first, place)`` of :func:`columns_kernel` for a row of ``wo`` output positions.
+
+    ``grid=False``: the product layout (module docstring), ``[wo, groups, K, Cq]`` per row.
+    ``grid=True``: the row's kernel points as a ``kh x kw`` tile per position, ``[kh, wo, kw, C]``
+    with the channels in their own order: ``kh`` rows of a channels-last image that a
+    ``(kh, kw)``-strided convolution with the layer's weight turns into the output row."""
+    kh, kw = kernel
+    length, table, step = runs(channels, groups, offset_groups, kh * kw)
+    s_runs = channels // length
+    if grid:
+        return np.arange(s_runs, dtype=np.int64), (kw * s_runs, wo * kw * s_runs, s_runs)
+    return np.ascontiguousarray(table[:, 1]), (kh * kw * s_runs, kw * step, step)
+
+
 @njit(cache=True, inline="always")
 def _point(offset, n, g, kk, oy, ox, geom, height, width):
     """Top-left corner (row, col) in the padded map and the fractions (ly, lx) of one sampling
@@ -78,27 +98,35 @@ def _weights(wts, ly, lx, m):
 
 
 @njit(parallel=True, cache=True)
-def columns_kernel(xpad, offset, mask, use_mask, table, step, geom, t0, cols):
-    """``cols[r, ox, column]`` = 4 corners of ``xpad`` at output row ``t0 + r`` (x mask)."""
+def columns_kernel(xpad, offset, mask, use_mask, first, place, geom, t0, cols):
+    """Output row ``t0 + r``'s columns into ``cols[r]`` (``cols [rows, runs * L]``): run ``s``
+    of kernel point ``(i, j)`` at output column ``ox`` = 4 corners of ``xpad`` (x mask), at run
+    ``ox * A + i * B + j * D + first[s]`` of the row, ``place = (A, B, D)``
+    (:func:`column_places`)."""
     nb, hp, wp, c = xpad.shape
-    s_runs, length = table.shape[0], c // table.shape[0]
+    s_runs, length = first.shape[0], c // first.shape[0]
     xf = xpad.reshape(nb * hp * wp * s_runs, length)
     ho = offset.shape[2]
-    rows, wo, width = cols.shape
-    per_pos = width // length
-    nk = geom[0] * geom[1]
+    wo = offset.shape[3]
+    rows = cols.shape[0]
+    per_x, per_i, per_j = place
+    kw = geom[1]
+    nk = geom[0] * kw
     groups = offset.shape[1] // (2 * nk)
     per_group = s_runs // groups  # runs of one offset group are consecutive
+    at = np.empty(nk, np.int64)  # each kernel point's first run at ox = 0
+    for kk in range(nk):
+        at[kk] = (kk // kw) * per_i + (kk % kw) * per_j
     for r in prange(rows):
         n = (t0 + r) // ho
         oy = t0 + r - n * ho
-        crow = cols[r].reshape(wo * per_pos, length)
+        crow = cols[r].reshape(cols.shape[1] // length, length)
         wts = np.empty(4, xf.dtype)
         if s_runs == 1:  # one run of all channels (no conv or offset groups): the common case
             for ox in range(wo):
                 for kk in range(nk):
+                    dst = crow[ox * per_x + at[kk]]
                     iy, ix, ly, lx, ok = _point(offset, n, 0, kk, oy, ox, geom, hp - 2, wp - 2)
-                    dst = crow[ox * nk + kk]
                     if not ok:
                         dst[:] = 0
                         continue
@@ -110,19 +138,20 @@ def columns_kernel(xpad, offset, mask, use_mask, table, step, geom, t0, cols):
             continue
         for ox in range(wo):
             for kk in range(nk):
+                base = ox * per_x + at[kk]
                 for g in range(groups):
                     iy, ix, ly, lx, ok = _point(offset, n, g, kk, oy, ox, geom, hp - 2, wp - 2)
+                    if not ok:
+                        for s in range(g * per_group, (g + 1) * per_group):
+                            crow[base + first[s]][:] = 0
+                        continue
                     m = mask[n, g * nk + kk, oy, ox] if use_mask else 1.0
                     _weights(wts, ly, lx, m)
                     p = ((n * hp + iy) * wp + ix) * s_runs
-                    base = ox * per_pos + kk * step
                     for s in range(g * per_group, (g + 1) * per_group):
-                        if ok:
-                            _sample_run(crow[base + table[s, 1]], xf[p + s], xf[p + s_runs + s],
-                                        xf[p + (wp * s_runs) + s], xf[p + (wp + 1) * s_runs + s],
-                                        wts[0], wts[1], wts[2], wts[3])  # fmt: skip
-                        else:
-                            crow[base + table[s, 1]][:] = 0
+                        _sample_run(crow[base + first[s]], xf[p + s], xf[p + s_runs + s],
+                                    xf[p + (wp * s_runs) + s], xf[p + (wp + 1) * s_runs + s],
+                                    wts[0], wts[1], wts[2], wts[3])  # fmt: skip
 
 
 @njit(cache=True, inline="always")
