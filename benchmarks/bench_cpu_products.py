@@ -8,8 +8,9 @@ into one accumulator) and the columns' gradient ``g @ W``. Two tables:
   the op's own ``_Product.forward`` on each route (``torch.mm``, the 1x1 convolution, the
   strided convolution over the grid layout), and the
   backward's two products as the op runs them (``torch.mm``, the weight gradient accumulated in
-  place) against the 1x1 convolution's weight and input backwards (alternatives the op does not
-  take; the weight gradient computed and added), with the output gradient as the op passes it
+  place) against the 1x1 convolution's and the grid's weight and input backwards (alternatives
+  the op does not take; the 1x1 one's weight gradient computed and added), with the output
+  gradient as the op passes it
   (rows for blocks of whole images, a strided segment of the NCHW gradient inside big images);
 * the op: ``deform_conv2d`` forward and forward+backward (v2, with mask) with the forward's
   products on each route (``_deform_conv_cpu.PRODUCTS``), dense
@@ -49,7 +50,7 @@ def bench_blocks(n, c, h, w, repeats):
     width = 9 * c
     gen = torch.Generator().manual_seed(0)
     w2 = torch.randn(c, width, generator=gen)
-    f_blocks, _ = cpu._blocks(n, h, w * width * 4)
+    f_blocks, f_images = cpu._blocks(n, h, w * width * 4)
     p_f = (f_blocks[0][1] - f_blocks[0][0]) * w
     b_blocks, whole = cpu._blocks(n, h, 2 * w * width * 4)
     p_b = (b_blocks[0][1] - b_blocks[0][0]) * w
@@ -66,11 +67,22 @@ def bench_blocks(n, c, h, w, repeats):
     def backward_conv(mask):
         return cb(g_image, cpu._as_image(cols), w4, None, *_CONV, mask)
 
-    fns = {f"fwd {route}": lambda p=prod: p.forward(cols_f) for route, prod in products.items()}
+    # the grid's backwards: the block's columns as a tiled image, the gradient as rows of it
+    rows = p_b // w
+    grid = torch.randn(1, rows * 3, w * 3, c, generator=gen).permute(0, 3, 1, 2)
+    g_grid = g_t.t().contiguous().view(1, rows, w, c).permute(0, 3, 1, 2)
+    w4_grid = products["grid"].w4
+
+    def backward_grid(mask):
+        return cb(g_grid, grid, w4_grid, None, (3, 3), (0, 0), (1, 1), False, (0, 0), 1, mask)
+
+    fns = {f"fwd {r}": lambda p=prod: p.forward(cols_f, f_images) for r, prod in products.items()}
     fns["gW mm"] = lambda: g_w.addmm_(g_t, cols)  # as _Product.grad_weight
     fns["gW conv"] = lambda: g_w.add_(backward_conv((False, True, False))[1].view_as(g_w))
+    fns["gW grid"] = lambda: backward_grid((False, True, False))
     fns["gcols mm"] = lambda: torch.mm(g_t.t(), w2, out=g_cols)  # as _Product.grad_columns
     fns["gcols conv"] = lambda: backward_conv((True, False, False))
+    fns["gcols grid"] = lambda: backward_grid((True, False, False))
     times = time_interleaved(fns, repeats)
     return p_f, p_b, bool(whole), {k: v * 1e3 for k, v in times.items()}
 
@@ -152,21 +164,21 @@ def main() -> None:
         print(f"# deform_conv2d's block products, {head}")
         print(
             "| shape (N, C, HxW) | block P fwd / bwd (gradient as) | fwd mm / conv / grid ms "
-            "(ratios to mm) | gW mm / conv ms (ratio) | gcols mm / conv ms (ratio) |"
+            "(ratios to mm) | gW mm / conv / grid ms (ratios) | gcols mm / conv / grid ms "
+            "(ratios) |"
         )
         print("|---|---|---|---|---|")
         for n, c, h, w in SHAPES:
             p_f, p_b, whole, t = bench_blocks(n, c, h, w, args.repeats)
 
             def cell(key, t=t):
-                mm, conv = t[f"{key} mm"], t[f"{key} conv"]
-                return f"{mm:.2f} / {conv:.2f} ({conv / mm:.2f}x)"
+                ms = " / ".join(f"{t[f'{key} {r}']:.2f}" for r in ROUTES)
+                ratios = " / ".join(f"{t[f'{key} {r}'] / t[f'{key} mm']:.2f}x" for r in ROUTES[1:])
+                return f"{ms} ({ratios})"
 
-            fwd = " / ".join(f"{t[f'fwd {r}']:.2f}" for r in ROUTES)
-            ratios = " / ".join(f"{t[f'fwd {r}'] / t['fwd mm']:.2f}x" for r in ROUTES[1:])
             layout = "rows" if whole else "NCHW segment"
             print(
-                f"| ({n}, {c}, {h}x{w}) | {p_f} / {p_b} ({layout}) | {fwd} ({ratios}) "
+                f"| ({n}, {c}, {h}x{w}) | {p_f} / {p_b} ({layout}) | {cell('fwd')} "
                 f"| {cell('gW')} | {cell('gcols')} |",
                 flush=True,
             )

@@ -80,18 +80,21 @@ def test_products_match_plain_matrix_products(route, groups, kernel, dtype, rows
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch.backends.mkldnn.flags on CPU
 def test_default_route_follows_torch_threads_dtype_and_mkldnn():
-    """More than one thread: the 1x1 convolution; one thread: the grid for float32 with mkldnn
-    on, ``torch.mm`` for float64 or with mkldnn off (where the grid would be im2col + GEMM)."""
+    """More than one thread: the 1x1 convolution; one thread: the grid for float32 column blocks
+    of ``GRID_BYTES`` or more with mkldnn on, ``torch.mm`` for smaller blocks, float64 or with
+    mkldnn off (where the grid would be im2col + GEMM)."""
     w2, w2_64 = torch.randn(4, 9), torch.randn(4, 9, dtype=torch.float64)
+    big, small = cpu.GRID_BYTES, cpu.GRID_BYTES - 1
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert _Product(w2_64, 1, None, (3, 3)).route == "mm"
+        assert _Product(w2_64, 1, None, (3, 3), block=big).route == "mm"
         with torch.backends.mkldnn.flags(enabled=False):
-            assert _Product(w2, 1, None, (3, 3)).route == "mm"
+            assert _Product(w2, 1, None, (3, 3), block=big).route == "mm"
         with torch.backends.mkldnn.flags(enabled=True):
             want = "grid" if torch.backends.mkldnn.is_available() else "mm"
-            assert _Product(w2, 1, None, (3, 3)).route == want
+            assert _Product(w2, 1, None, (3, 3), block=big).route == want
+            assert _Product(w2, 1, None, (3, 3), block=small).route == "mm"
         torch.set_num_threads(2)
         assert _Product(w2, 1, None, (3, 3)).route == "conv"
         assert _Product(w2_64, 1, None, (3, 3)).route == "conv"
@@ -105,12 +108,19 @@ def test_unknown_route_is_refused():
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch.backends.mkldnn.flags on CPU
+@pytest.mark.parametrize("blocks", ["one", "2+1 images"])
 @pytest.mark.parametrize("mkldnn", [True, False], ids=["onednn", "no-mkldnn"])
 @pytest.mark.parametrize("route", ["mm", "conv", "grid"])
-def test_op_on_each_product_route_matches_reference(route, mkldnn):
+def test_op_on_each_product_route_matches_reference(route, mkldnn, blocks, monkeypatch):
     """deform_conv2d (2 conv groups, 2 offset groups, mask, bias, float32) on each product route,
     also with PyTorch's mkldnn backend switched off (the convolutions then run on
-    ``_slow_conv2d``): output and every gradient as the reference backend's."""
+    ``_slow_conv2d``), in one block or in blocks of two whole images and one (a last block of
+    fewer images, seen as a smaller batch of grid images): output and every gradient as the
+    reference backend's."""
+    if blocks != "one":  # an image: 7 rows of 9 positions x 72 columns x 4 bytes (backward 2x)
+        for name in ("BLOCK_BYTES", "ONE_THREAD_BLOCK_BYTES"):
+            monkeypatch.setattr(cpu, name, 2 * 7 * 9 * 72 * 4)
+        assert cpu._blocks(3, 7, 9 * 72 * 4) == ([(0, 14), (14, 21)], 2)
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(3, 8, 7, 9, generator=gen)
     offset = 2 * torch.randn(3, 2 * 2 * 9, 7, 9, generator=gen)

@@ -52,9 +52,10 @@ BLOCK_BYTES = 16 << 20
 
 #: On one thread, blocks of whole images take about this many bytes instead (when an image fits):
 #: with no hand-offs between threads to amortise, a block that stays in cache pays off; on this
-#: project's VM the op on one thread took 0.83-0.97x its 16 MiB time at 4 MiB for batches of
-#: small images, while single big images ran as fast or faster in 16 MiB row blocks
-#: (benchmarks/bench_block_bytes.py --threads 1, benchmarks/RESULTS.md).
+#: project's VM the op on one thread took 0.79-0.88x its 16 MiB forward time and 0.88-0.95x its
+#: forward+backward time at 4 MiB for batches of small images, while single big images took
+#: 1.06-1.26x and keep 16 MiB row blocks (benchmarks/bench_block_bytes.py --threads 1,
+#: benchmarks/RESULTS.md).
 ONE_THREAD_BLOCK_BYTES = 4 << 20
 
 #: Channel planes of a multiple of this many bytes are padded before the transposing copy
@@ -63,11 +64,19 @@ PAD_FIRST_BYTES = 2048
 
 #: How the forward's block products run (:class:`_Product`): ``"auto"`` (the default: ``"conv"``
 #: with more than one torch thread; on one, ``"grid"`` for float32 with PyTorch's mkldnn backend
-#: on, else ``"mm"``), ``"mm"`` (``torch.mm``), ``"conv"`` (oneDNN's 1x1 convolution) or
-#: ``"grid"`` (the columns as a tiled image, a ``(kh, kw)``-strided convolution). Private: tests
-#: and benchmarks/bench_cpu_products.py set it to take each route on any machine.
+#: on and blocks of :data:`GRID_BYTES` or more, else ``"mm"``), ``"mm"`` (``torch.mm``),
+#: ``"conv"`` (oneDNN's 1x1 convolution) or ``"grid"`` (the columns as a tiled image, a
+#: ``(kh, kw)``-strided convolution). Private: tests and benchmarks/bench_cpu_products.py set it
+#: to take each route on any machine.
 PRODUCTS = "auto"
 ROUTES = ("mm", "conv", "grid")
+
+#: ``"auto"`` takes the grid route for forward column blocks of at least this many bytes: on one
+#: thread (this project's VM) the grid's product took 0.68-0.98x ``torch.mm``'s time on the
+#: 16 MiB row blocks of images with 128-512 channels, 0.89x and 1.26x on the 2.4 and 4 MiB blocks
+#: of the two batches of small images (benchmarks/bench_cpu_products.py --part blocks), and the
+#: op's forward on small batches (512-4096 positions) 0.90-1.16x in a throwaway sweep.
+GRID_BYTES = 8 << 20
 
 
 def _setup(input, offset, weight, stride, padding, dilation):
@@ -151,16 +160,17 @@ class _Product:
     the convolution took 0.79-0.96x ``torch.mm``'s time on the forward blocks of the benchmark
     shapes and the op's forward 0.76-0.98x (v2, five shapes, three runs); on one thread it was no
     faster (blocks 0.94-1.05x, the op's forward 0.99-1.11x): benchmarks/bench_cpu_products.py,
-    RESULTS.md. On one thread the *grid* route is faster: the forward's columns are written as
-    ``[rows, kh, W_out, kw, C]`` (:func:`column_places`), a channels-last image in which each
-    output position's kernel points form a ``kh x kw`` tile, and the layer's own weight convolves
-    it with stride ``(kh, kw)``, which oneDNN runs as a direct convolution, not as a GEMM
-    (float32; float64 or mkldnn off would run it as im2col + GEMM, so ``"auto"`` keeps ``mm``
-    there). The backward's products stay ``torch.mm``: the convolution's weight backward, tried
-    as a route, changed the op's forward+backward by 0.92-1.07x in two runs while allocating a
-    weight-sized gradient per block, and its input backward was no faster on the blocks
-    (0.88-1.04x on two threads, 1.03-1.45x on one); on the grid, the weight backward took 1.2-4.9x
-    ``torch.mm``'s time.
+    RESULTS.md. On one thread the *grid* route is faster on big blocks (:data:`GRID_BYTES`): the
+    forward's columns are written as ``[rows, kh, W_out, kw, C]`` (:func:`column_places`), a
+    channels-last image in which each output position's kernel points form a ``kh x kw`` tile,
+    and the layer's own weight convolves it with stride ``(kh, kw)``, which oneDNN runs as a
+    direct convolution, not as a GEMM (float32; float64 or mkldnn off would run it as im2col +
+    GEMM, so ``"auto"`` keeps ``mm`` there). The backward's products stay ``torch.mm``: the 1x1
+    convolution's weight backward, tried as a route, changed the op's forward+backward by
+    0.92-1.07x in two runs while allocating a weight-sized gradient per block, and its input
+    backward was no faster on the blocks (0.88-1.04x on two threads, 1.03-1.45x on one); on the
+    grid, one thread, the weight backward took 1.26-3.66x ``torch.mm``'s time and the input
+    backward 0.83-1.45x (benchmarks/bench_cpu_products.py --part blocks).
 
     The forward returns *rows* ``[P, C_out]`` (the caller moves them to NCHW). The backward reads
     the output gradient as rows too (blocks of whole images, after one transposing copy) or as one
@@ -174,15 +184,19 @@ class _Product:
         bias: Tensor | None,
         kernel: tuple[int, int],
         route: str | None = None,
+        block: int = GRID_BYTES,
     ) -> None:
-        """``route``: one of :data:`PRODUCTS`'s values (default: :data:`PRODUCTS`)."""
+        """``route``: one of :data:`PRODUCTS`'s values (default: :data:`PRODUCTS`); ``block``:
+        bytes of a forward column block (``"auto"`` takes the grid from :data:`GRID_BYTES`
+        on)."""
         self.groups, self.co, self.kc = groups, w2.shape[0] // groups, w2.shape[1]
         self.w = [w2[q * self.co : (q + 1) * self.co] for q in range(groups)]
         route = PRODUCTS if route is None else route
         if route == "auto":
             route = "conv" if torch.get_num_threads() > 1 else "mm"
-            if route == "mm" and w2.dtype == torch.float32 and torch.backends.mkldnn.is_available():
-                route = "grid" if torch.backends.mkldnn.enabled else "mm"
+            onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            if route == "mm" and w2.dtype == torch.float32 and onednn and block >= GRID_BYTES:
+                route = "grid"
         if route not in ROUTES:
             raise ValueError(f"route must be auto, mm, conv or grid, got {route!r}")
         self.route, self.kernel = route, kernel
@@ -203,26 +217,28 @@ class _Product:
         for q in range(self.groups):
             yield q, slice(q * self.co, (q + 1) * self.co), slice(q * self.kc, (q + 1) * self.kc)
 
-    def forward(self, cols: Tensor) -> Tensor:
+    def forward(self, cols: Tensor, images: int = 0) -> Tensor:
         """``cols @ W^T (+ bias)`` as rows ``[P, C_out]`` (unit stride along C_out). ``cols``:
-        ``[rows, W_out, groups * K * Cq]``, in the grid layout on the grid route."""
+        ``[rows, W_out, groups * K * Cq]``, in the grid layout on the grid route, where
+        ``images > 0`` says the rows are that many whole images (a batch of grid images, which
+        oneDNN runs 0.86-0.99x as long as one tall image on one thread), else one tall image."""
         rows, wo, width = cols.shape
         if self.route == "grid":
             kh, kw = self.kernel
-            image = cols.view(1, rows * kh, wo * kw, -1).permute(0, 3, 1, 2)
+            n = images or 1
+            image = cols.view(n, rows // n * kh, wo * kw, -1).permute(0, 3, 1, 2)
             out = F.conv2d(image, self.w4, self.bias, stride=(kh, kw), groups=self.groups)
-            return out[0].permute(1, 2, 0).reshape(rows * wo, -1)  # a view when channels-last
+            return out.permute(0, 2, 3, 1).reshape(rows * wo, -1)  # a view when channels-last
         cols = cols.view(rows * wo, width)
         if self.route == "conv":
             out = F.conv2d(_as_image(cols), self.w4, self.bias, groups=self.groups)
             return out[0, :, 0].t().contiguous()  # a view of oneDNN's channels-last result
         out = cols.new_empty(cols.shape[0], self.groups * self.co)
-        for q, o, c in self._slices():
-            dst = out[:, o].t()  # [C_out/groups, P], written through its transpose
+        for q, o, c in self._slices():  # rows straight (0.89-0.98x the time of W @ cols^T)
             if self.bias is None:
-                torch.mm(self.w[q], cols[:, c].t(), out=dst)
+                torch.mm(cols[:, c], self.w[q].t(), out=out[:, o])
             else:
-                torch.addmm(self.bias[o, None], self.w[q], cols[:, c].t(), out=dst)
+                torch.addmm(self.bias[o], cols[:, c], self.w[q].t(), out=out[:, o])
         return out
 
     def grad_columns(self, g_out: Tensor, g_cols: Tensor, rows: bool) -> None:
@@ -260,14 +276,17 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
     ho, wo = offset.shape[2:]
     out = input.new_empty(n, c_out, ho * wo)
     kernel = geom[:2]
-    product = _Product(w2, groups, bias, kernel)
     width = groups * w2.shape[1]  # columns per position
+    row_bytes = wo * width * input.element_size()
+    chunks = list(batch_chunks(n, _item_bytes(input)))
+    first = _blocks(chunks[0][1] - chunks[0][0], ho, row_bytes)[0][0] if chunks else (0, 0)
+    product = _Product(w2, groups, bias, kernel, block=(first[1] - first[0]) * row_bytes)
     offset_groups = offset.shape[1] // (2 * kernel[0] * kernel[1])
     places = column_places(input.shape[1], groups, offset_groups, kernel, wo, product.grid)
-    for a, b in batch_chunks(n, _item_bytes(input)):
+    for a, b in chunks:
         xpad = _padded_channels_last(input[a:b])
         off, m = offset[a:b].numpy(), mask[a:b].numpy()
-        blocks, per_block = _blocks(b - a, ho, wo * width * input.element_size())
+        blocks, per_block = _blocks(b - a, ho, row_bytes)
         buf = input.new_empty((blocks[0][1] - blocks[0][0]) * wo * width)
         for t0, t1 in blocks:
             cols = buf[: (t1 - t0) * wo * width].view(t1 - t0, wo, width)
@@ -275,7 +294,7 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
                            cols.view(t1 - t0, -1).numpy())  # fmt: skip
             # one product per block into rows [P, C_out], then to NCHW: one copy for whole
             # images, one per image otherwise
-            r = product.forward(cols)
+            r = product.forward(cols, (t1 - t0) // ho if per_block else 0)
             if per_block:
                 n0 = a + t0 // ho
                 out[n0 : n0 + (t1 - t0) // ho].copy_(r.view(-1, ho * wo, c_out).transpose(1, 2))
