@@ -5,7 +5,9 @@ A block's columns are sampled and multiplied while still in cache; smaller block
 core's L2 but pay their per-block costs (a product call, thread hand-offs) more often. This times
 the op (v2, 3x3, float32) forward and forward+backward at each size, all sizes interleaved in one
 process (``_harness.time_interleaved``), and prints medians with the ratio to the default size.
-Run: ``python benchmarks/bench_block_bytes.py [--threads 2] [--repeats 9]``.
+Run: ``python benchmarks/bench_block_bytes.py [--threads 2] [--repeats 9]
+[--route auto|mm|conv|grid]`` (a fixed route separates the block size's effect from the route
+the op would pick at that size).
 """
 
 from __future__ import annotations
@@ -21,19 +23,20 @@ from _harness import deform_inputs, time_interleaved
 from torchdcn.ops import _deform_conv_cpu as cpu
 from torchdcn.ops import deform_conv2d
 
-SHAPES = [(1, 256, 38, 50), (1, 128, 75, 100), (8, 64, 32, 32), (64, 32, 12, 12)]
+SHAPES = [(1, 256, 38, 50), (1, 128, 75, 100), (8, 64, 32, 32), (64, 32, 12, 12), (16, 64, 24, 24)]
 MIB = [1, 2, 4, 8, 16, 32]
 
 
-def _at_size(fn, size: int):
+def _at_size(fn, size: int, route: str):
     def call():  # on one thread the op also caps whole-image blocks at ONE_THREAD_BLOCK_BYTES
         cpu.BLOCK_BYTES = cpu.ONE_THREAD_BLOCK_BYTES = size
+        cpu.PRODUCTS = route
         return fn()
 
     return call
 
 
-def _rows(n: int, c: int, h: int, w: int, repeats: int, default: int) -> list[str]:
+def _rows(n: int, c: int, h: int, w: int, repeats: int, default: int, route: str) -> list[str]:
     """The forward and forward+backward rows of one shape."""
     x, weight, offset, mask, grad = deform_inputs(n, c, h, w)
 
@@ -47,7 +50,7 @@ def _rows(n: int, c: int, h: int, w: int, repeats: int, default: int) -> list[st
 
     rows = []
     for call, fn in (("fwd", forward), ("f+b", forward_backward)):
-        fns = {m: _at_size(fn, m << 20) for m in MIB}
+        fns = {m: _at_size(fn, m << 20, route) for m in MIB}
         ms = {m: t * 1e3 for m, t in time_interleaved(fns, repeats).items()}
         base = ms[default >> 20]
         cells = " | ".join(f"{ms[m]:.2f} ({ms[m] / base:.2f}x)" for m in MIB)
@@ -59,13 +62,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument(
+        "--route", choices=["auto", *cpu.ROUTES], default="auto",
+        help="the forward's product route (auto: the op's choice, which depends on the size)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
     default = cpu.BLOCK_BYTES
     default_one = cpu.ONE_THREAD_BLOCK_BYTES
     print(
-        f"# deform_conv2d (v2) by column-block size, float32, {args.threads} thread(s), medians of "
+        f"# deform_conv2d (v2) by column-block size, forward products {args.route}, float32, "
+        f"{args.threads} thread(s), medians of "
         f"{args.repeats}; {datetime.date.today()}, {platform.machine()}, torch {torch.__version__};"
         f" ms (x the default {default >> 20} MiB)"
     )
@@ -73,9 +81,10 @@ def main() -> None:
     print("|---|---|" + "---|" * len(MIB))
     try:
         for shape in SHAPES:
-            print("\n".join(_rows(*shape, args.repeats, default)), flush=True)
+            print("\n".join(_rows(*shape, args.repeats, default, args.route)), flush=True)
     finally:
         cpu.BLOCK_BYTES, cpu.ONE_THREAD_BLOCK_BYTES = default, default_one
+        cpu.PRODUCTS = "auto"
 
 
 if __name__ == "__main__":

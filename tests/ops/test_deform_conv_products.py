@@ -144,9 +144,9 @@ def test_op_on_each_product_route_matches_reference(route, mkldnn, blocks, monke
 
 
 def test_one_thread_blocks_of_whole_images_are_smaller():
-    """On one Numba thread, whole-image blocks take about ``ONE_THREAD_BLOCK_BYTES`` (4 MiB),
-    more threads keep ``BLOCK_BYTES`` (16 MiB); an image too big for the small block is cut into
-    row blocks of ``BLOCK_BYTES`` either way, and a smaller ``BLOCK_BYTES`` still wins."""
+    """On one Numba thread, whole-image blocks take about ``ONE_THREAD_BLOCK_BYTES``, more
+    threads keep ``BLOCK_BYTES`` (16 MiB); an image too big for the small block is cut into row
+    blocks of ``BLOCK_BYTES`` either way, and a smaller ``BLOCK_BYTES`` still wins."""
     import numba
 
     row = 12 * 9 * 32 * 4  # one output row of (N, 32, 12x12) columns, 13.5 KiB
@@ -155,8 +155,8 @@ def test_one_thread_blocks_of_whole_images_are_smaller():
     try:
         numba.set_num_threads(1)
         blocks, per_block = cpu._blocks(64, 12, row)
-        assert per_block == cpu.ONE_THREAD_BLOCK_BYTES // (12 * row) == 25
-        assert blocks == [(0, 300), (300, 600), (600, 768)]
+        assert 1 <= per_block == cpu.ONE_THREAD_BLOCK_BYTES // (12 * row) < 64
+        assert blocks == [(t, min(768, t + 12 * per_block)) for t in range(0, 768, 12 * per_block)]
         assert cpu._blocks(1, 38, big_row) == ([(0, 36), (36, 38)], 0)
         old = cpu.BLOCK_BYTES
         try:
@@ -169,3 +169,51 @@ def test_one_thread_blocks_of_whole_images_are_smaller():
             assert cpu._blocks(64, 12, row) == ([(0, 768)], 64)
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("chunks", ["one chunk", "chunks of 2 images"])
+def test_auto_route_takes_the_grid_inside_the_op(chunks, monkeypatch):
+    """On one thread the op's default ("auto") route takes the grid for blocks of
+    ``GRID_BYTES`` or more (lowered here so small tensors reach it) and ``torch.mm`` below:
+    output and gradients as the reference backend's, also with the batch cut into chunks by the
+    workspace limit (the route is chosen once per call, from the first chunk's first block)."""
+    import numba
+
+    from torchdcn.ops import set_workspace_limit
+    from torchdcn.ops._backend import _workspace_bytes
+
+    routes = []
+    init = cpu._Product.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        routes.append(self.route)
+
+    monkeypatch.setattr(cpu._Product, "__init__", spy)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 8, 7, 9, generator=gen)
+    offset = 2 * torch.randn(5, 2 * 2 * 9, 7, 9, generator=gen)
+    mask = torch.rand(5, 2 * 9, 7, 9, generator=gen)
+    weight = torch.randn(6, 4, 3, 3, generator=gen) / 6
+    bias = torch.randn(6, generator=gen)
+    grad = torch.randn(5, 6, 7, 9, generator=gen)
+    threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        if chunks != "one chunk":  # 2 padded channels-last images (+ backward accumulators)
+            set_workspace_limit(2 * 8 * 9 * 11 * 4)
+        for grid_bytes, want in ((1, "grid"), (1 << 40, "mm")):
+            monkeypatch.setattr(cpu, "GRID_BYTES", grid_bytes)
+            results = []
+            for backend in ("reference", "numba"):
+                leaves = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
+                with use_backend(backend):
+                    out = deform_conv2d(*leaves[:4], padding=1, mask=leaves[4])
+                    results.append((out, *torch.autograd.grad(out, leaves, grad)))
+            assert routes[-2:] == [want, "mm"], routes  # forward, then backward
+            for a, b in zip(*results, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    finally:
+        set_workspace_limit(_workspace_bytes)
+        torch.set_num_threads(threads[0])
+        numba.set_num_threads(threads[1])

@@ -3,7 +3,9 @@
 Numba's OpenMP layer sets the process's OpenMP thread count when its pool starts and torch reads
 its count from the same runtime: before the fix, the first deformable call turned
 ``torch.set_num_threads(1)`` into 2 threads, and the deformable convolution ran on every Numba
-thread whatever torch was told. Run in fresh processes: the pool starts once per process.
+thread whatever torch was told; later the count was restored on the way out but not inside the
+first call, whose products ran on 2 threads (another route, other bits). Run in fresh
+processes: the pool starts once per process.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ SCRIPT = textwrap.dedent(
 
     for name in ("columns_kernel", "grad_kernel_images", "grad_kernel_parts"):
         spy(name)
+    torch_seen = []  # torch's thread count inside the op, where its products choose a route
+    product_init = _deform_conv_cpu._Product.__init__
+
+    def product_spy(self, *args, **kwargs):
+        torch_seen.append(torch.get_num_threads())
+        product_init(self, *args, **kwargs)
+
+    _deform_conv_cpu._Product.__init__ = product_spy
     torch.manual_seed(0)
     x = torch.randn(2, 8, 12, 12, requires_grad=True)
     for kind in (DeformConv2dPack, ModulatedDeformConv2dPack):
@@ -53,6 +63,7 @@ SCRIPT = textwrap.dedent(
     nms(boxes, torch.rand(50), 0.5)
     assert torch.get_num_threads() == {threads}, ("nms", torch.get_num_threads())
     assert seen and max(seen) <= {threads}, seen
+    assert set(torch_seen) == {{{threads}}}, torch_seen  # the first call's too
     print("ok", torch.get_num_threads(), sorted(set(seen)))
     """
 )

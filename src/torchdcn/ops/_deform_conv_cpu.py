@@ -51,12 +51,13 @@ from ._numba_threads import thread_budget
 BLOCK_BYTES = 16 << 20
 
 #: On one thread, blocks of whole images take about this many bytes instead (when an image fits):
-#: with no hand-offs between threads to amortise, a block that stays in cache pays off; on this
-#: project's VM the op on one thread took 0.79-0.88x its 16 MiB forward time and 0.88-0.95x its
-#: forward+backward time at 4 MiB for batches of small images, while single big images took
-#: 1.06-1.26x and keep 16 MiB row blocks (benchmarks/bench_block_bytes.py --threads 1,
-#: benchmarks/RESULTS.md).
-ONE_THREAD_BLOCK_BYTES = 4 << 20
+#: with no hand-offs between threads to amortise, a block that stays in cache pays off. On this
+#: project's VM, one thread, forward products on ``torch.mm``, batches of small images took
+#: 0.70-0.80x their 16 MiB forward time and 0.63-0.86x their forward+backward time at 2 MiB
+#: (0.78-0.85x / 0.76-1.08x at 4 MiB), while single big images took 1.13x / 0.93x and 0.78x /
+#: 0.72x, within this VM's noise, and keep 16 MiB row blocks
+#: (benchmarks/bench_block_bytes.py --threads 1 --route mm, benchmarks/RESULTS.md).
+ONE_THREAD_BLOCK_BYTES = 2 << 20
 
 #: Channel planes of a multiple of this many bytes are padded before the transposing copy
 #: (:func:`_padded_channels_last`).
@@ -184,11 +185,11 @@ class _Product:
         bias: Tensor | None,
         kernel: tuple[int, int],
         route: str | None = None,
-        block: int = GRID_BYTES,
+        block: int = 0,
     ) -> None:
         """``route``: one of :data:`PRODUCTS`'s values (default: :data:`PRODUCTS`); ``block``:
-        bytes of a forward column block (``"auto"`` takes the grid from :data:`GRID_BYTES`
-        on)."""
+        bytes of a forward column block (``"auto"`` takes the grid from :data:`GRID_BYTES` on;
+        the backward, whose products are ``torch.mm`` on every route, passes none)."""
         self.groups, self.co, self.kc = groups, w2.shape[0] // groups, w2.shape[1]
         self.w = [w2[q * self.co : (q + 1) * self.co] for q in range(groups)]
         route = PRODUCTS if route is None else route

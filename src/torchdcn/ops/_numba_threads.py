@@ -50,8 +50,11 @@ def threads(work: int | None = None) -> Iterator[int]:
     that number.
 
     Numba's OpenMP layer sets the process's OpenMP thread count when it launches a parallel
-    region, and torch reads its count from the same OpenMP runtime: both counts are restored on
-    the way out, so a deformable layer never changes what ``torch.get_num_threads()`` says.
+    region, and torch reads its count from the same OpenMP runtime: torch's count is put back
+    inside too (the first call in a process, which starts Numba's pool, found it raised to all
+    cores, so that call's products ran on more threads, took another route and gave other bits
+    than later calls) and both counts on the way out, so a deformable layer never changes what
+    ``torch.get_num_threads()`` says.
     """
     torch_threads = torch.get_num_threads()  # before Numba's first call starts its pool
     _start_numba_passive()
@@ -60,6 +63,8 @@ def threads(work: int | None = None) -> Iterator[int]:
     if work is not None:
         use = max(1, min(use, work // _WORK_PER_THREAD))
     numba.set_num_threads(use)
+    if torch.get_num_threads() != torch_threads:  # starting Numba's pool reset torch's count
+        torch.set_num_threads(torch_threads)
     try:
         yield use
     finally:
