@@ -68,6 +68,7 @@ def bench_blocks(n, c, h, w, repeats):
         return cb(g_image, cpu._as_image(cols), w4, None, *_CONV, mask)
 
     # the grid's backwards: the block's columns as a tiled image, the gradient as rows of it
+    # (made contiguous outside the timing even for a segment: this favours the grid slightly)
     rows = p_b // w
     grid = torch.randn(1, rows * 3, w * 3, c, generator=gen).permute(0, 3, 1, 2)
     g_grid = g_t.t().contiguous().view(1, rows, w, c).permute(0, 3, 1, 2)

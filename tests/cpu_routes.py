@@ -12,8 +12,9 @@ Which route runs depends on the shapes and the thread count (``torchdcn.ops._def
   backward uses per-thread accumulators over row runs; the forward's columns in the grid layout
   and its products as strided convolutions (``PRODUCTS = "grid"``), for every dtype.
 - ``numba-1thread``: one thread (``torch.set_num_threads(1)``), one accumulator, and the
-  forward's products as one thread takes them by default: the grid route for float32 (with
-  PyTorch's mkldnn backend), ``torch.mm`` for float64.
+  forward's products as one thread takes them by default: ``torch.mm`` at these sizes (the grid
+  only from ``GRID_BYTES`` of columns per block, which tests reach by forcing it, as above, or
+  by lowering it: ``tests/ops/test_deform_conv_products.py``).
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 in cache-sized blocks (kernels and column layout: :mod:`._deform_conv_cpu_kernels`).
 
 The output positions are processed in blocks of whole output rows whose columns
-``[rows * W_out, groups * K * C/groups]`` take about :data:`BLOCK_BYTES`: a block is sampled and at
-once multiplied by the weight while it is still in cache, and one block buffer serves the whole
-call. Writing all of an image's columns instead costs a trip to memory, and past glibc's 32 MiB
-mmap ceiling fresh page faults on every call. Backward recomputes each block's columns instead of
-keeping them, in the same pass over the input as its input, offset and mask gradients.
+``[rows * W_out, groups * K * C/groups]`` take about :data:`BLOCK_BYTES` (on one thread, whole
+small images about :data:`ONE_THREAD_BLOCK_BYTES`): a block is sampled and at once multiplied by
+the weight while it is still in cache, and one block buffer serves the whole call. Writing all of
+an image's columns instead costs a trip to memory, and past glibc's 32 MiB mmap ceiling fresh
+page faults on every call. Backward recomputes each block's columns instead of keeping them, in
+the same pass over the input as its input, offset and mask gradients.
 
 The products are PyTorch's own, one call per block (:class:`_Product`): the forward multiplies
 the columns into rows ``[positions, C_out]`` that one transposing copy moves to the NCHW output (a
@@ -14,8 +15,10 @@ block inside a big image writes each image's part the same way); the backward re
 gradient as rows for blocks of whole images (one transposing copy) and as a strided view of the
 NCHW tensor read in place for blocks inside an image. With more than one thread the forward is a
 1x1 convolution over the columns seen as a channels-last image (oneDNN for float32; PyTorch's
-``_slow_conv2d`` for float64 or with mkldnn off), on one thread ``torch.mm`` per conv group; the
-backward's products (columns' and weight gradients) are ``torch.mm`` always. These are plain
+``_slow_conv2d`` for float64 or with mkldnn off), on one thread ``torch.mm`` per conv group, or
+for float32 blocks of :data:`GRID_BYTES` and more a ``(kh, kw)``-strided convolution over the
+columns written as a tiled image (the *grid*, :class:`_Product`); the backward's products
+(columns' and weight gradients) are ``torch.mm`` always. These are plain
 APIs on PyTorch's thread pool: no optional package, no raw pointers
 (benchmarks/bench_deform_conv.py measures the op against onnxruntime's and OpenVINO's,
 benchmarks/bench_cpu_products.py the product routes).
@@ -72,11 +75,13 @@ PAD_FIRST_BYTES = 2048
 PRODUCTS = "auto"
 ROUTES = ("mm", "conv", "grid")
 
-#: ``"auto"`` takes the grid route for forward column blocks of at least this many bytes: on one
-#: thread (this project's VM) the grid's product took 0.68-0.98x ``torch.mm``'s time on the
-#: 16 MiB row blocks of images with 128-512 channels, 0.89x and 1.26x on the 2.4 and 4 MiB blocks
-#: of the two batches of small images (benchmarks/bench_cpu_products.py --part blocks), and the
-#: op's forward on small batches (512-4096 positions) 0.90-1.16x in a throwaway sweep.
+#: ``"auto"`` takes the grid route for forward column blocks of at least this many bytes (on one
+#: thread, in practice images whose columns do not fit :data:`ONE_THREAD_BLOCK_BYTES`). On this
+#: project's VM, one thread, the op's forward on the grid took 0.82x and 0.77x ``torch.mm``'s time
+#: on the 16 MiB row blocks of (1, 256, 38x50) and (1, 128, 75x100), 0.74-0.85x for (8, 64,
+#: 32x32) at 2-4 MiB, but 1.07-1.29x for (64, 32, 12x12) and (16, 64, 24x24) at 2-4 MiB
+#: (benchmarks/bench_block_bytes.py --route mm|grid); the threshold sits between the sizes
+#: measured, not at a measured optimum.
 GRID_BYTES = 8 << 20
 
 
@@ -160,7 +165,8 @@ class _Product:
     than one thread, as ``torch.mm`` per group on one: on this project's 2-core VM, 2 threads,
     the convolution took 0.79-0.96x ``torch.mm``'s time on the forward blocks of the benchmark
     shapes and the op's forward 0.76-0.98x (v2, five shapes, three runs); on one thread it was no
-    faster (blocks 0.94-1.05x, the op's forward 0.99-1.11x): benchmarks/bench_cpu_products.py,
+    faster (blocks 0.94-1.05x, the op's forward 0.99-1.11x; a later VM's one-thread tables gave
+    0.84-1.06x and 0.68-1.08x, within their noise): benchmarks/bench_cpu_products.py,
     RESULTS.md. On one thread the *grid* route is faster on big blocks (:data:`GRID_BYTES`): the
     forward's columns are written as ``[rows, kh, W_out, kw, C]`` (:func:`column_places`), a
     channels-last image in which each output position's kernel points form a ``kh x kw`` tile,
@@ -222,7 +228,8 @@ class _Product:
         """``cols @ W^T (+ bias)`` as rows ``[P, C_out]`` (unit stride along C_out). ``cols``:
         ``[rows, W_out, groups * K * Cq]``, in the grid layout on the grid route, where
         ``images > 0`` says the rows are that many whole images (a batch of grid images, which
-        oneDNN runs 0.86-0.99x as long as one tall image on one thread), else one tall image."""
+        oneDNN ran 0.86-0.99x as long as one tall image on one thread in a throwaway timing),
+        else one tall image."""
         rows, wo, width = cols.shape
         if self.route == "grid":
             kh, kw = self.kernel
@@ -235,7 +242,7 @@ class _Product:
             out = F.conv2d(_as_image(cols), self.w4, self.bias, groups=self.groups)
             return out[0, :, 0].t().contiguous()  # a view of oneDNN's channels-last result
         out = cols.new_empty(cols.shape[0], self.groups * self.co)
-        for q, o, c in self._slices():  # rows straight (0.89-0.98x the time of W @ cols^T)
+        for q, o, c in self._slices():  # rows straight: 0.89-0.98x W @ cols^T's time (RESULTS)
             if self.bias is None:
                 torch.mm(cols[:, c], self.w[q].t(), out=out[:, o])
             else:
