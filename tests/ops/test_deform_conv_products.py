@@ -107,6 +107,25 @@ def test_unknown_route_is_refused():
         _Product(torch.randn(4, 9), 1, None, (3, 3), route="gemm")
 
 
+def _layer(n, seed):
+    """``(x, offset, weight, bias, mask, grad)`` of a layer with 2 conv groups and 2 offset
+    groups, 8 -> 6 channels on ``n`` images of 7 x 9, float32."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, 7, 9, generator=gen)
+    offset = 2 * torch.randn(n, 2 * 2 * 9, 7, 9, generator=gen)
+    mask = torch.rand(n, 2 * 9, 7, 9, generator=gen)
+    weight = torch.randn(6, 4, 3, 3, generator=gen) / 6
+    bias = torch.randn(6, generator=gen)
+    return x, offset, weight, bias, mask, torch.randn(n, 6, 7, 9, generator=gen)
+
+
+def _output_and_grads(x, offset, weight, bias, mask, grad):
+    """The op's output and its five gradients (padding 1) on the current backend."""
+    leaves = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
+    out = deform_conv2d(*leaves[:4], padding=1, mask=leaves[4])
+    return (out, *torch.autograd.grad(out, leaves, grad))
+
+
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch.backends.mkldnn.flags on CPU
 @pytest.mark.parametrize("blocks", ["one", "2+1 images"])
 @pytest.mark.parametrize("mkldnn", [True, False], ids=["onednn", "no-mkldnn"])
@@ -121,22 +140,14 @@ def test_op_on_each_product_route_matches_reference(route, mkldnn, blocks, monke
         for name in ("BLOCK_BYTES", "ONE_THREAD_BLOCK_BYTES"):
             monkeypatch.setattr(cpu, name, 2 * 7 * 9 * 72 * 4)
         assert cpu._blocks(3, 7, 9 * 72 * 4) == ([(0, 14), (14, 21)], 2)
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(3, 8, 7, 9, generator=gen)
-    offset = 2 * torch.randn(3, 2 * 2 * 9, 7, 9, generator=gen)
-    mask = torch.rand(3, 2 * 9, 7, 9, generator=gen)
-    weight = torch.randn(6, 4, 3, 3, generator=gen) / 6
-    bias = torch.randn(6, generator=gen)
-    grad = torch.randn(3, 6, 7, 9, generator=gen)
+    tensors = _layer(3, seed=7)
     results = []
     before = cpu.PRODUCTS
     try:
         for backend in ("reference", "numba"):
             cpu.PRODUCTS = route
-            leaves = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
             with use_backend(backend), torch.backends.mkldnn.flags(enabled=mkldnn):
-                out = deform_conv2d(*leaves[:4], padding=1, mask=leaves[4])
-                results.append((out, *torch.autograd.grad(out, leaves, grad)))
+                results.append(_output_and_grads(*tensors))
     finally:
         cpu.PRODUCTS = before
     for a, b in zip(*results, strict=True):
@@ -190,13 +201,7 @@ def test_auto_route_takes_the_grid_inside_the_op(chunks, monkeypatch):
         routes.append(self.route)
 
     monkeypatch.setattr(cpu._Product, "__init__", spy)
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(5, 8, 7, 9, generator=gen)
-    offset = 2 * torch.randn(5, 2 * 2 * 9, 7, 9, generator=gen)
-    mask = torch.rand(5, 2 * 9, 7, 9, generator=gen)
-    weight = torch.randn(6, 4, 3, 3, generator=gen) / 6
-    bias = torch.randn(6, generator=gen)
-    grad = torch.randn(5, 6, 7, 9, generator=gen)
+    tensors = _layer(5, seed=3)
     threads = torch.get_num_threads(), numba.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -206,10 +211,8 @@ def test_auto_route_takes_the_grid_inside_the_op(chunks, monkeypatch):
             monkeypatch.setattr(cpu, "GRID_BYTES", grid_bytes)
             results = []
             for backend in ("reference", "numba"):
-                leaves = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
                 with use_backend(backend):
-                    out = deform_conv2d(*leaves[:4], padding=1, mask=leaves[4])
-                    results.append((out, *torch.autograd.grad(out, leaves, grad)))
+                    results.append(_output_and_grads(*tensors))
             assert routes[-2:] == [want, "mm"], routes  # forward, then backward
             for a, b in zip(*results, strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
