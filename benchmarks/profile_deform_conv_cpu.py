@@ -58,8 +58,8 @@ def _mean_ms(fn, repeats: int) -> float:
 def _sampling_ms(x, offset, mask, weight, conv, repeats) -> tuple[float, float, float]:
     """(MiB, ms into a reused buffer, ms into a fresh buffer) for one image's columns."""
     _, c, h, w = x.shape
-    _, _, geom, _ = cpu._setup(x[:1], offset[:1], weight, *conv)
-    places = cpu.column_places(c, 1, 1, (3, 3), w, grid=False)  # the product layout
+    groups, offset_groups, geom, _ = cpu._setup(x[:1], offset[:1], weight, *conv)
+    places = cpu.column_places(c, groups, offset_groups, geom[:2], w, grid=False)  # product layout
     xpad = cpu._padded_channels_last(x[:1])
     off, m = offset[:1].numpy(), mask[:1].numpy()
     reused = torch.empty(h, w, 9 * c)

@@ -86,16 +86,13 @@ GRID_BYTES = 8 << 20
 
 
 def _setup(input, offset, weight, stride, padding, dilation):
-    c = input.shape[1]
+    """``(groups, offset_groups, geom, w2)`` of a call."""
     c_out, cq, kh, kw = weight.shape
     k = kh * kw
-    groups = c // cq
-    offset_groups = offset.shape[1] // (2 * k)
-    _, table, step = runs(c, groups, offset_groups, k)
     geom = (kh, kw, *stride, *padding, *dilation)
     # the weight as a matrix [C_out, (kernel point, channel)] matching one group's columns
     w2 = weight.permute(0, 2, 3, 1).reshape(c_out, k * cq).contiguous()
-    return groups, (table, step), geom, w2
+    return input.shape[1] // cq, offset.shape[1] // (2 * k), geom, w2
 
 
 def _padded_channels_last(input: Tensor) -> Tensor:
@@ -279,7 +276,7 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
     bias = None if bias is None else bias.contiguous()
     use_mask = mask is not None
     mask = (mask if use_mask else offset[:, :1]).contiguous()
-    groups, _, geom, w2 = _setup(input, offset, weight, stride, padding, dilation)
+    groups, offset_groups, geom, w2 = _setup(input, offset, weight, stride, padding, dilation)
     n, c_out = input.shape[0], weight.shape[0]
     ho, wo = offset.shape[2:]
     out = input.new_empty(n, c_out, ho * wo)
@@ -289,7 +286,6 @@ def forward(input, offset, mask, weight, bias, stride, padding, dilation) -> Ten
     chunks = list(batch_chunks(n, _item_bytes(input)))
     first = _blocks(chunks[0][1] - chunks[0][0], ho, row_bytes)[0][0] if chunks else (0, 0)
     product = _Product(w2, groups, bias, kernel, block=(first[1] - first[0]) * row_bytes)
-    offset_groups = offset.shape[1] // (2 * kernel[0] * kernel[1])
     places = column_places(input.shape[1], groups, offset_groups, kernel, wo, product.grid)
     for a, b in chunks:
         xpad = _padded_channels_last(input[a:b])
@@ -323,7 +319,8 @@ def backward(grad, input, offset, mask, weight, bias, stride, padding, dilation)
     offset, weight = offset.contiguous(), weight.contiguous()
     use_mask = mask is not None
     mask = (mask if use_mask else offset[:, :1]).contiguous()
-    groups, layout, geom, w2 = _setup(input, offset, weight, stride, padding, dilation)
+    groups, offset_groups, geom, w2 = _setup(input, offset, weight, stride, padding, dilation)
+    layout = runs(input.shape[1], groups, offset_groups, geom[0] * geom[1])[1:]  # (table, step)
     threads = numba.get_num_threads()
     n, c_out = input.shape[0], weight.shape[0]
     ho, wo = offset.shape[2:]
