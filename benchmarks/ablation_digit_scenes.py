@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from ablation_clock import probe_seconds_per_step, twin_steps
+from ablation_table import print_table
 
 V1_LAST = {"stages": [5], "last_n": None, "modulated": False}
 
@@ -309,43 +311,6 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def _fmt(values: list[float], per_seed: bool = False) -> str:
-    """Percent: ``mean ± std`` over seeds (and each seed's value, in seed order)."""
-    values = [100 * v for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    text = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-    return text + f" ({' / '.join(f'{v:.1f}' for v in values)})" if per_seed else text
-
-
-def print_table(
-    results: dict[str, list[dict]], splits: list[str], metrics: list[str], per_seed: bool = False
-) -> str:
-    """Markdown: one row per configuration (and its zeroed-offset control), one column per
-    (split, metric)."""
-    head = ["model", "seeds", "steps", "train s"] + [f"{s} {m}" for s in splits for m in metrics]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, runs in results.items():
-        for suffix in ("", " zeroed"):
-            if not all(s + suffix in r["scores"] for r in runs for s in splits):
-                continue
-            row = [name + (" (offsets zeroed)" if suffix else ""), str(len(runs))]
-            row.append(str(round(statistics.mean(r["info"]["steps"] for r in runs))))
-            row.append(f"{statistics.mean(r['info']['train_seconds'] for r in runs):.0f}")
-            for s in splits:
-                for m in metrics:
-                    scores = [r["scores"][s + suffix] for r in runs]
-                    missing = [k for k in scores if m not in k]
-                    if missing:
-                        raise ValueError(
-                            f"metric {m!r} is not among the scores of {name!r}: "
-                            f"{sorted(missing[0])}"
-                        )
-                    row.append(_fmt([k[m] for k in scores], per_seed))
-            lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
 def _job(args: argparse.Namespace, name: str, recipe, seed: int, trunk: str, scenes: Path):
     """The job of one (configuration, seed) run (a ``_run_one`` argument)."""
     path = Path(args.out) / args.table / f"{_slug(name)}-seed{seed}.json"
@@ -408,6 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--twin-of", default=None, help="the plain twin matches this run's time (default: slowest)"
+    )
+    parser.add_argument(
+        "--twin-clock",
+        choices=("runs", "probe"),
+        default="runs",
+        help="the twin's time: the runs' recorded training times, or a step-time probe on the "
+        "idle pool (ablation_clock.py; for runs that shared the machine)",
     )
     parser.add_argument(
         "--twin",
@@ -482,11 +454,24 @@ def main(argv: list[str] | None = None) -> int:
                     r for n, rs in results.items() for r in rs
                     if r["seed"] == seed and (args.twin_of is None or n == args.twin_of)
                 ]  # fmt: skip
-                slowest = max(r["info"]["train_seconds"] for r in runs)
                 own = next(r for r in results[plain[0]] if r["seed"] == seed)
-                steps = round(slowest / own["info"]["seconds_per_step"])
+                if args.twin_clock == "probe" and seed == args.seeds[0]:
+                    timed = {n: configs[n] for n in (plain[0], *(r["name"] for r in runs))}
+                    probed = probe_seconds_per_step(
+                        pool,
+                        timed,
+                        seed,
+                        str(scenes),
+                        trunks[seed],
+                        args.threads,
+                        cache=Path(args.out) / f"{args.table}.probe.json",
+                    )
+                    print(f"probed seconds per step: {probed}", flush=True)
+                steps, clock = twin_steps(
+                    args.twin_clock, runs, own, probed if args.twin_clock == "probe" else None
+                )
                 recipe = configs[plain[0]].replace(steps=steps)
-                job = _job(args, name, recipe, seed, trunks[seed], scenes)
+                job = {**_job(args, name, recipe, seed, trunks[seed], scenes), "twin_clock": clock}
                 done, todo = _plan(Path(args.out), job)
                 if done is not None:
                     results[name].append(done)
