@@ -336,3 +336,44 @@ def test_model_presets_are_a_registry_with_a_clear_error(tmp_path, capsys):
         (k, v.shape) for k, v in direct.state_dict().items()
     ]
     assert _settings(["train"])["model"] == "mnist_cnn"  # the default
+
+
+@pytest.mark.parametrize(
+    ("argv", "absent", "extra"),
+    [
+        (["demo"], "matplotlib", "plot"),
+        (["demo", "--part", "detection"], "pycocotools", "coco"),
+        (["demo", "--part", "classification"], "matplotlib", "plot"),
+        (["data", "digit-scenes", "--out", "unused"], "PIL", "coco"),
+        (["detect", "--checkpoint", "unused.pt", "unused.png"], "PIL", "coco"),
+    ],
+    ids=["demo", "demo-detection", "demo-classification", "data", "detect"],
+)
+def test_missing_extra_fails_before_any_work(argv, absent, extra, monkeypatch, capsys):
+    """A command whose optional package is not installed stops at once (exit 2) naming the
+    package and the extra that installs it, before reading data or training."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == absent else real(name, *a)
+    )
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert absent in err and f"torchdcn[{extra}" in err
+
+
+def test_classification_demo_does_not_need_coco(monkeypatch):
+    import importlib.util
+
+    from torchdcn.cli.extras import missing_message
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pycocotools" else real(name, *a),
+    )
+    assert missing_message("demo", {"part": "classification"}) is None
+    assert "pycocotools" in missing_message("demo", {"part": "all"})
+    assert missing_message("train", {}) is None

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .extras import missing_message
 from .option import UsageError
 from .options import COMMANDS, EPILOG
 from .presets import get_preset
@@ -142,6 +143,9 @@ def _one_line_warnings(command: str) -> Callable[..., None]:
 def _check(command: str, s: dict[str, Any]) -> None:
     """Checks that need several settings or torch, before any data is read (ranges of single
     options are checked by :func:`resolve_settings`)."""
+    missing = missing_message(command, s)
+    if missing is not None:
+        raise UsageError(missing)
     if command in ("eval", "detect", "segment") and not s.get("checkpoint"):
         raise UsageError("--checkpoint is required (e.g. --checkpoint runs/train/last.pt)")
     if command in ("detect", "segment") and not s.get("inputs"):

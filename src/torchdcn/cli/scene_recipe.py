@@ -11,9 +11,10 @@ size a 2-core CPU trains in minutes on :mod:`torchdcn.data.digit_scenes`:
 2. :func:`build_scene_model`: the task preset (Faster R-CNN, Mask R-CNN, R-FCN, class-aware RPN,
    DeepLab) at that width with ``deform`` / ``roi_pool`` chosen, its backbone loaded from the
    trunk (the deformable layers' offset predictors stay zero), frozen BatchNorm;
-3. :func:`~.scene_train.train_scene_model`: SGD fine-tuning for ``steps`` steps, linear warm-up
-   then cosine decay, the offset predictors at ``offset_lr_mult`` times the rate after their own
-   warm-up of ``offset_warmup_steps`` steps at rate 0.
+3. :func:`~.scene_train.train_scene_model`: fine-tuning for ``steps`` steps (AdamW by default;
+   the papers' SGD, ``optimizer="sgd"``, lost on the validation splits: docs/ablations.md),
+   linear warm-up then cosine decay, the offset predictors at ``offset_lr_mult`` times the rate
+   after their own warm-up of ``offset_warmup_steps`` steps at rate 0.
 
 Everything here is an ordinary use of the public models and data classes: no special path in
 any model.
