@@ -15,6 +15,8 @@ Markdown (mean +- std over seeds, AP in percent). Run::
     python benchmarks/ablation_digit_scenes.py --table v2_table1 --seeds 0 1 2
     python benchmarks/ablation_digit_scenes.py --table tune_offset_lr --splits val val_heldout
     python benchmarks/ablation_digit_scenes.py --table v2_table1 --report   # the saved runs' table
+    python benchmarks/ablation_digit_scenes.py --table v2_table1 --twin-clock probe  # twin: probed
+    python benchmarks/ablation_digit_scenes.py --table v2_table3 --only v2 --probe   # step times
 """
 
 from __future__ import annotations
@@ -382,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         "idle pool (ablation_clock.py; for runs that shared the machine)",
     )
     parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="only time a training step of each selected row (the --twin-clock probe) and exit",
+    )
+    parser.add_argument(
         "--twin",
         default=None,
         help="the plain row the twin extends (default: the first plain RoIAlign row)",
@@ -430,6 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(args.jobs) as pool:
         trunk_jobs = [(first.to_dict(), s, str(cache), args.threads) for s in args.seeds]
         trunks = dict(zip(args.seeds, pool.map(_trunk, trunk_jobs)))
+        if args.probe:  # the step times only (ablation_clock.py), on the first seed's trunk
+            seed = args.seeds[0]
+            probed = probe_seconds_per_step(
+                pool, configs, seed, str(scenes), trunks[seed], args.threads
+            )
+            for name, seconds in probed.items():
+                print(f"{name}: {seconds:.4f} s a step (seed {seed}, {args.threads} thread)")
+            return 0
         jobs, results = [], {name: [] for name in configs}
         for name, recipe in configs.items():
             for seed in args.seeds:
