@@ -377,3 +377,17 @@ def test_classification_demo_does_not_need_coco(monkeypatch):
     assert missing_message("demo", {"part": "classification"}) is None
     assert "pycocotools" in missing_message("demo", {"part": "all"})
     assert missing_message("train", {}) is None
+
+
+def test_detect_mask_rle_without_pycocotools_names_the_extra(monkeypatch):
+    """A Mask R-CNN's masks need pycocotools to be written: its absence is a clear error."""
+    import sys
+
+    import torch
+
+    from torchdcn.cli.detect import _rle
+    from torchdcn.cli.option import UsageError
+
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    with pytest.raises(UsageError, match=r"torchdcn\[coco\]"):
+        _rle(torch.zeros(1, 1, 4, 4))

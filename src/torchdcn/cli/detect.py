@@ -102,7 +102,14 @@ def _png_names(files: list[Path]) -> list[str]:
 def _rle(masks: Any) -> list[dict[str, Any]]:
     """COCO RLEs (``counts`` as text) of ``[K, 1, H, W]`` probability masks binarised at 0.5."""
     import numpy as np
-    from pycocotools import mask as mask_util
+
+    try:
+        from pycocotools import mask as mask_util
+    except ImportError as err:
+        raise UsageError(
+            "writing a Mask R-CNN's masks as COCO RLE needs pycocotools: "
+            "pip install 'torchdcn[coco]'"
+        ) from err
 
     binary = (masks.reshape(len(masks), *masks.shape[-2:]) >= 0.5).numpy().astype(np.uint8)
     if len(binary) == 0:
